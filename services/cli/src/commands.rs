@@ -1,0 +1,159 @@
+//! `quiver ingest`, `quiver demo produce`, `quiver stack ...`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use quiver_demo::{GeneratorOptions, ProduceOptions, ProduceProgress};
+use quiver_ingest::{IngestStats, Shutdown};
+use quiver_kafka::TopicOutcome;
+use quiver_telemetry::Health;
+use tracing::info;
+
+use crate::{Context, ProduceArgs, StackCommand};
+
+/// Triggers `shutdown` on Ctrl-C or SIGTERM.
+pub(crate) fn stop_on_signal(shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C still works");
+                        let _ = ctrl_c.await;
+                        shutdown.trigger();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        info!("stop requested; draining");
+        shutdown.trigger();
+    });
+}
+
+/// Starts the ingest admin listener if configured.
+pub(crate) async fn start_admin(ctx: &Context, health: &Health) -> anyhow::Result<Option<String>> {
+    let metrics = quiver_telemetry::metrics_handle();
+    let listen = &ctx.config.ingest.admin_listen;
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    quiver_telemetry::serve_admin(listen, metrics, health.clone()).await?;
+    Ok(Some(listen.clone()))
+}
+
+/// Runs the ingest service on a blocking thread.
+pub(crate) fn spawn_ingest(
+    ctx: &Context,
+    shutdown: Shutdown,
+    health: Health,
+    stats: Arc<IngestStats>,
+) -> tokio::task::JoinHandle<quiver_ingest::Result<quiver_ingest::IngestReport>> {
+    let config = ctx.config.clone();
+    let catalog = ctx.catalog.clone();
+    tokio::task::spawn_blocking(move || {
+        quiver_ingest::run(&config, &catalog, shutdown, health, stats)
+    })
+}
+
+pub(crate) async fn ingest(ctx: &Context) -> anyhow::Result<()> {
+    let shutdown = Shutdown::default();
+    stop_on_signal(shutdown.clone());
+    let health = Health::default();
+    if let Some(addr) = start_admin(ctx, &health).await? {
+        info!(%addr, "admin listener: /metrics /healthz /readyz");
+    }
+    let stats = Arc::new(IngestStats::default());
+    spawn_ingest(ctx, shutdown, health, stats)
+        .await
+        .context("ingest thread panicked")??;
+    Ok(())
+}
+
+pub(crate) fn produce_options(args: &ProduceArgs) -> ProduceOptions {
+    ProduceOptions {
+        rate: args.rate,
+        count: args.count,
+        seed: args.seed,
+        label_delay: Duration::from_secs_f64(args.label_delay.max(0.0)),
+        malformed_ratio: args.malformed.clamp(0.0, 1.0),
+        generator: GeneratorOptions {
+            users: args.users.max(1),
+            ..GeneratorOptions::default()
+        },
+    }
+}
+
+pub(crate) fn progress_line(p: &ProduceProgress) -> String {
+    let total = if p.count == 0 {
+        String::new()
+    } else {
+        format!("/{}", p.count)
+    };
+    let rate = if p.elapsed > 0.0 {
+        p.transactions as f64 / p.elapsed
+    } else {
+        0.0
+    };
+    format!(
+        "{}{total} transactions ({rate:.0}/s), {} labels, {} malformed, {} fraud",
+        p.transactions, p.labels, p.malformed, p.fraud
+    )
+}
+
+pub(crate) async fn produce(ctx: &Context, args: ProduceArgs) -> anyhow::Result<()> {
+    let shutdown = Shutdown::default();
+    stop_on_signal(shutdown.clone());
+    let options = produce_options(&args);
+    let config = ctx.config.clone();
+    let catalog = ctx.catalog.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        quiver_demo::produce(
+            &config,
+            &catalog,
+            &options,
+            &|| shutdown.is_triggered(),
+            &mut |p| {
+                eprintln!("demo: {}", progress_line(p));
+            },
+        )
+    })
+    .await
+    .context("producer thread panicked")??;
+    if report.labels_dropped > 0 {
+        eprintln!(
+            "demo: stopped early; {} labels not yet due were not sent",
+            report.labels_dropped
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn stack(ctx: &Context, cmd: StackCommand) -> anyhow::Result<()> {
+    match cmd {
+        StackCommand::Up => {
+            for (topic, partitions, outcome) in quiver_stack::up(&ctx.config, &ctx.catalog).await? {
+                let what = if outcome == TopicOutcome::Created {
+                    "created"
+                } else {
+                    "exists"
+                };
+                eprintln!("stack: topic {topic} ({partitions} partitions): {what}");
+            }
+            Ok(())
+        }
+        StackCommand::Down => Ok(quiver_stack::LocalStack::from_config(&ctx.config)?.run("down")?),
+        StackCommand::Status => {
+            Ok(quiver_stack::LocalStack::from_config(&ctx.config)?.run("status")?)
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The `quiver` command line: argument definitions and the commands behind them.
+//!
+//! `main` only parses ([`Cli`]), loads configuration and schemas ([`load`]), starts telemetry
+//! ([`init_telemetry`]) and calls [`run`]. Each command drives a service library; this crate
+//! holds no pipeline logic of its own.
+
+mod commands;
+mod up;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use quiver_core::{Catalog, Config};
+use quiver_telemetry::LogFormat;
+
+/// Quiver: streaming online/offline features and scoring.
+#[derive(Debug, Parser)]
+#[command(name = "quiver", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML config file (overrides the embedded defaults; `QUIVER__SECTION__KEY` env vars
+    /// override both).
+    #[arg(long, global = true, env = "QUIVER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole pipeline locally with demo data: stack up, ingest, demo producer.
+    Up(UpArgs),
+    /// Consume the declared sources into the raw store (a consumer-group member).
+    Ingest,
+    /// Demo data.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+    /// The local development stack (tansu broker + Redis on loopback).
+    #[command(subcommand)]
+    Stack(StackCommand),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `quiver up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Demo options.
+    #[command(flatten)]
+    pub demo: ProduceArgs,
+    /// Stop once the demo data is produced and ingested, instead of running until Ctrl-C.
+    #[arg(long)]
+    pub exit_when_done: bool,
+}
+
+/// `quiver demo ...`.
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Produce synthetic transactions (with a hidden fraud pattern) and delayed labels.
+    Produce(ProduceArgs),
+}
+
+/// Options of the demo producer.
+#[derive(Debug, Clone, Args)]
+pub struct ProduceArgs {
+    /// Transactions per second (0: as fast as possible).
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u64,
+    /// Transactions to produce (0: until Ctrl-C).
+    #[arg(long, default_value_t = 60_000)]
+    pub count: u64,
+    /// Random seed: the same seed gives the same users, merchants, amounts and fraud.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Seconds between a transaction and its label.
+    #[arg(long, default_value_t = 5.0)]
+    pub label_delay: f64,
+    /// Fraction of transactions replaced by malformed events (exercises the dead-letter topic).
+    #[arg(long, default_value_t = 0.001)]
+    pub malformed: f64,
+    /// Distinct users.
+    #[arg(long, default_value_t = 5_000)]
+    pub users: u32,
+}
+
+/// `quiver stack ...`.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum StackCommand {
+    /// Install what is missing, start tansu and Redis, create the declared topics.
+    Up,
+    /// Stop what `up` started.
+    Down,
+    /// Show what runs.
+    Status,
+}
+
+/// `quiver config ...`.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (defaults + file + environment).
+    Show,
+    /// Validate configuration and schemas; exit non-zero on any problem.
+    Check,
+}
+
+/// Configuration and schemas, loaded once at start-up.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Effective configuration.
+    pub config: Config,
+    /// Declared sources.
+    pub catalog: Catalog,
+}
+
+/// Loads configuration and schemas, reporting every problem of both at once.
+pub fn load(cli: &Cli) -> anyhow::Result<Context> {
+    let config = Config::load(cli.config.as_deref());
+    let catalog = match &config {
+        Ok(c) => Some(Catalog::load(&c.schemas.dir)),
+        Err(_) => None,
+    };
+    match (config, catalog) {
+        (Ok(config), Some(Ok(catalog))) => Ok(Context { config, catalog }),
+        (Ok(_), Some(Err(e))) => Err(e.into()),
+        (Err(e), _) => Err(e.into()),
+        (Ok(_), None) => anyhow::bail!("schemas were not loaded"),
+    }
+}
+
+/// Starts logging as configured.
+pub fn init_telemetry(config: &Config) -> anyhow::Result<()> {
+    let format = if config.telemetry.log_format == "json" {
+        LogFormat::Json
+    } else {
+        LogFormat::Pretty
+    };
+    quiver_telemetry::init_tracing(format, &config.telemetry.log_level)?;
+    Ok(())
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli, ctx: Context) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("quiver")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(&ctx, args).await,
+            Command::Ingest => commands::ingest(&ctx).await,
+            Command::Demo(DemoCommand::Produce(args)) => commands::produce(&ctx, args).await,
+            Command::Stack(cmd) => commands::stack(&ctx, cmd).await,
+            Command::Config(ConfigCommand::Show) => {
+                print!("{}", ctx.config.to_toml());
+                Ok(())
+            }
+            Command::Config(ConfigCommand::Check) => {
+                println!(
+                    "configuration OK; {} source(s): {}",
+                    ctx.catalog.sources.len(),
+                    ctx.catalog
+                        .sources
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                Ok(())
+            }
+        }
+    })
+}

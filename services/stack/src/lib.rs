@@ -1,0 +1,209 @@
+//! `quiver stack up|down|status`: the local development stack.
+//!
+//! Process management lives in `deploy/local/stack.sh` (embedded here, so the binary is
+//! self-contained): it installs tansu (pinned, sha256-checked) and Debian's `redis-server` when
+//! missing and starts them on the loopback addresses of `kafka.brokers` and `redis.url`, with
+//! state and logs under `stack.work_dir`. This crate runs it and then creates the declared
+//! topics over the Kafka protocol.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use quiver_core::{Catalog, Config};
+use quiver_kafka::TopicOutcome;
+
+/// The stack script, as shipped in `deploy/local/stack.sh`.
+pub const SCRIPT: &str = include_str!("../../../deploy/local/stack.sh");
+
+/// Result alias used across `quiver-stack`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of the local stack.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An address in the config is not a loopback `host:port` this machine can start.
+    #[error(
+        "{key} = `{value}` is not a loopback host:port; `quiver stack` only starts local services"
+    )]
+    NotLocal {
+        /// Config key.
+        key: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The script failed.
+    #[error("stack script `{action}` failed ({status}); see the messages above and {logs}")]
+    Script {
+        /// Action run.
+        action: String,
+        /// Exit status.
+        status: String,
+        /// Log directory.
+        logs: String,
+    },
+    /// Filesystem or process error.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// Topic creation failed.
+    #[error(transparent)]
+    Kafka(#[from] quiver_kafka::Error),
+}
+
+/// The local stack described by a config.
+#[derive(Debug, Clone)]
+pub struct LocalStack {
+    work_dir: PathBuf,
+    kafka_addr: String,
+    redis_addr: String,
+}
+
+/// `host:port` of a `redis://[user:pass@]host[:port][/db]` URL.
+pub fn redis_addr(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))?;
+    let rest = rest.split('/').next()?;
+    let hostport = rest.rsplit('@').next()?;
+    if hostport.is_empty() {
+        return None;
+    }
+    Some(if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:6379")
+    })
+}
+
+fn loopback(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok() && (host == "localhost" || host.starts_with("127."))
+}
+
+impl LocalStack {
+    /// The stack for `config`; fails if its addresses are not local.
+    pub fn from_config(config: &Config) -> Result<Self> {
+        let kafka_addr = config.first_broker().to_string();
+        if !loopback(&kafka_addr) {
+            return Err(Error::NotLocal {
+                key: "kafka.brokers",
+                value: config.kafka.brokers.clone(),
+            });
+        }
+        let redis_addr = redis_addr(&config.redis.url)
+            .filter(|a| loopback(a))
+            .ok_or_else(|| Error::NotLocal {
+                key: "redis.url",
+                value: config.redis.url.clone(),
+            })?;
+        Ok(Self {
+            work_dir: config.stack.work_dir.clone(),
+            kafka_addr,
+            redis_addr,
+        })
+    }
+
+    /// The broker address.
+    pub fn kafka_addr(&self) -> &str {
+        &self.kafka_addr
+    }
+
+    /// The Redis address.
+    pub fn redis_addr(&self) -> &str {
+        &self.redis_addr
+    }
+
+    fn script(&self) -> Result<PathBuf> {
+        let dir = self.work_dir.join("bin");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Io(format!("create {}", dir.display()), e))?;
+        let path = dir.join("stack.sh");
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(SCRIPT) {
+            std::fs::write(&path, SCRIPT)
+                .map_err(|e| Error::Io(format!("write {}", path.display()), e))?;
+        }
+        Ok(path)
+    }
+
+    /// Runs one script action (`up`, `down`, `status`, `install`), output to the terminal.
+    pub fn run(&self, action: &str) -> Result<()> {
+        let script = self.script()?;
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(action)
+            .env("QUIVER_WORK_DIR", &self.work_dir)
+            .env("QUIVER_KAFKA_ADDR", &self.kafka_addr)
+            .env("QUIVER_REDIS_ADDR", &self.redis_addr)
+            .status()
+            .map_err(|e| Error::Io(format!("run {}", script.display()), e))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Script {
+                action: action.to_string(),
+                status: status.to_string(),
+                logs: Path::new(&self.work_dir).join("logs").display().to_string(),
+            })
+        }
+    }
+}
+
+/// Every topic the declared sources need: (name, partitions).
+pub fn declared_topics(config: &Config, catalog: &Catalog) -> Vec<(String, i32)> {
+    let mut topics = Vec::new();
+    for source in &catalog.sources {
+        topics.push((config.kafka.topic(&source.topic), source.partitions));
+        topics.push((config.kafka.dlq_topic(&source.topic), 1));
+    }
+    topics
+}
+
+/// Starts the stack and creates the declared topics.
+pub async fn up(config: &Config, catalog: &Catalog) -> Result<Vec<(String, i32, TopicOutcome)>> {
+    let stack = LocalStack::from_config(config)?;
+    stack.run("up")?;
+    let topics = declared_topics(config, catalog);
+    let outcomes = quiver_kafka::create_topics(&config.kafka, &topics).await?;
+    Ok(topics
+        .into_iter()
+        .map(|(name, parts)| {
+            let outcome = outcomes
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, o)| o.clone())
+                .unwrap_or(TopicOutcome::Existed);
+            (name, parts, outcome)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls_give_their_address() {
+        assert_eq!(
+            redis_addr("redis://127.0.0.1:6379").as_deref(),
+            Some("127.0.0.1:6379")
+        );
+        assert_eq!(
+            redis_addr("redis://localhost").as_deref(),
+            Some("localhost:6379")
+        );
+        assert_eq!(
+            redis_addr("redis://:pw@127.0.0.1:7000/2").as_deref(),
+            Some("127.0.0.1:7000")
+        );
+        assert_eq!(redis_addr("http://x"), None);
+    }
+
+    #[test]
+    fn only_loopback_is_local() {
+        assert!(loopback("127.0.0.1:9092"));
+        assert!(loopback("localhost:9092"));
+        assert!(!loopback("10.0.0.4:9092"));
+        assert!(!loopback("127.0.0.1"));
+    }
+}

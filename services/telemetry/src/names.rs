@@ -1,0 +1,75 @@
+//! Every metric Quiver emits, named once. Services emit through these constants only.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Valid events written to the raw store. Labels: `source`.
+pub const INGEST_EVENTS: &str = "quiver_ingest_events_total";
+/// Payload bytes of valid events written. Labels: `source`.
+pub const INGEST_BYTES: &str = "quiver_ingest_bytes_total";
+/// Raw segments written. Labels: `source`.
+pub const INGEST_SEGMENTS: &str = "quiver_ingest_segments_total";
+/// Events sent to a dead-letter topic. Labels: `source`, `reason`.
+pub const INGEST_DEAD_LETTERS: &str = "quiver_ingest_dead_letters_total";
+/// Events skipped because the raw store already holds them (replays). Labels: `source`.
+pub const INGEST_REPLAY_SKIPPED: &str = "quiver_ingest_replay_skipped_total";
+/// Seconds to decode, dead-letter and durably write one segment. Labels: `source`.
+pub const INGEST_FLUSH_SECONDS: &str = "quiver_ingest_segment_flush_seconds";
+/// Events consumed but not yet covered by a committed offset. Labels: `source`, `partition`.
+pub const INGEST_COMMIT_LAG: &str = "quiver_ingest_commit_lag_events";
+/// Offset commits. Labels: `result` (`ok` / `error`).
+pub const INGEST_COMMITS: &str = "quiver_ingest_commits_total";
+/// Segment flushes that failed and will be retried. Labels: `source`.
+pub const INGEST_FLUSH_ERRORS: &str = "quiver_ingest_flush_errors_total";
+/// Partitions currently assigned to this process.
+pub const INGEST_ASSIGNED_PARTITIONS: &str = "quiver_ingest_assigned_partitions";
+
+/// Histogram buckets (seconds) for latencies.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Registers help texts.
+pub(crate) fn describe() {
+    describe_counter!(
+        INGEST_EVENTS,
+        Unit::Count,
+        "Valid events written to the raw store"
+    );
+    describe_counter!(
+        INGEST_BYTES,
+        Unit::Bytes,
+        "Payload bytes of valid events written to the raw store"
+    );
+    describe_counter!(INGEST_SEGMENTS, Unit::Count, "Raw-store segments written");
+    describe_counter!(
+        INGEST_DEAD_LETTERS,
+        Unit::Count,
+        "Events sent to a dead-letter topic, by reason"
+    );
+    describe_counter!(
+        INGEST_REPLAY_SKIPPED,
+        Unit::Count,
+        "Replayed events skipped because already durable"
+    );
+    describe_histogram!(
+        INGEST_FLUSH_SECONDS,
+        Unit::Seconds,
+        "Decode + dead-letter + durable write of one segment"
+    );
+    describe_gauge!(
+        INGEST_COMMIT_LAG,
+        Unit::Count,
+        "Events consumed but not yet covered by a committed offset"
+    );
+    describe_counter!(INGEST_COMMITS, Unit::Count, "Offset commits by result");
+    describe_counter!(
+        INGEST_FLUSH_ERRORS,
+        Unit::Count,
+        "Segment flushes that failed and are retried"
+    );
+    describe_gauge!(
+        INGEST_ASSIGNED_PARTITIONS,
+        Unit::Count,
+        "Partitions assigned to this process"
+    );
+}
