@@ -138,16 +138,34 @@ pub(crate) async fn produce(ctx: &Context, args: ProduceArgs) -> anyhow::Result<
     Ok(())
 }
 
+/// `topic NAME (N partitions): created|exists[, notice]`.
+pub(crate) fn topic_line(t: &quiver_stack::TopicStatus) -> String {
+    let what = if t.outcome == TopicOutcome::Created {
+        "created"
+    } else {
+        "exists"
+    };
+    let moved = t
+        .moved_stale_store
+        .as_ref()
+        .map(|p| {
+            format!(
+                "; raw segments of its previous incarnation moved to {}",
+                p.display()
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "topic {} ({} partitions): {what}{moved}",
+        t.name, t.partitions
+    )
+}
+
 pub(crate) async fn stack(ctx: &Context, cmd: StackCommand) -> anyhow::Result<()> {
     match cmd {
         StackCommand::Up => {
-            for (topic, partitions, outcome) in quiver_stack::up(&ctx.config, &ctx.catalog).await? {
-                let what = if outcome == TopicOutcome::Created {
-                    "created"
-                } else {
-                    "exists"
-                };
-                eprintln!("stack: topic {topic} ({partitions} partitions): {what}");
+            for topic in quiver_stack::up(&ctx.config, &ctx.catalog).await? {
+                eprintln!("stack: {}", topic_line(&topic));
             }
             Ok(())
         }

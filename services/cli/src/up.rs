@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use quiver_ingest::{IngestStats, Shutdown};
-use quiver_kafka::TopicOutcome;
 use quiver_telemetry::Health;
 
-use crate::commands::{produce_options, progress_line, spawn_ingest, start_admin, stop_on_signal};
+use crate::commands::{
+    produce_options, progress_line, spawn_ingest, start_admin, stop_on_signal, topic_line,
+};
 use crate::{Context, UpArgs};
 
 fn mb(bytes: u64) -> f64 {
@@ -39,13 +40,8 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
         config.first_broker(),
         config.redis.url
     );
-    for (topic, partitions, outcome) in quiver_stack::up(config, &ctx.catalog).await? {
-        let what = if outcome == TopicOutcome::Created {
-            "created"
-        } else {
-            "exists"
-        };
-        println!("      topic {topic:<20} {partitions} partition(s), {what}");
+    for topic in quiver_stack::up(config, &ctx.catalog).await? {
+        println!("      {}", topic_line(&topic));
     }
 
     let health = Health::default();

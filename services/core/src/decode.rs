@@ -158,12 +158,11 @@ impl EventDecoder {
                 let payload = events[i].payload.unwrap_or_default();
                 decoder.decode(payload).is_ok_and(|n| n == payload.len())
             });
-            if fed {
-                if let Ok(Some(batch)) = decoder.flush() {
-                    if batch.num_rows() == candidates.len() {
-                        json_batch = Some(batch);
-                    }
-                }
+            if fed
+                && let Ok(Some(batch)) = decoder.flush()
+                && batch.num_rows() == candidates.len()
+            {
+                json_batch = Some(batch);
             }
         }
         // Slow path: find the events the batch choked on.
@@ -207,17 +206,17 @@ impl EventDecoder {
                     }
                 }
             }
-            if self.source.identity_fields().any(|k| *k == field.name) {
-                if let Some(strings) = column.as_any().downcast_ref::<StringArray>() {
-                    for row in 0..rows {
-                        if keep[row] && strings.is_valid(row) && strings.value(row).is_empty() {
-                            keep[row] = false;
-                            rejected.push(Rejection {
-                                index: candidates[row],
-                                reason: RejectReason::MissingField,
-                                detail: format!("key field `{}` is empty", field.name),
-                            });
-                        }
+            if self.source.identity_fields().any(|k| *k == field.name)
+                && let Some(strings) = column.as_any().downcast_ref::<StringArray>()
+            {
+                for row in 0..rows {
+                    if keep[row] && strings.is_valid(row) && strings.value(row).is_empty() {
+                        keep[row] = false;
+                        rejected.push(Rejection {
+                            index: candidates[row],
+                            reason: RejectReason::MissingField,
+                            detail: format!("key field `{}` is empty", field.name),
+                        });
                     }
                 }
             }

@@ -84,10 +84,10 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
-            if self.failed.fetch_add(1, Ordering::AcqRel) == 0 {
-                warn!(%error, "delivery failed");
-            }
+        if let Err((error, _)) = result
+            && self.failed.fetch_add(1, Ordering::AcqRel) == 0
+        {
+            warn!(%error, "delivery failed");
         }
     }
 }

@@ -102,6 +102,16 @@ struct SourceState {
     partitions: BTreeMap<i32, PartitionState>,
 }
 
+/// A topic and partition.
+pub(crate) type TopicPartition = (String, i32);
+
+/// Partitions whose consumption must be paused (flushes failing) or resumed (recovered).
+#[derive(Debug, Default)]
+pub(crate) struct PauseChanges {
+    pub(crate) pause: Vec<TopicPartition>,
+    pub(crate) resume: Vec<TopicPartition>,
+}
+
 /// Everything the loop and the rebalance callback share.
 pub(crate) struct Pipeline {
     sources: Vec<SourceState>,
@@ -396,8 +406,7 @@ impl Pipeline {
     }
 
     /// Flushes what is due by age or size; retries paused partitions whose backoff elapsed.
-    /// Returns partitions to pause and to resume.
-    pub(crate) fn flush_due(&mut self, force: bool) -> (Vec<(String, i32)>, Vec<(String, i32)>) {
+    pub(crate) fn flush_due(&mut self, force: bool) -> PauseChanges {
         let now = Instant::now();
         let mut due = Vec::new();
         for (index, source) in self.sources.iter().enumerate() {
@@ -445,7 +454,7 @@ impl Pipeline {
                 }
             }
         }
-        (pause, resume)
+        PauseChanges { pause, resume }
     }
 
     /// Whether any partition is failing its flushes.
@@ -460,15 +469,12 @@ impl Pipeline {
         let mut tpl = TopicPartitionList::new();
         for source in &self.sources {
             for (&partition, state) in &source.partitions {
-                if let Some(next) = state.commit_next {
-                    if state.committed_next != Some(next) {
-                        // Infallible for a fresh (topic, partition) with a concrete offset.
-                        let _ = tpl.add_partition_offset(
-                            &source.topic,
-                            partition,
-                            Offset::Offset(next),
-                        );
-                    }
+                if let Some(next) = state.commit_next
+                    && state.committed_next != Some(next)
+                {
+                    // Infallible for a fresh (topic, partition) with a concrete offset.
+                    let _ =
+                        tpl.add_partition_offset(&source.topic, partition, Offset::Offset(next));
                 }
             }
         }

@@ -73,6 +73,7 @@ const CONSUMER_ONLY: &[&str] = &[
     "session.timeout.ms",
     "heartbeat.interval.ms",
     "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
 ];
 
 /// A client configuration for producers and admin clients (consumer-only properties left out).

@@ -47,6 +47,9 @@ pub enum Error {
     /// Topic creation failed.
     #[error(transparent)]
     Kafka(#[from] quiver_kafka::Error),
+    /// The raw store could not be inspected or moved.
+    #[error(transparent)]
+    Store(#[from] quiver_store::Error),
 }
 
 /// The local stack described by a config.
@@ -159,23 +162,56 @@ pub fn declared_topics(config: &Config, catalog: &Catalog) -> Vec<(String, i32)>
     topics
 }
 
+/// One declared topic after `up`.
+#[derive(Debug, Clone)]
+pub struct TopicStatus {
+    /// Physical topic name.
+    pub name: String,
+    /// Partitions it was declared with.
+    pub partitions: i32,
+    /// Created now, or already there.
+    pub outcome: TopicOutcome,
+    /// Where raw segments of an earlier incarnation of this topic were moved, if any.
+    pub moved_stale_store: Option<PathBuf>,
+}
+
 /// Starts the stack and creates the declared topics.
-pub async fn up(config: &Config, catalog: &Catalog) -> Result<Vec<(String, i32, TopicOutcome)>> {
+///
+/// A source topic created just now is empty, its offsets restarting at 0; raw segments already
+/// on disk for that source therefore belong to an earlier incarnation of the topic (tansu's
+/// memory storage loses topics when it stops). Left in place, their offsets would make ingest
+/// skip the new events as replays, so they are moved aside to `raw/<source>.stale-<time>`.
+pub async fn up(config: &Config, catalog: &Catalog) -> Result<Vec<TopicStatus>> {
     let stack = LocalStack::from_config(config)?;
     stack.run("up")?;
     let topics = declared_topics(config, catalog);
     let outcomes = quiver_kafka::create_topics(&config.kafka, &topics).await?;
-    Ok(topics
-        .into_iter()
-        .map(|(name, parts)| {
-            let outcome = outcomes
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, o)| o.clone())
-                .unwrap_or(TopicOutcome::Existed);
-            (name, parts, outcome)
-        })
-        .collect())
+    let store = quiver_store::RawStore::open(&config.store.dir)?;
+    let mut out = Vec::with_capacity(topics.len());
+    for (name, partitions) in topics {
+        let outcome = outcomes
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, o)| o.clone())
+            .unwrap_or(TopicOutcome::Existed);
+        let source = catalog
+            .sources
+            .iter()
+            .find(|s| config.kafka.topic(&s.topic) == name);
+        let mut moved_stale_store = None;
+        if let (TopicOutcome::Created, Some(source)) = (&outcome, source)
+            && !store.segments(&source.name)?.is_empty()
+        {
+            moved_stale_store = Some(store.retire_source(&source.name)?);
+        }
+        out.push(TopicStatus {
+            name,
+            partitions,
+            outcome,
+            moved_stale_store,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ impl RawStore {
                 }
             }
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.sort_by_key(|a| a.id);
         Ok(out)
     }
 
@@ -179,6 +179,17 @@ impl RawStore {
             *last = (*last).max(segment.id.last_offset);
         }
         Ok(out)
+    }
+
+    /// Moves a source's segments aside to `raw/<source>.stale-<UTC time>` (they belong to an
+    /// earlier incarnation of its topic) and returns the new location.
+    pub fn retire_source(&self, source: &str) -> Result<PathBuf> {
+        let from = self.source_dir(source);
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let to = self.root.join(format!("{source}.stale-{stamp}"));
+        std::fs::rename(&from, &to).map_err(io("rename", &from))?;
+        sync_dir(&self.root)?;
+        Ok(to)
     }
 
     /// Writes one segment durably and atomically; a no-op if it already exists.

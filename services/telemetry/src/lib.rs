@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod names;
 
+use std::io::IsTerminal as _;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -52,6 +53,7 @@ pub fn init_tracing(format: LogFormat, level: &str) -> Result<()> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Pretty => builder.with_target(false).try_init(),

@@ -1,0 +1,81 @@
+//! The binary's start-up contract: bad config reported whole, an unreachable broker or missing
+//! topics in one clear line, never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Output;
+
+use common::{TestEnv, free_port};
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_config_is_reported_whole_with_paths() {
+    let t = TestEnv::new("badconfig", &[]);
+    let file = t.dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[kafka]\nbrokerz = \"x\"\n[ingest]\nsegment_max_events = \"lots\"\n[telemetry]\nlog_format = \"xml\"\n",
+    )
+    .unwrap();
+    let out = t
+        .quiver(&["--config", file.to_str().unwrap(), "config", "check"])
+        .env("QUIVER__API__LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("kafka.brokerz"), "{err}");
+    assert!(err.contains("unknown key"), "{err}");
+    assert!(err.contains("ingest.segment_max_events"), "{err}");
+    assert!(err.contains("expected integer, found string"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn good_config_checks_and_shows() {
+    let t = TestEnv::new("goodconfig", &[]);
+    let out = t.quiver(&["config", "check"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("labels, transactions"));
+    let out = t
+        .quiver(&["config", "show"])
+        .env("QUIVER__INGEST__SEGMENT_MAX_EVENTS", "77")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("segment_max_events = 77"));
+}
+
+#[test]
+fn unreachable_broker_is_one_clear_error() {
+    let t = TestEnv::new("unreachable", &[]);
+    let port = free_port();
+    let out = t
+        .quiver(&["ingest"])
+        .env("QUIVER__KAFKA__BROKERS", format!("127.0.0.1:{port}"))
+        .env("QUIVER__KAFKA__CONNECT_TIMEOUT_MS", "1500")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("quiver: error: cannot reach Kafka at 127.0.0.1:"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn missing_topics_are_named() {
+    let t = TestEnv::new("notopics", &[]);
+    let out = t.quiver(&["ingest"]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("topics missing on the broker"), "{err}");
+    assert!(last.contains(&t.topic("transactions.dlq")), "{err}");
+}

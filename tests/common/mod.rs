@@ -1,0 +1,408 @@
+//! The integration-test harness: real tansu and real Redis on free loopback ports, started once
+//! per test binary and shared; every test gets its own topic prefix, consumer group, key prefix
+//! and store directory, so tests run in parallel without seeing each other.
+//!
+//! The services are started by a small bash watchdog that kills them when the test process
+//! exits, so nothing outlives a test run. Binaries come from the project's own installer
+//! (`deploy/local/stack.sh install`), run here if tansu is not installed yet.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::execution::options::ArrowReadOptions;
+use datafusion::prelude::SessionContext;
+use quiver_core::{Catalog, Config};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The shared services of this test binary.
+pub struct Services {
+    pub kafka: String,
+    pub redis: String,
+    pub tansu: PathBuf,
+    pub dir: PathBuf,
+    /// The watchdogs; they end the services when this process exits.
+    _watchdogs: Vec<Child>,
+}
+
+static SERVICES: OnceLock<Services> = OnceLock::new();
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("QUIVER_TANSU_BIN") {
+        return PathBuf::from(bin);
+    }
+    let bin = Path::new(REPO).join(".quiver/bin/tansu");
+    if !bin.exists()
+        || Command::new("which")
+            .arg("redis-server")
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+    {
+        let status = Command::new("bash")
+            .arg(Path::new(REPO).join("deploy/local/stack.sh"))
+            .arg("install")
+            .env("QUIVER_WORK_DIR", Path::new(REPO).join(".quiver"))
+            .status()
+            .expect("run deploy/local/stack.sh install");
+        assert!(status.success(), "deploy/local/stack.sh install failed");
+    }
+    bin
+}
+
+/// Starts `program args...` under a watchdog that kills it when this process exits.
+fn spawn_guarded(program: &Path, args: &[String], log: &Path) -> Child {
+    let script = r#"prog="$1"; shift; "$prog" "$@" & child=$!
+while kill -0 "$WATCH_PID" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.3; done
+kill "$child" 2>/dev/null; sleep 1; kill -9 "$child" 2>/dev/null; true"#;
+    let log = std::fs::File::create(log).unwrap();
+    Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg("watchdog")
+        .arg(program)
+        .args(args)
+        .env("WATCH_PID", std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn watchdog")
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not ready within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn redis_ping(addr: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+pub fn services() -> &'static Services {
+    SERVICES.get_or_init(|| {
+        let tansu = tansu_bin();
+        let dir = std::env::temp_dir().join(format!("quiver-it-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kport = free_port();
+        let kafka = format!("127.0.0.1:{kport}");
+        let url = format!("tcp://{kafka}");
+        let tansu_guard = spawn_guarded(
+            &tansu,
+            &[
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ]
+            .map(String::from),
+            &dir.join("tansu.log"),
+        );
+        let rport = free_port();
+        let redis = format!("127.0.0.1:{rport}");
+        let rdir = dir.join("redis");
+        std::fs::create_dir_all(&rdir).unwrap();
+        let redis_guard = spawn_guarded(
+            Path::new("redis-server"),
+            &[
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &rport.to_string(),
+                "--dir",
+                rdir.to_str().unwrap(),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ]
+            .map(String::from),
+            &dir.join("redis.log"),
+        );
+        wait_until("tansu", Duration::from_secs(30), || {
+            Command::new(&tansu)
+                .args(["topic", "list", "--broker", &url])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+        wait_until("redis", Duration::from_secs(15), || redis_ping(&redis));
+        Services {
+            kafka,
+            redis,
+            tansu,
+            dir,
+            _watchdogs: vec![tansu_guard, redis_guard],
+        }
+    })
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// One test's isolated world: config with its own topic prefix, group and store dir.
+pub struct TestEnv {
+    pub name: String,
+    pub config: Config,
+    pub catalog: Catalog,
+    pub env: Vec<(String, String)>,
+    pub dir: PathBuf,
+}
+
+impl TestEnv {
+    /// A fresh environment; `extra` are additional `QUIVER__*` overrides.
+    pub fn new(test: &str, extra: &[(&str, &str)]) -> Self {
+        let s = services();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{test}-{}-{n}", std::process::id());
+        let dir = s.dir.join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut env: Vec<(String, String)> = vec![
+            ("QUIVER__KAFKA__BROKERS".into(), s.kafka.clone()),
+            ("QUIVER__KAFKA__TOPIC_PREFIX".into(), format!("{name}.")),
+            ("QUIVER__REDIS__URL".into(), format!("redis://{}", s.redis)),
+            (
+                "QUIVER__STORE__DIR".into(),
+                dir.join("store").display().to_string(),
+            ),
+            (
+                "QUIVER__SCHEMAS__DIR".into(),
+                Path::new(REPO).join("schemas").display().to_string(),
+            ),
+            (
+                "QUIVER__STACK__WORK_DIR".into(),
+                dir.join("work").display().to_string(),
+            ),
+            ("QUIVER__INGEST__GROUP_ID".into(), format!("{name}-ingest")),
+            ("QUIVER__INGEST__ADMIN_LISTEN".into(), String::new()),
+            ("QUIVER__KAFKA__CONNECT_TIMEOUT_MS".into(), "5000".into()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let config = Config::from_layers(None, env.clone()).expect("test config");
+        let catalog = Catalog::load(&config.schemas.dir).expect("schemas");
+        Self {
+            name,
+            config,
+            catalog,
+            env,
+            dir,
+        }
+    }
+
+    /// Creates every declared topic (and its dead-letter topic) for this test.
+    pub fn create_topics(&self) {
+        let topics = quiver_stack::declared_topics(&self.config, &self.catalog);
+        runtime()
+            .block_on(quiver_kafka::create_topics(&self.config.kafka, &topics))
+            .expect("create topics");
+    }
+
+    pub fn topic(&self, logical: &str) -> String {
+        self.config.kafka.topic(logical)
+    }
+
+    /// A `quiver` subprocess with this environment.
+    pub fn quiver(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver"));
+        cmd.args(args).env("QUIVER__TELEMETRY__LOG_LEVEL", "info");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs a SQL query over the raw store of `source` (registered as table `raw`).
+    pub fn raw_query(&self, source: &str, sql: &str) -> Vec<RecordBatch> {
+        let dir = self.config.store.dir.join("raw").join(source);
+        if !dir.exists() {
+            return Vec::new();
+        }
+        runtime().block_on(async {
+            let ctx = SessionContext::new();
+            let options = ArrowReadOptions::default()
+                .table_partition_cols(vec![("date".to_string(), DataType::Utf8)]);
+            ctx.register_arrow("raw", format!("{}/", dir.display()), options)
+                .await
+                .expect("register raw");
+            ctx.sql(sql)
+                .await
+                .expect("plan")
+                .collect()
+                .await
+                .expect("run")
+        })
+    }
+
+    /// A single integer from a raw-store query (e.g. a count).
+    pub fn raw_scalar(&self, source: &str, sql: &str) -> i64 {
+        let batches = self.raw_query(source, sql);
+        let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+            return 0;
+        };
+        let col = datafusion::arrow::compute::cast(batch.column(0), &DataType::Int64).unwrap();
+        col.as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+    }
+}
+
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+pub fn producer(kafka: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("linger.ms", "2")
+        .create()
+        .unwrap()
+}
+
+/// Produces (key, payload) pairs; returns (partition, offset) of each.
+pub fn produce_all(kafka: &str, topic: &str, messages: &[(String, Vec<u8>)]) -> Vec<(i32, i64)> {
+    let producer = producer(kafka);
+    runtime().block_on(async {
+        let futures: Vec<_> = messages
+            .iter()
+            .map(|(key, payload)| {
+                producer.send(
+                    FutureRecord::to(topic).key(key).payload(payload),
+                    Duration::from_secs(30),
+                )
+            })
+            .collect();
+        let mut out = Vec::with_capacity(futures.len());
+        for f in futures {
+            let delivery = f.await.map_err(|(e, _)| e).expect("delivered");
+            out.push((delivery.partition, delivery.offset));
+        }
+        out
+    })
+}
+
+/// A dead letter as read back from a DLQ topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub payload: Vec<u8>,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Reads `expected` messages from `topic` from the beginning (fresh group), within `timeout`.
+pub fn read_topic(kafka: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<DeadLetter> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set(
+            "group.id",
+            format!("reader-{topic}-{}", SEQ.fetch_add(1, Ordering::Relaxed)),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
+            let mut headers = std::collections::BTreeMap::new();
+            if let Some(h) = msg.headers() {
+                for header in h.iter() {
+                    headers.insert(
+                        header.key.to_string(),
+                        String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            out.push(DeadLetter {
+                payload: msg.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// Committed offsets of `group` for `topic`'s partitions 0..n.
+pub fn committed(kafka: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let tpl = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    (0..partitions)
+        .map(|p| match tpl.find_partition(topic, p).map(|e| e.offset()) {
+            Some(rdkafka::Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// Polls `check` until it returns true or `timeout` passes; returns whether it did.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,408 @@
+//! Ingest against real tansu: exactly-once landing in the raw store, dead letters with reasons,
+//! committed offsets, SIGKILL mid-stream, and a consumer group of two.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{TestEnv, committed, eventually, free_port, produce_all, read_topic, services};
+use quiver_demo::{Generator, GeneratorOptions, Transaction};
+use quiver_ingest::{IngestReport, IngestStats, Shutdown};
+use quiver_telemetry::Health;
+
+fn transactions(seed: u64, n: usize) -> Vec<Transaction> {
+    let mut g = Generator::new(
+        seed,
+        GeneratorOptions {
+            users: 300,
+            ..GeneratorOptions::default()
+        },
+    );
+    let start = DateTime::<Utc>::from_timestamp(1_795_687_200, 0).unwrap();
+    (0..n)
+        .map(|i| g.next_transaction(start + chrono::Duration::milliseconds(i as i64 * 37)))
+        .collect()
+}
+
+fn messages(txns: &[Transaction]) -> Vec<(String, Vec<u8>)> {
+    txns.iter()
+        .map(|t| (t.user_id.clone(), t.to_json().into_bytes()))
+        .collect()
+}
+
+struct InProcess {
+    shutdown: Shutdown,
+    stats: Arc<IngestStats>,
+    handle: JoinHandle<quiver_ingest::Result<IngestReport>>,
+}
+
+fn start_in_process(t: &TestEnv) -> InProcess {
+    let shutdown = Shutdown::default();
+    let stats = Arc::new(IngestStats::default());
+    let (config, catalog, s, st) = (
+        t.config.clone(),
+        t.catalog.clone(),
+        shutdown.clone(),
+        stats.clone(),
+    );
+    let handle =
+        std::thread::spawn(move || quiver_ingest::run(&config, &catalog, s, Health::default(), st));
+    InProcess {
+        shutdown,
+        stats,
+        handle,
+    }
+}
+
+impl InProcess {
+    fn stop(self) -> IngestReport {
+        self.shutdown.trigger();
+        self.handle
+            .join()
+            .expect("ingest thread")
+            .expect("ingest ran cleanly")
+    }
+}
+
+fn end_offsets(deliveries: &[(i32, i64)], partitions: i32) -> Vec<i64> {
+    let mut ends = vec![0; partitions as usize];
+    for &(p, o) in deliveries {
+        ends[p as usize] = ends[p as usize].max(o + 1);
+    }
+    ends
+}
+
+/// The raw store holds `n` transactions, each once: `n` rows, `n` distinct ids, and no
+/// (partition, offset) twice.
+fn assert_exactly_once(t: &TestEnv, n: i64) {
+    assert_eq!(t.raw_scalar("transactions", "SELECT count(*) FROM raw"), n);
+    assert_eq!(
+        t.raw_scalar("transactions", "SELECT count(DISTINCT txn_id) FROM raw"),
+        n
+    );
+    assert_eq!(t.raw_scalar("transactions", DUPLICATES), 0);
+}
+
+const DUPLICATES: &str =
+    "SELECT count(*) FROM (SELECT _partition, _offset FROM raw GROUP BY 1, 2 HAVING count(*) > 1)";
+
+#[test]
+fn valid_events_land_exactly_once_and_bad_ones_reach_the_dlq_with_reasons() {
+    let t = TestEnv::new(
+        "exactly-once",
+        &[("QUIVER__INGEST__MAX_EVENT_BYTES", "4096")],
+    );
+    t.create_topics();
+    let txns = transactions(11, 3_000);
+    let mut msgs = messages(&txns);
+    let ok = r#""merchant_id":"m","country":"FR""#;
+    let bad: Vec<(&str, String)> = vec![
+        ("not_json", "{oops".to_string()),
+        ("not_object", "[1,2,3]".to_string()),
+        (
+            "wrong_type",
+            format!(
+                r#"{{"txn_id":"b1","user_id":"u1",{ok},"amount":"lots","event_time":"2026-11-26T10:00:00Z"}}"#
+            ),
+        ),
+        (
+            "missing_field",
+            format!(r#"{{"txn_id":"b2",{ok},"amount":1.5,"event_time":"2026-11-26T10:00:00Z"}}"#),
+        ),
+        (
+            "bad_event_time",
+            format!(r#"{{"txn_id":"b3","user_id":"u1",{ok},"amount":1.5,"event_time":"noon"}}"#),
+        ),
+        ("too_large", format!(r#"{{"pad":"{}"}}"#, "x".repeat(5_000))),
+    ];
+    for (i, (_, payload)) in bad.iter().enumerate() {
+        msgs.insert(
+            i * 400 + 7,
+            ("u1".to_string(), payload.clone().into_bytes()),
+        );
+    }
+    let topic = t.topic("transactions");
+    let deliveries = produce_all(&services().kafka, &topic, &msgs);
+
+    let ingest = start_in_process(&t);
+    let landed = eventually(Duration::from_secs(60), || {
+        ingest.stats.events.load(Ordering::Relaxed) >= 3_000
+            && ingest.stats.dead_letters.load(Ordering::Relaxed) >= 6
+    });
+    let report = ingest.stop();
+    assert!(landed, "ingest did not catch up: {report:?}");
+    assert_eq!(report.events, 3_000);
+    assert_eq!(report.dead_letters, 6);
+
+    // Every valid event exactly once, with its values, read back with DataFusion.
+    assert_exactly_once(&t, 3_000);
+    let cents: i64 = txns.iter().map(|t| (t.amount * 100.0).round() as i64).sum();
+    assert_eq!(
+        t.raw_scalar(
+            "transactions",
+            "SELECT CAST(round(sum(amount) * 100) AS BIGINT) FROM raw"
+        ),
+        cents
+    );
+    let first = &txns[0];
+    let sql = format!(
+        "SELECT count(*) FROM raw WHERE txn_id = '{}' AND user_id = '{}' AND merchant_id = '{}' AND country = '{}' \
+         AND event_time = TIMESTAMP '2026-11-26T10:00:00Z'",
+        first.txn_id, first.user_id, first.merchant_id, first.country
+    );
+    assert_eq!(t.raw_scalar("transactions", &sql), 1);
+
+    // Dead letters: original payload, reason and provenance in headers.
+    let dlq = read_topic(
+        &services().kafka,
+        &t.config.kafka.dlq_topic("transactions"),
+        6,
+        Duration::from_secs(30),
+    );
+    assert_eq!(dlq.len(), 6);
+    let mut by_reason: BTreeMap<String, &common::DeadLetter> = BTreeMap::new();
+    for letter in &dlq {
+        by_reason.insert(letter.headers["quiver.reason"].clone(), letter);
+        assert_eq!(letter.headers["quiver.source.topic"], topic);
+        assert!(
+            letter.headers["quiver.source.offset"]
+                .parse::<i64>()
+                .is_ok()
+        );
+        assert!(!letter.headers["quiver.error"].is_empty());
+    }
+    for (reason, payload) in &bad {
+        let letter = by_reason
+            .get(*reason)
+            .unwrap_or_else(|| panic!("no dead letter for {reason}"));
+        assert_eq!(letter.payload, payload.as_bytes(), "{reason}");
+    }
+
+    // Offsets committed up to the end of every partition.
+    let group = &t.config.ingest.group_id;
+    assert_eq!(
+        committed(&services().kafka, group, &topic, 4),
+        end_offsets(&deliveries, 4)
+    );
+}
+
+/// A `quiver ingest` child process with its admin listener on a free port.
+struct ChildIngest {
+    child: Child,
+    admin: String,
+}
+
+fn spawn_ingest(t: &TestEnv, extra: &[(&str, &str)]) -> ChildIngest {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut cmd = t.quiver(&["ingest"]);
+    cmd.env("QUIVER__INGEST__ADMIN_LISTEN", &admin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    ChildIngest {
+        child: cmd.spawn().expect("spawn quiver ingest"),
+        admin,
+    }
+}
+
+fn scrape(addr: &str, metric: &str) -> f64 {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return 0.0;
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(metric))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn segments(t: &TestEnv) -> usize {
+    let store = quiver_store::RawStore::open(&t.config.store.dir).unwrap();
+    store.segments("transactions").map(|s| s.len()).unwrap_or(0)
+}
+
+fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
+#[test]
+fn sigkill_mid_stream_neither_loses_nor_duplicates() {
+    let t = TestEnv::new(
+        "sigkill",
+        &[
+            ("QUIVER__INGEST__SEGMENT_MAX_AGE_MS", "100"),
+            ("QUIVER__INGEST__SEGMENT_MAX_EVENTS", "500"),
+        ],
+    );
+    t.create_topics();
+    let topic = t.topic("transactions");
+    let txns = transactions(21, 24_000);
+    let msgs = messages(&txns);
+    let kafka = services().kafka.clone();
+    // A stream that keeps flowing while we kill consumers: 6 bursts of 4 000.
+    let producer = {
+        let (kafka, topic, msgs) = (kafka.clone(), topic.clone(), msgs.clone());
+        std::thread::spawn(move || {
+            let mut deliveries = Vec::new();
+            for chunk in msgs.chunks(4_000) {
+                deliveries.extend(produce_all(&kafka, &topic, chunk));
+                std::thread::sleep(Duration::from_millis(700));
+            }
+            deliveries
+        })
+    };
+
+    // 1st member never commits on its timer: everything it writes is durable but uncommitted
+    // when it is killed, so the next member must replay it and skip it.
+    let mut first = spawn_ingest(&t, &[("QUIVER__INGEST__COMMIT_INTERVAL_MS", "3600000")]);
+    assert!(
+        eventually(Duration::from_secs(60), || segments(&t) >= 8),
+        "first member wrote nothing"
+    );
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let after_first = t.raw_scalar("transactions", "SELECT count(*) FROM raw");
+    assert!(after_first > 0);
+
+    // 2nd member: killed in the middle of the stream, after committing some of it.
+    let mut second = spawn_ingest(&t, &[]);
+    assert!(eventually(Duration::from_secs(60), || scrape(
+        &second.admin,
+        "quiver_ingest_replay_skipped_total"
+    ) > 0.0));
+    let before = segments(&t);
+    assert!(
+        eventually(Duration::from_secs(60), || segments(&t) >= before + 4),
+        "second member made no progress"
+    );
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+
+    // 3rd member runs to the end and stops gracefully.
+    let deliveries = producer.join().unwrap();
+    let mut third = spawn_ingest(&t, &[]);
+    let complete = eventually(Duration::from_secs(90), || {
+        t.raw_scalar("transactions", "SELECT count(*) FROM raw") >= 24_000
+    });
+    let status = sigterm(&mut third.child);
+    assert!(
+        complete,
+        "only {} rows",
+        t.raw_scalar("transactions", "SELECT count(*) FROM raw")
+    );
+    assert!(status.success(), "graceful stop failed: {status}");
+
+    assert_exactly_once(&t, 24_000);
+    assert_eq!(
+        committed(&kafka, &t.config.ingest.group_id, &topic, 4),
+        end_offsets(&deliveries, 4)
+    );
+
+    // Segments of one partition never overlap: each offset is in exactly one file.
+    let store = quiver_store::RawStore::open(&t.config.store.dir).unwrap();
+    let segs = store.segments("transactions").unwrap();
+    for pair in segs.windows(2) {
+        if pair[0].id.partition == pair[1].id.partition {
+            assert!(
+                pair[0].id.last_offset < pair[1].id.first_offset,
+                "{:?} overlaps {:?}",
+                pair[0].id,
+                pair[1].id
+            );
+        }
+    }
+
+    // A restart after the graceful stop resumes from the commit and takes only new events.
+    let more = messages(&transactions(22, 2_000));
+    produce_all(&kafka, &topic, &more);
+    let mut fourth = spawn_ingest(&t, &[]);
+    let caught_up = eventually(Duration::from_secs(60), || {
+        t.raw_scalar("transactions", "SELECT count(*) FROM raw") >= 26_000
+    });
+    let skipped = scrape(&fourth.admin, "quiver_ingest_replay_skipped_total");
+    assert!(sigterm(&mut fourth.child).success());
+    assert!(caught_up);
+    assert_eq!(
+        t.raw_scalar("transactions", "SELECT count(*) FROM raw"),
+        26_000
+    );
+    assert_eq!(t.raw_scalar("transactions", DUPLICATES), 0);
+    assert_eq!(
+        skipped, 0.0,
+        "a member starting from a clean commit replays nothing"
+    );
+}
+
+#[test]
+fn two_members_split_the_partitions_and_hand_over_on_leave() {
+    let t = TestEnv::new("group", &[]);
+    t.create_topics();
+    let topic = t.topic("transactions");
+    let kafka = services().kafka.clone();
+    let batches: Vec<Vec<(String, Vec<u8>)>> = (0..3)
+        .map(|i| messages(&transactions(30 + i, 5_000)))
+        .collect();
+    let count = || t.raw_scalar("transactions", "SELECT count(*) FROM raw");
+
+    let a = start_in_process(&t);
+    let mut deliveries = produce_all(&kafka, &topic, &batches[0]);
+    assert!(
+        eventually(Duration::from_secs(60), || count() >= 5_000),
+        "member A alone: {}",
+        count()
+    );
+
+    // B joins: A drains and commits on revoke, the partitions are split.
+    let b = start_in_process(&t);
+    deliveries.extend(produce_all(&kafka, &topic, &batches[1]));
+    assert!(
+        eventually(Duration::from_secs(60), || count() >= 10_000),
+        "A + B: {}",
+        count()
+    );
+    assert!(
+        b.stats.events.load(Ordering::Relaxed) > 0,
+        "B never got a partition"
+    );
+
+    // A leaves: its partitions move to B, which continues from A's commits.
+    let report_a = a.stop();
+    deliveries.extend(produce_all(&kafka, &topic, &batches[2]));
+    assert!(
+        eventually(Duration::from_secs(60), || count() >= 15_000),
+        "B alone: {}",
+        count()
+    );
+    let report_b = b.stop();
+
+    assert_exactly_once(&t, 15_000);
+    assert_eq!(
+        report_a.events + report_b.events,
+        15_000,
+        "A {report_a:?} B {report_b:?}"
+    );
+    assert_eq!(
+        committed(&kafka, &t.config.ingest.group_id, &topic, 4),
+        end_offsets(&deliveries, 4)
+    );
+}
