@@ -40,7 +40,12 @@ fn good_config_checks_and_shows() {
     let t = TestEnv::new("goodconfig", &[]);
     let out = t.quiver(&["config", "check"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("labels, transactions"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("labels, transactions"), "{stdout}");
+    assert!(
+        stdout.contains("2 feature view(s): merchant_txn, user_txn"),
+        "{stdout}"
+    );
     let out = t
         .quiver(&["config", "show"])
         .env("QUIVER__INGEST__SEGMENT_MAX_EVENTS", "77")
@@ -78,4 +83,35 @@ fn missing_topics_are_named() {
     let last = err.lines().last().unwrap_or_default();
     assert!(last.contains("topics missing on the broker"), "{err}");
     assert!(last.contains(&t.topic("transactions.dlq")), "{err}");
+}
+
+#[test]
+fn bad_feature_definitions_stop_start_up_with_precise_errors() {
+    let t = TestEnv::new("badview", &[]);
+    let schemas = t.dir.join("schemas");
+    std::fs::create_dir_all(schemas.join("sources")).unwrap();
+    std::fs::create_dir_all(schemas.join("views")).unwrap();
+    let repo = std::path::Path::new(common::REPO).join("schemas/sources");
+    for source in ["transactions.toml", "labels.toml"] {
+        std::fs::copy(repo.join(source), schemas.join("sources").join(source)).unwrap();
+    }
+    std::fs::write(
+        schemas.join("views/bad.toml"),
+        "name = \"bad\"\nentity = \"user_id\"\nsource = \"transactions\"\n\
+         [[features]]\nname = \"s\"\nop = \"sum\"\ncolumn = \"country\"\nwindow = \"1h\"\n\
+         [[features]]\nname = \"w\"\nop = \"count\"\nwindow = \"fortnight\"\n",
+    )
+    .unwrap();
+    let out = t
+        .quiver(&["config", "check"])
+        .env("QUIVER__SCHEMAS__DIR", &schemas)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sum over `country` needs a float or int column"),
+        "{err}"
+    );
+    assert!(err.contains("window `fortnight`"), "{err}");
 }

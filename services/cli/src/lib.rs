@@ -114,21 +114,21 @@ pub struct Context {
     pub config: Config,
     /// Declared sources.
     pub catalog: Catalog,
+    /// Declared feature views.
+    pub views: quiver_features::ViewCatalog,
 }
 
-/// Loads configuration and schemas, reporting every problem of both at once.
+/// Loads configuration, source schemas and feature views; the first layer that fails is
+/// reported with every problem it has.
 pub fn load(cli: &Cli) -> anyhow::Result<Context> {
-    let config = Config::load(cli.config.as_deref());
-    let catalog = match &config {
-        Ok(c) => Some(Catalog::load(&c.schemas.dir)),
-        Err(_) => None,
-    };
-    match (config, catalog) {
-        (Ok(config), Some(Ok(catalog))) => Ok(Context { config, catalog }),
-        (Ok(_), Some(Err(e))) => Err(e.into()),
-        (Err(e), _) => Err(e.into()),
-        (Ok(_), None) => anyhow::bail!("schemas were not loaded"),
-    }
+    let config = Config::load(cli.config.as_deref())?;
+    let catalog = Catalog::load(&config.schemas.dir)?;
+    let views = quiver_features::ViewCatalog::load(&config.schemas.dir, &catalog)?;
+    Ok(Context {
+        config,
+        catalog,
+        views,
+    })
 }
 
 /// Starts logging as configured.
@@ -161,15 +161,13 @@ pub fn run(cli: Cli, ctx: Context) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Config(ConfigCommand::Check) => {
+                let names = |it: &mut dyn Iterator<Item = &str>| it.collect::<Vec<_>>().join(", ");
                 println!(
-                    "configuration OK; {} source(s): {}",
+                    "configuration OK; {} source(s): {}; {} feature view(s): {}",
                     ctx.catalog.sources.len(),
-                    ctx.catalog
-                        .sources
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    names(&mut ctx.catalog.sources.iter().map(|s| s.name.as_str())),
+                    ctx.views.views.len(),
+                    names(&mut ctx.views.views.iter().map(|v| v.name.as_str())),
                 );
                 Ok(())
             }

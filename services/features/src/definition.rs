@@ -1,0 +1,498 @@
+//! Feature views, declared in `schemas/views/*.toml`:
+//!
+//! ```toml
+//! name = "user_txn"
+//! entity = "user_id"            # a key column of the source
+//! source = "transactions"
+//! allowed_lateness = "1h"       # default 1h
+//! ttl = "30d"                   # online-store expiry after the entity's last event; default 30d
+//!
+//! [[features]]
+//! name = "amount_sum_1h"
+//! op = "sum"                    # count sum mean min max last distinct_count stddev
+//! column = "amount"             # not for count
+//! window = "1h"                 # or "lifetime"
+//! hop = "5m"                    # optional; default 5m up to 12h, 1h up to 12d, 1d above
+//! ```
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use quiver_core::Catalog;
+use quiver_core::schema::{FieldType, SourceSchema};
+use serde::Deserialize;
+
+use crate::duration::{self, DAY_US, HOUR_US, MINUTE_US};
+use crate::{Error, Result};
+
+/// An aggregation operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Number of events.
+    Count,
+    /// Sum of a numeric column.
+    Sum,
+    /// Mean of a numeric column.
+    Mean,
+    /// Minimum of a numeric column.
+    Min,
+    /// Maximum of a numeric column.
+    Max,
+    /// Value of the latest event (event time, then arrival order).
+    Last,
+    /// Approximate number of distinct values (HyperLogLog).
+    DistinctCount,
+    /// Population standard deviation of a numeric column.
+    Stddev,
+}
+
+impl Op {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "count" => Op::Count,
+            "sum" => Op::Sum,
+            "mean" => Op::Mean,
+            "min" => Op::Min,
+            "max" => Op::Max,
+            "last" => Op::Last,
+            "distinct_count" => Op::DistinctCount,
+            "stddev" => Op::Stddev,
+            _ => return None,
+        })
+    }
+
+    fn numeric(self) -> bool {
+        matches!(self, Op::Sum | Op::Mean | Op::Min | Op::Max | Op::Stddev)
+    }
+}
+
+/// An aggregation window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// All events ever.
+    Lifetime,
+    /// A sliding window of `size` evaluated on tiles of `hop` (both µs).
+    Sliding {
+        /// Window length.
+        size: i64,
+        /// Tile length.
+        hop: i64,
+    },
+}
+
+/// The design's default hop for a window: 5 min up to 12 h, 1 h up to 12 d, 1 d above.
+pub fn default_hop(size: i64) -> i64 {
+    if size <= 12 * HOUR_US {
+        5 * MINUTE_US
+    } else if size <= 12 * DAY_US {
+        HOUR_US
+    } else {
+        DAY_US
+    }
+}
+
+/// One feature of a view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregation {
+    /// Feature name.
+    pub name: String,
+    /// Operation.
+    pub op: Op,
+    /// Input column (none for `count`).
+    pub column: Option<String>,
+    /// Window.
+    pub window: Window,
+}
+
+/// A feature view: an entity of a source and its aggregations.
+#[derive(Debug, Clone)]
+pub struct FeatureView {
+    /// View name.
+    pub name: String,
+    /// Entity key column.
+    pub entity: String,
+    /// Source name.
+    pub source: String,
+    /// Events older than the entity's latest event time by more than this are dropped (µs).
+    pub allowed_lateness: i64,
+    /// Online-store expiry after the entity's last update (µs).
+    pub ttl: i64,
+    /// Features, in declaration order.
+    pub aggregations: Vec<Aggregation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawView {
+    name: String,
+    entity: String,
+    source: String,
+    allowed_lateness: Option<String>,
+    ttl: Option<String>,
+    #[serde(default)]
+    features: Vec<RawFeature>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeature {
+    name: String,
+    op: String,
+    column: Option<String>,
+    window: String,
+    hop: Option<String>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl FeatureView {
+    /// Parses and validates one view file against the declared sources.
+    pub fn parse(
+        origin: &str,
+        text: &str,
+        catalog: &Catalog,
+    ) -> std::result::Result<Self, Vec<String>> {
+        let raw: RawView = toml::from_str(text).map_err(|e| {
+            vec![format!(
+                "{origin}: {}",
+                e.to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )]
+        })?;
+        let mut errors = Vec::new();
+        let at = |what: &str| format!("{origin}: view `{}`: {what}", raw.name);
+        if !valid_name(&raw.name) {
+            errors.push(at("name must be lowercase [a-z0-9_]"));
+        }
+        let source: Option<&Arc<SourceSchema>> = catalog.source(&raw.source);
+        match source {
+            None => errors.push(at(&format!("unknown source `{}`", raw.source))),
+            Some(s) if !s.keys.contains(&raw.entity) => errors.push(at(&format!(
+                "entity `{}` is not a key of source `{}` (keys: {})",
+                raw.entity,
+                s.name,
+                s.keys.join(", ")
+            ))),
+            Some(_) => {}
+        }
+        let mut duration_of = |key: &str, value: &Option<String>, default: i64| match value {
+            None => default,
+            Some(text) => duration::parse(text).unwrap_or_else(|| {
+                errors.push(at(&format!(
+                    "{key} `{text}` is not a duration like 30s, 5m, 1h, 7d"
+                )));
+                default
+            }),
+        };
+        let allowed_lateness = duration_of("allowed_lateness", &raw.allowed_lateness, HOUR_US);
+        let ttl = duration_of("ttl", &raw.ttl, 30 * DAY_US);
+        if raw.features.is_empty() {
+            errors.push(at("declares no features"));
+        }
+        let mut names = BTreeSet::new();
+        let mut aggregations = Vec::new();
+        for f in &raw.features {
+            let here = |what: &str| at(&format!("feature `{}`: {what}", f.name));
+            if !valid_name(&f.name) {
+                errors.push(here("name must be lowercase [a-z0-9_]"));
+            }
+            if !names.insert(f.name.clone()) {
+                errors.push(here("declared twice"));
+            }
+            let Some(op) = Op::parse(&f.op) else {
+                errors.push(here(&format!(
+                    "unknown op `{}` (expected count, sum, mean, min, max, last, distinct_count, stddev)",
+                    f.op
+                )));
+                continue;
+            };
+            match (&f.column, op) {
+                (Some(_), Op::Count) => errors.push(here("count takes no column")),
+                (None, op) if op != Op::Count => {
+                    errors.push(here(&format!("{} needs a column", f.op)))
+                }
+                (Some(column), op) => {
+                    if let Some(source) = source {
+                        match source.fields.iter().find(|c| &c.name == column) {
+                            None => errors.push(here(&format!(
+                                "unknown column `{column}` in source `{}`",
+                                source.name
+                            ))),
+                            Some(c)
+                                if op.numeric()
+                                    && !matches!(c.ty, FieldType::Float | FieldType::Int) =>
+                            {
+                                errors.push(here(
+                                    &format!(
+                                        "{} over `{column}` needs a float or int column, not {:?}",
+                                        f.op, c.ty
+                                    )
+                                    .to_lowercase(),
+                                ))
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+                (None, _) => {}
+            }
+            let window = if f.window == "lifetime" {
+                if f.hop.is_some() {
+                    errors.push(here("a lifetime window has no hop"));
+                }
+                Window::Lifetime
+            } else if let Some(size) = duration::parse(&f.window) {
+                let hop = match &f.hop {
+                    None => default_hop(size),
+                    Some(h) => match duration::parse(h) {
+                        Some(hop) if hop <= size => hop,
+                        Some(_) => {
+                            errors.push(here(&format!(
+                                "hop `{h}` is longer than the window `{}`",
+                                f.window
+                            )));
+                            default_hop(size)
+                        }
+                        None => {
+                            errors.push(here(&format!("hop `{h}` is not a duration")));
+                            default_hop(size)
+                        }
+                    },
+                };
+                Window::Sliding { size, hop }
+            } else {
+                errors.push(here(&format!(
+                    "window `{}` is not a duration like 1h or \"lifetime\"",
+                    f.window
+                )));
+                continue;
+            };
+            aggregations.push(Aggregation {
+                name: f.name.clone(),
+                op,
+                column: f.column.clone(),
+                window,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self {
+            name: raw.name,
+            entity: raw.entity,
+            source: raw.source,
+            allowed_lateness,
+            ttl,
+            aggregations,
+        })
+    }
+
+    /// Feature names in order.
+    pub fn feature_names(&self) -> impl Iterator<Item = &str> {
+        self.aggregations.iter().map(|a| a.name.as_str())
+    }
+}
+
+/// Every declared view.
+#[derive(Debug, Clone, Default)]
+pub struct ViewCatalog {
+    /// Views sorted by name.
+    pub views: Vec<Arc<FeatureView>>,
+}
+
+impl ViewCatalog {
+    /// Loads `<dir>/views/*.toml` (none is fine), reporting every problem at once.
+    pub fn load(dir: &Path, catalog: &Catalog) -> Result<Self> {
+        let views_dir = dir.join("views");
+        let mut files = Vec::new();
+        match std::fs::read_dir(&views_dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    path: views_dir,
+                    source,
+                });
+            }
+            Ok(entries) => {
+                for entry in entries {
+                    let path = entry
+                        .map_err(|source| Error::Io {
+                            path: views_dir.clone(),
+                            source,
+                        })?
+                        .path();
+                    if path.extension().is_some_and(|e| e == "toml") {
+                        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                            path: path.clone(),
+                            source,
+                        })?;
+                        files.push((path.display().to_string(), text));
+                    }
+                }
+            }
+        }
+        files.sort();
+        Self::from_texts(files.iter().map(|(o, t)| (o.as_str(), t.as_str())), catalog)
+    }
+
+    /// Builds the catalog from `(origin, text)` pairs, without I/O.
+    pub fn from_texts<'a>(
+        files: impl IntoIterator<Item = (&'a str, &'a str)>,
+        catalog: &Catalog,
+    ) -> Result<Self> {
+        let mut errors = Vec::new();
+        let mut views: Vec<Arc<FeatureView>> = Vec::new();
+        for (origin, text) in files {
+            match FeatureView::parse(origin, text, catalog) {
+                Ok(v) => {
+                    if views.iter().any(|o| o.name == v.name) {
+                        errors.push(format!("{origin}: view `{}` declared twice", v.name));
+                    }
+                    views.push(Arc::new(v));
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Error::Definition(errors));
+        }
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self { views })
+    }
+
+    /// A view by name.
+    pub fn view(&self, name: &str) -> Option<&Arc<FeatureView>> {
+        self.views.iter().find(|v| v.name == name)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn catalog() -> Catalog {
+        Catalog::from_texts([(
+            "transactions.toml",
+            r#"
+name = "transactions"
+event_time = "event_time"
+id = "txn_id"
+keys = ["user_id", "merchant_id"]
+[fields]
+txn_id = "string"
+user_id = "string"
+merchant_id = "string"
+amount = "float"
+country = "string"
+event_time = "timestamp"
+"#,
+        )])
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_a_view_with_default_hops() {
+        let text = r#"
+name = "user_txn"
+entity = "user_id"
+source = "transactions"
+[[features]]
+name = "txn_count_1h"
+op = "count"
+window = "1h"
+[[features]]
+name = "amount_mean_24h"
+op = "mean"
+column = "amount"
+window = "24h"
+[[features]]
+name = "amount_stddev_30d"
+op = "stddev"
+column = "amount"
+window = "30d"
+[[features]]
+name = "last_country"
+op = "last"
+column = "country"
+window = "lifetime"
+"#;
+        let v = FeatureView::parse("v.toml", text, &catalog()).unwrap();
+        assert_eq!(v.allowed_lateness, HOUR_US);
+        assert_eq!(
+            v.aggregations[0].window,
+            Window::Sliding {
+                size: HOUR_US,
+                hop: 5 * MINUTE_US
+            }
+        );
+        assert_eq!(
+            v.aggregations[1].window,
+            Window::Sliding {
+                size: 24 * HOUR_US,
+                hop: HOUR_US
+            }
+        );
+        assert_eq!(
+            v.aggregations[2].window,
+            Window::Sliding {
+                size: 30 * DAY_US,
+                hop: DAY_US
+            }
+        );
+        assert_eq!(v.aggregations[3].window, Window::Lifetime);
+    }
+
+    #[test]
+    fn reports_every_problem_precisely() {
+        let text = r#"
+name = "bad"
+entity = "country"
+source = "transactions"
+allowed_lateness = "soon"
+[[features]]
+name = "a"
+op = "sum"
+column = "country"
+window = "1h"
+[[features]]
+name = "b"
+op = "median"
+window = "1h"
+[[features]]
+name = "c"
+op = "max"
+column = "nope"
+window = "1h"
+[[features]]
+name = "d"
+op = "count"
+window = "yesterday"
+[[features]]
+name = "e"
+op = "count"
+window = "1h"
+hop = "2h"
+"#;
+        let errs = FeatureView::parse("bad.toml", text, &catalog())
+            .unwrap_err()
+            .join("\n");
+        for expected in [
+            "entity `country` is not a key",
+            "allowed_lateness `soon`",
+            "sum over `country` needs a float or int column",
+            "unknown op `median`",
+            "unknown column `nope`",
+            "window `yesterday`",
+            "hop `2h` is longer than the window",
+        ] {
+            assert!(errs.contains(expected), "missing `{expected}` in:\n{errs}");
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! One entity's state for one view: tiles of partial aggregates, and reads at any time `t`.
+//!
+//! Aggregations are grouped by hop; each group keeps a map from tile start (a multiple of the
+//! hop, in µs since the epoch) to one partial per aggregation of the group. `lifetime`
+//! aggregations keep a single partial each. The value of a windowed aggregation (window `W`,
+//! hop `h`) read at time `t` merges, in tile order, the tiles whose start `s` satisfies
+//! `floor((t − W) / h) · h ≤ s ≤ t` — i.e. exactly the events with
+//! `floor((t − W) / h) · h ≤ event_time ≤ t` when no event is later than `t` (reads happen at
+//! or after the entity's latest event time). Windows thus slide with the read clock.
+//!
+//! An event older than the entity's latest event time by more than the view's allowed lateness
+//! is dropped ([`Applied::Late`]). Tiles that no read at or after the latest event time can
+//! reach are evicted, so state is bounded by the longest window over the hop.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::definition::{FeatureView, Op, Window};
+use crate::partial::Partial;
+use crate::value::Value;
+
+/// Arrival order of an event: (partition, offset).
+pub type Seq = (i32, i64);
+
+/// Where an aggregation's partial lives.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Lifetime(usize),
+    Windowed {
+        group: usize,
+        index: usize,
+        size: i64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct HopGroup {
+    hop: i64,
+    max_size: i64,
+    ops: Vec<Op>,
+}
+
+/// A view compiled for evaluation.
+#[derive(Debug, Clone)]
+pub struct ViewPlan {
+    view: Arc<FeatureView>,
+    slots: Vec<Slot>,
+    groups: Vec<HopGroup>,
+    lifetime_ops: Vec<Op>,
+}
+
+/// An entity's state: everything needed to answer a read at any later time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityState {
+    /// Greatest event time applied (µs).
+    pub event_time_max: Option<i64>,
+    /// Events applied (late ones excluded).
+    pub events: u64,
+    lifetime: Vec<Partial>,
+    tiles: Vec<BTreeMap<i64, Vec<Partial>>>,
+}
+
+/// What [`ViewPlan::apply`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Folded into the state.
+    Applied,
+    /// Older than the latest event time by more than the allowed lateness: dropped.
+    Late,
+}
+
+fn floor_to(t: i64, hop: i64) -> i64 {
+    t.div_euclid(hop) * hop
+}
+
+impl ViewPlan {
+    /// Compiles a view.
+    pub fn new(view: Arc<FeatureView>) -> Self {
+        let mut groups: Vec<HopGroup> = Vec::new();
+        let mut lifetime_ops = Vec::new();
+        let mut slots = Vec::with_capacity(view.aggregations.len());
+        for agg in &view.aggregations {
+            match agg.window {
+                Window::Lifetime => {
+                    slots.push(Slot::Lifetime(lifetime_ops.len()));
+                    lifetime_ops.push(agg.op);
+                }
+                Window::Sliding { size, hop } => {
+                    let group = match groups.iter().position(|g| g.hop == hop) {
+                        Some(g) => g,
+                        None => {
+                            groups.push(HopGroup {
+                                hop,
+                                max_size: 0,
+                                ops: Vec::new(),
+                            });
+                            groups.len() - 1
+                        }
+                    };
+                    let g = &mut groups[group];
+                    g.max_size = g.max_size.max(size);
+                    slots.push(Slot::Windowed {
+                        group,
+                        index: g.ops.len(),
+                        size,
+                    });
+                    g.ops.push(agg.op);
+                }
+            }
+        }
+        Self {
+            view,
+            slots,
+            groups,
+            lifetime_ops,
+        }
+    }
+
+    /// The view.
+    pub fn view(&self) -> &Arc<FeatureView> {
+        &self.view
+    }
+
+    /// The input column of each aggregation, in order (`None` for `count`).
+    pub fn input_columns(&self) -> impl Iterator<Item = Option<&str>> {
+        self.view.aggregations.iter().map(|a| a.column.as_deref())
+    }
+
+    /// A state with no events.
+    pub fn new_state(&self) -> EntityState {
+        EntityState {
+            event_time_max: None,
+            events: 0,
+            lifetime: self
+                .lifetime_ops
+                .iter()
+                .map(|op| Partial::new(*op))
+                .collect(),
+            tiles: vec![BTreeMap::new(); self.groups.len()],
+        }
+    }
+
+    /// Applies one event: `inputs` holds one value per aggregation, in declaration order.
+    pub fn apply(
+        &self,
+        state: &mut EntityState,
+        time: i64,
+        seq: Seq,
+        inputs: &[Value],
+        scratch: &mut Vec<u8>,
+    ) -> Applied {
+        if let Some(max) = state.event_time_max
+            && time < max.saturating_sub(self.view.allowed_lateness)
+        {
+            return Applied::Late;
+        }
+        let max = state.event_time_max.map_or(time, |m| m.max(time));
+        state.event_time_max = Some(max);
+        state.events += 1;
+        for (slot, input) in self.slots.iter().zip(inputs) {
+            if let Slot::Lifetime(i) = slot {
+                state.lifetime[*i].add(input, time, seq, scratch);
+            }
+        }
+        for (g, group) in self.groups.iter().enumerate() {
+            let floor = floor_to(max.saturating_sub(group.max_size), group.hop);
+            let tiles = &mut state.tiles[g];
+            // Evict what no read at or after `max` can reach.
+            while let Some((&start, _)) = tiles.first_key_value() {
+                if start >= floor {
+                    break;
+                }
+                tiles.pop_first();
+            }
+            let start = floor_to(time, group.hop);
+            if start < floor {
+                continue;
+            }
+            let partials = tiles
+                .entry(start)
+                .or_insert_with(|| group.ops.iter().map(|op| Partial::new(*op)).collect());
+            for (slot, input) in self.slots.iter().zip(inputs) {
+                if let Slot::Windowed {
+                    group: sg, index, ..
+                } = slot
+                    && *sg == g
+                {
+                    partials[*index].add(input, time, seq, scratch);
+                }
+            }
+        }
+        Applied::Applied
+    }
+
+    /// The feature values at time `t`, in declaration order.
+    pub fn read(&self, state: &EntityState, t: i64) -> Vec<Value> {
+        self.slots
+            .iter()
+            .zip(&self.view.aggregations)
+            .map(|(slot, agg)| match *slot {
+                Slot::Lifetime(i) => state.lifetime[i].finish(),
+                Slot::Windowed { group, index, size } => {
+                    let hop = self.groups[group].hop;
+                    let lower = floor_to(t.saturating_sub(size), hop);
+                    let mut merged = Partial::new(agg.op);
+                    if lower <= t {
+                        for partials in state.tiles[group].range(lower..=t).map(|(_, p)| p) {
+                            merged.merge(&partials[index]);
+                        }
+                    }
+                    merged.finish()
+                }
+            })
+            .collect()
+    }
+
+    /// The vector "as of" the latest event: the state read at its greatest event time.
+    pub fn read_latest(&self, state: &EntityState) -> Vec<Value> {
+        match state.event_time_max {
+            Some(t) => self.read(state, t),
+            None => self.read(state, i64::MIN / 2),
+        }
+    }
+
+    /// Number of tiles held (for memory accounting).
+    pub fn tile_count(&self, state: &EntityState) -> usize {
+        state.tiles.iter().map(BTreeMap::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::tests::catalog;
+    use crate::duration::{HOUR_US, MINUTE_US};
+
+    fn plan(features: &str) -> ViewPlan {
+        let text =
+            format!("name = \"v\"\nentity = \"user_id\"\nsource = \"transactions\"\n{features}");
+        ViewPlan::new(Arc::new(
+            FeatureView::parse("v", &text, &catalog()).unwrap(),
+        ))
+    }
+
+    const COUNT_1H: &str = "[[features]]\nname = \"n\"\nop = \"count\"\nwindow = \"1h\"\n";
+
+    #[test]
+    fn sawtooth_keeps_the_whole_oldest_hop_and_slides_with_the_clock() {
+        let p = plan(COUNT_1H);
+        let mut s = p.new_state();
+        let mut scratch = Vec::new();
+        let base = 1_000 * HOUR_US;
+        for minutes in [0, 4, 30, 59] {
+            p.apply(
+                &mut s,
+                base + minutes * MINUTE_US,
+                (0, minutes),
+                &[Value::Null],
+                &mut scratch,
+            );
+        }
+        // At base + 1h + 2 min the window starts at floor(base + 2min, 5min) = base: all four.
+        assert_eq!(
+            p.read(&s, base + HOUR_US + 2 * MINUTE_US),
+            vec![Value::Int(4)]
+        );
+        // At base + 1h + 5 min the first 5-minute tile (events at 0 and 4) has aged out.
+        assert_eq!(
+            p.read(&s, base + HOUR_US + 5 * MINUTE_US),
+            vec![Value::Int(2)]
+        );
+        // Long after, with no new event, the window is empty.
+        assert_eq!(p.read(&s, base + 3 * HOUR_US), vec![Value::Int(0)]);
+    }
+
+    #[test]
+    fn late_events_are_dropped_and_old_tiles_evicted() {
+        let p = plan(COUNT_1H);
+        let mut s = p.new_state();
+        let mut scratch = Vec::new();
+        let base = 1_000 * HOUR_US;
+        assert_eq!(
+            p.apply(&mut s, base, (0, 0), &[Value::Null], &mut scratch),
+            Applied::Applied
+        );
+        assert_eq!(
+            p.apply(
+                &mut s,
+                base + 5 * HOUR_US,
+                (0, 1),
+                &[Value::Null],
+                &mut scratch
+            ),
+            Applied::Applied
+        );
+        assert_eq!(
+            p.tile_count(&s),
+            1,
+            "the tile 5 h back can never be read again"
+        );
+        assert_eq!(
+            p.apply(
+                &mut s,
+                base + 3 * HOUR_US,
+                (0, 2),
+                &[Value::Null],
+                &mut scratch
+            ),
+            Applied::Late
+        );
+        assert_eq!(
+            p.apply(
+                &mut s,
+                base + 4 * HOUR_US + MINUTE_US,
+                (0, 3),
+                &[Value::Null],
+                &mut scratch
+            ),
+            Applied::Applied
+        );
+        assert_eq!(p.read_latest(&s), vec![Value::Int(2)]);
+        assert_eq!(s.events, 3);
+    }
+}
