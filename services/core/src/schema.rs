@@ -121,15 +121,7 @@ struct RawSource {
 impl SourceSchema {
     /// Parses one source file's text; `origin` names it in errors.
     pub fn parse(origin: &str, text: &str) -> std::result::Result<Self, Vec<String>> {
-        let raw: RawSource = toml::from_str(text).map_err(|e| {
-            vec![format!(
-                "{origin}: {}",
-                e.to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )]
-        })?;
+        let raw: RawSource = parse_toml(origin, text)?;
         let mut errors = Vec::new();
         let mut fields = Vec::new();
         for (name, value) in &raw.fields {
@@ -240,6 +232,44 @@ impl SourceSchema {
     }
 }
 
+/// Deserializes a definition file, its syntax errors as one line prefixed by `origin`.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    origin: &str,
+    text: &str,
+) -> std::result::Result<T, Vec<String>> {
+    toml::from_str(text).map_err(|e| {
+        let message = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        vec![format!("{origin}: {message}")]
+    })
+}
+
+/// Reads every `*.toml` file of `dir` as `(path, text)`, sorted by path. A missing directory is
+/// an error if `required`, and no files otherwise.
+pub fn read_toml_files(dir: &Path, required: bool) -> Result<Vec<(String, String)>> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(Vec::new()),
+        other => other.map_err(io(dir))?,
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io(dir))?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            files.push((path.display().to_string(), text));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Every declared source.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -250,27 +280,7 @@ pub struct Catalog {
 impl Catalog {
     /// Loads `<dir>/sources/*.toml`, reporting every problem in every file at once.
     pub fn load(dir: &Path) -> Result<Self> {
-        let sources_dir = dir.join("sources");
-        let entries = std::fs::read_dir(&sources_dir).map_err(|source| Error::Io {
-            path: sources_dir.clone(),
-            source,
-        })?;
-        let mut files = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| Error::Io {
-                path: sources_dir.clone(),
-                source,
-            })?;
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                files.push((path.display().to_string(), text));
-            }
-        }
-        files.sort();
+        let files = read_toml_files(&dir.join("sources"), true)?;
         Self::from_texts(files.iter().map(|(o, t)| (o.as_str(), t.as_str())))
     }
 

@@ -157,15 +157,7 @@ impl FeatureView {
         text: &str,
         catalog: &Catalog,
     ) -> std::result::Result<Self, Vec<String>> {
-        let raw: RawView = toml::from_str(text).map_err(|e| {
-            vec![format!(
-                "{origin}: {}",
-                e.to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )]
-        })?;
+        let raw: RawView = quiver_core::schema::parse_toml(origin, text)?;
         let mut errors = Vec::new();
         let at = |what: &str| format!("{origin}: view `{}`: {what}", raw.name);
         if !valid_name(&raw.name) {
@@ -310,35 +302,7 @@ pub struct ViewCatalog {
 impl ViewCatalog {
     /// Loads `<dir>/views/*.toml` (none is fine), reporting every problem at once.
     pub fn load(dir: &Path, catalog: &Catalog) -> Result<Self> {
-        let views_dir = dir.join("views");
-        let mut files = Vec::new();
-        match std::fs::read_dir(&views_dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    path: views_dir,
-                    source,
-                });
-            }
-            Ok(entries) => {
-                for entry in entries {
-                    let path = entry
-                        .map_err(|source| Error::Io {
-                            path: views_dir.clone(),
-                            source,
-                        })?
-                        .path();
-                    if path.extension().is_some_and(|e| e == "toml") {
-                        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-                            path: path.clone(),
-                            source,
-                        })?;
-                        files.push((path.display().to_string(), text));
-                    }
-                }
-            }
-        }
-        files.sort();
+        let files = quiver_core::schema::read_toml_files(&dir.join("views"), false)?;
         Self::from_texts(files.iter().map(|(o, t)| (o.as_str(), t.as_str())), catalog)
     }
 

@@ -33,12 +33,7 @@ pub enum Error {
     /// Feature definitions are invalid; every problem is listed, one per line.
     #[error("invalid feature definitions:\n{}", .0.join("\n"))]
     Definition(Vec<String>),
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The path.
-        path: std::path::PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
+    /// The definition files could not be read.
+    #[error(transparent)]
+    Core(#[from] quiver_core::Error),
 }
