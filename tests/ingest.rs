@@ -46,16 +46,19 @@ struct InProcess {
 }
 
 fn start_in_process(t: &TestEnv) -> InProcess {
+    let _ = quiver_telemetry::init_tracing(quiver_telemetry::LogFormat::Pretty, "warn");
     let shutdown = Shutdown::default();
     let stats = Arc::new(IngestStats::default());
-    let (config, catalog, s, st) = (
+    let (config, catalog, views, s, st) = (
         t.config.clone(),
         t.catalog.clone(),
+        t.views.clone(),
         shutdown.clone(),
         stats.clone(),
     );
-    let handle =
-        std::thread::spawn(move || quiver_ingest::run(&config, &catalog, s, Health::default(), st));
+    let handle = std::thread::spawn(move || {
+        quiver_ingest::run(&config, &catalog, &views, s, Health::default(), st)
+    });
     InProcess {
         shutdown,
         stats,

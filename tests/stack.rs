@@ -5,6 +5,8 @@ mod common;
 
 use std::net::TcpStream;
 
+use datafusion::arrow::array::RecordBatch;
+
 use common::{TestEnv, free_port, services};
 
 #[test]
@@ -62,6 +64,21 @@ fn stack_up_is_idempotent_creates_topics_and_down_stops_it() {
         "{text}"
     );
 
+    // Online state written now (Redis persists it across the restart below).
+    let key = format!("{}:user_txn:u1", t.config.redis.key_prefix);
+    let mut conn = redis::Client::open(t.config.redis.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("HSET")
+        .arg(&key)
+        .arg("p0")
+        .arg("x")
+        .query::<i64>(&mut conn)
+        .unwrap();
+    redis::cmd("SAVE").query::<String>(&mut conn).unwrap();
+    drop(conn);
+
     let (ok, text) = run(&["stack", "down"]);
     assert!(ok, "{text}");
     assert!(TcpStream::connect(&kafka).is_err(), "tansu still listening");
@@ -71,4 +88,48 @@ fn stack_up_is_idempotent_creates_topics_and_down_stops_it() {
         text.contains("tansu: stopped") && text.contains("redis: stopped"),
         "{text}"
     );
+
+    // tansu keeps topics in memory: after a restart `transactions` is created anew, empty, its
+    // offsets restarting at 0. Raw segments and online state built from the old topic must not
+    // make ingest skip the new events as replays, so `up` moves the segments aside and resets
+    // the source's views.
+    let store = quiver_store::RawStore::open(&t.config.store.dir).unwrap();
+    let schema = t.catalog.source("transactions").unwrap().raw_schema();
+    let segment = quiver_store::SegmentId {
+        partition: 0,
+        first_offset: 0,
+        last_offset: 99,
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+    store
+        .write_segment(
+            "transactions",
+            date,
+            segment,
+            &RecordBatch::new_empty(schema),
+        )
+        .unwrap();
+    let (ok, text) = run(&["stack", "up"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("topic transactions (4 partitions): created; raw segments of its previous incarnation moved to"),
+        "{text}"
+    );
+    assert!(
+        text.contains("online state and feature logs of merchant_txn, user_txn reset"),
+        "{text}"
+    );
+    assert!(store.segments("transactions").unwrap().is_empty());
+    let mut conn = redis::Client::open(t.config.redis.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let exists: i64 = redis::cmd("EXISTS").arg(&key).query(&mut conn).unwrap();
+    assert_eq!(
+        exists, 0,
+        "stale online state survived the topic's re-creation"
+    );
+    drop(conn);
+    let (ok, text) = run(&["stack", "down"]);
+    assert!(ok, "{text}");
 }

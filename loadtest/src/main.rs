@@ -17,6 +17,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use quiver_core::{Catalog, Config};
 use quiver_demo::{Generator, GeneratorOptions};
+use quiver_features::ViewCatalog;
 use quiver_ingest::{IngestStats, Shutdown};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -42,6 +43,9 @@ enum Cmd {
         /// Seconds to wait for either consumer before giving up.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// Ingest into the raw store only (no feature views, no Redis).
+        #[arg(long)]
+        no_features: bool,
         /// Reuse the topics of an earlier run (its `bench-<id>.` prefix) instead of producing.
         #[arg(long)]
         reuse_prefix: Option<String>,
@@ -125,15 +129,17 @@ fn bare_drain(config: &Config, topic: &str, events: u64, timeout: Duration) -> a
 fn ingest(
     config: &Config,
     catalog: &Catalog,
+    views: &ViewCatalog,
     events: u64,
     timeout: Duration,
 ) -> anyhow::Result<(f64, u64)> {
     let shutdown = Shutdown::default();
     let stats = Arc::new(IngestStats::default());
     let handle = {
-        let (config, catalog, shutdown, stats) = (
+        let (config, catalog, views, shutdown, stats) = (
             config.clone(),
             catalog.clone(),
+            views.clone(),
             shutdown.clone(),
             stats.clone(),
         );
@@ -141,6 +147,7 @@ fn ingest(
             quiver_ingest::run(
                 &config,
                 &catalog,
+                &views,
                 shutdown,
                 quiver_telemetry::Health::default(),
                 stats,
@@ -177,6 +184,7 @@ fn main() -> anyhow::Result<()> {
     let Cmd::Ingest {
         events,
         timeout,
+        no_features,
         reuse_prefix,
     } = cli.command;
     let mut config = Config::load(cli.config.as_deref())?;
@@ -187,7 +195,18 @@ fn main() -> anyhow::Result<()> {
     config.ingest.group_id = format!("bench-{run_id}-ingest");
     config.ingest.admin_listen = String::new();
     config.store.dir = config.store.dir.join(format!("bench-{run_id}"));
+    config.redis.key_prefix = format!("bench-{run_id}");
     let catalog = Catalog::load(&config.schemas.dir)?;
+    let views = if no_features {
+        ViewCatalog::default()
+    } else {
+        ViewCatalog::load(&config.schemas.dir, &catalog)?
+    };
+    let what = if no_features {
+        "raw store only"
+    } else {
+        "raw store + features (tiles to Redis, feature log to Parquet)"
+    };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(quiver_kafka::create_topics(
         &config.kafka,
@@ -208,8 +227,8 @@ fn main() -> anyhow::Result<()> {
     eprintln!("bare librdkafka consumer draining ...");
     let bare = bare_drain(&config, &topic, events, timeout).context("bare consumer")?;
     eprintln!("  {bare:.0} events/s");
-    eprintln!("quiver ingest (decode + validate + fsynced Arrow segments + commits) ...");
-    let (rate, bytes) = ingest(&config, &catalog, events, timeout).context("ingest")?;
+    eprintln!("quiver ingest: {what} ...");
+    let (rate, bytes) = ingest(&config, &catalog, &views, events, timeout).context("ingest")?;
     eprintln!("  {rate:.0} events/s");
 
     println!(

@@ -181,6 +181,7 @@ pub struct TestEnv {
     pub name: String,
     pub config: Config,
     pub catalog: Catalog,
+    pub views: quiver_features::ViewCatalog,
     pub env: Vec<(String, String)>,
     pub dir: PathBuf,
 }
@@ -212,6 +213,7 @@ impl TestEnv {
             ("QUIVER__INGEST__GROUP_ID".into(), format!("{name}-ingest")),
             ("QUIVER__INGEST__ADMIN_LISTEN".into(), String::new()),
             ("QUIVER__KAFKA__CONNECT_TIMEOUT_MS".into(), "5000".into()),
+            ("QUIVER__REDIS__KEY_PREFIX".into(), name.clone()),
         ];
         for (k, v) in extra {
             env.retain(|(key, _)| key != k);
@@ -219,10 +221,13 @@ impl TestEnv {
         }
         let config = Config::from_layers(None, env.clone()).expect("test config");
         let catalog = Catalog::load(&config.schemas.dir).expect("schemas");
+        let views =
+            quiver_features::ViewCatalog::load(&config.schemas.dir, &catalog).expect("views");
         Self {
             name,
             config,
             catalog,
+            views,
             env,
             dir,
         }

@@ -60,8 +60,9 @@ pub(crate) fn spawn_ingest(
 ) -> tokio::task::JoinHandle<quiver_ingest::Result<quiver_ingest::IngestReport>> {
     let config = ctx.config.clone();
     let catalog = ctx.catalog.clone();
+    let views = ctx.views.clone();
     tokio::task::spawn_blocking(move || {
-        quiver_ingest::run(&config, &catalog, shutdown, health, stats)
+        quiver_ingest::run(&config, &catalog, &views, shutdown, health, stats)
     })
 }
 
@@ -76,6 +77,20 @@ pub(crate) async fn ingest(ctx: &Context) -> anyhow::Result<()> {
     spawn_ingest(ctx, shutdown, health, stats)
         .await
         .context("ingest thread panicked")??;
+    Ok(())
+}
+
+/// Resolves when `shutdown` is triggered.
+pub(crate) async fn stopped(shutdown: Shutdown) {
+    while !shutdown.is_triggered() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub(crate) async fn serve(ctx: &Context) -> anyhow::Result<()> {
+    let shutdown = Shutdown::default();
+    stop_on_signal(shutdown.clone());
+    quiver_serve::serve(&ctx.config, &ctx.views, stopped(shutdown)).await?;
     Ok(())
 }
 
@@ -155,8 +170,16 @@ pub(crate) fn topic_line(t: &quiver_stack::TopicStatus) -> String {
             )
         })
         .unwrap_or_default();
+    let cleared = if t.cleared_views.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; online state and feature logs of {} reset",
+            t.cleared_views.join(", ")
+        )
+    };
     format!(
-        "topic {} ({} partitions): {what}{moved}",
+        "topic {} ({} partitions): {what}{moved}{cleared}",
         t.name, t.partitions
     )
 }
@@ -164,7 +187,7 @@ pub(crate) fn topic_line(t: &quiver_stack::TopicStatus) -> String {
 pub(crate) async fn stack(ctx: &Context, cmd: StackCommand) -> anyhow::Result<()> {
     match cmd {
         StackCommand::Up => {
-            for topic in quiver_stack::up(&ctx.config, &ctx.catalog).await? {
+            for topic in quiver_stack::up(&ctx.config, &ctx.catalog, &ctx.views).await? {
                 eprintln!("stack: {}", topic_line(&topic));
             }
             Ok(())

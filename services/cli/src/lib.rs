@@ -31,10 +31,12 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole pipeline locally with demo data: stack up, ingest, demo producer.
+    /// Run the whole pipeline locally with demo data: stack up, ingest, API, demo producer.
     Up(UpArgs),
-    /// Consume the declared sources into the raw store (a consumer-group member).
+    /// Consume the declared sources: raw store, online features (Redis), feature log (Parquet).
     Ingest,
+    /// Serve online features over HTTP (`api.listen`).
+    Serve,
     /// Demo data.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -154,6 +156,7 @@ pub fn run(cli: Cli, ctx: Context) -> anyhow::Result<()> {
         match cli.command {
             Command::Up(args) => up::run(&ctx, args).await,
             Command::Ingest => commands::ingest(&ctx).await,
+            Command::Serve => commands::serve(&ctx).await,
             Command::Demo(DemoCommand::Produce(args)) => commands::produce(&ctx, args).await,
             Command::Stack(cmd) => commands::stack(&ctx, cmd).await,
             Command::Config(ConfigCommand::Show) => {

@@ -9,7 +9,7 @@ use quiver_ingest::{IngestStats, Shutdown};
 use quiver_telemetry::Health;
 
 use crate::commands::{
-    produce_options, progress_line, spawn_ingest, start_admin, stop_on_signal, topic_line,
+    produce_options, progress_line, spawn_ingest, start_admin, stop_on_signal, stopped, topic_line,
 };
 use crate::{Context, UpArgs};
 
@@ -40,7 +40,7 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
         config.first_broker(),
         config.redis.url
     );
-    for topic in quiver_stack::up(config, &ctx.catalog).await? {
+    for topic in quiver_stack::up(config, &ctx.catalog, &ctx.views).await? {
         println!("      {}", topic_line(&topic));
     }
 
@@ -50,12 +50,28 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let ingest = spawn_ingest(ctx, shutdown.clone(), health, stats.clone());
     println!(
-        "[2/3] ingest: group `{}` → raw store {}{}",
+        "[2/3] ingest: group `{}` → raw store {}, features → Redis + {}{}",
         config.ingest.group_id,
         config.store.dir.join("raw").display(),
+        config.store.dir.join("offline").display(),
         admin
             .map(|a| format!(", metrics at http://{a}/metrics"))
             .unwrap_or_default()
+    );
+
+    let api = {
+        let (config, views, shutdown) = (config.clone(), ctx.views.clone(), shutdown.clone());
+        tokio::spawn(async move { quiver_serve::serve(&config, &views, stopped(shutdown)).await })
+    };
+    println!(
+        "      API: http://{}/v1/features/user_txn/<user_id> (views: {})",
+        config.api.listen,
+        ctx.views
+            .views
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     let options = produce_options(&args.demo);
@@ -141,6 +157,7 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     }
     let result = ingest.await.context("ingest thread panicked")?;
     result?;
+    api.await.context("API task panicked")??;
     println!("stopped: {}", ingest_line(&stats, started));
     Ok(())
 }

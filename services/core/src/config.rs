@@ -78,6 +78,10 @@ impl KafkaConfig {
 pub struct RedisConfig {
     /// `redis://host:port[/db]`.
     pub url: String,
+    /// Prefix of online-store keys.
+    pub key_prefix: String,
+    /// Start-up connection timeout.
+    pub connect_timeout_ms: u64,
 }
 
 /// `[store]`.
@@ -124,6 +128,8 @@ pub struct IngestConfig {
 pub struct ApiConfig {
     /// Listen address of `quiver serve`.
     pub listen: String,
+    /// Bearer token required on `/v1` routes (empty: no auth).
+    pub token: String,
 }
 
 /// `[telemetry]`.
@@ -245,6 +251,9 @@ impl Config {
                 self.redis.url
             ));
         }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
+            errors.push("redis.key_prefix: must be non-empty without spaces".to_string());
+        }
         if self.ingest.group_id.trim().is_empty() {
             errors.push("ingest.group_id: must not be empty".to_string());
         }
@@ -261,6 +270,7 @@ impl Config {
             ("ingest.commit_interval_ms", self.ingest.commit_interval_ms),
             ("ingest.max_event_bytes", self.ingest.max_event_bytes as u64),
             ("kafka.connect_timeout_ms", self.kafka.connect_timeout_ms),
+            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
         ] {
             if value == 0 {
                 errors.push(format!("{key}: must be greater than 0"));

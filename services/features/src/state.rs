@@ -1,6 +1,6 @@
 //! One entity's state for one view: tiles of partial aggregates, and reads at any time `t`.
 //!
-//! Aggregations are grouped by hop; each group keeps a map from tile start (a multiple of the
+//! Aggregations are grouped by (hop, window); each group keeps a map from tile start (a multiple of the
 //! hop, in µs since the epoch) to one partial per aggregation of the group. `lifetime`
 //! aggregations keep a single partial each. The value of a windowed aggregation (window `W`,
 //! hop `h`) read at time `t` merges, in tile order, the tiles whose start `s` satisfies
@@ -88,7 +88,11 @@ impl ViewPlan {
                     lifetime_ops.push(agg.op);
                 }
                 Window::Sliding { size, hop } => {
-                    let group = match groups.iter().position(|g| g.hop == hop) {
+                    // One group per (hop, window): each keeps only the tiles its window can read.
+                    let group = match groups
+                        .iter()
+                        .position(|g| g.hop == hop && g.max_size == size)
+                    {
                         Some(g) => g,
                         None => {
                             groups.push(HopGroup {
@@ -216,12 +220,85 @@ impl ViewPlan {
             .collect()
     }
 
+    /// The feature values at `t` of an entity whose state is split in shards (one per source
+    /// partition, given in partition order): every window merges the shards' tiles, shard by
+    /// shard. This is the one read both the API and the feature log use, so they agree exactly.
+    pub fn read_shards(&self, shards: &[&EntityState], t: i64) -> Vec<Value> {
+        self.slots
+            .iter()
+            .zip(&self.view.aggregations)
+            .map(|(slot, agg)| {
+                let mut merged = Partial::new(agg.op);
+                for state in shards {
+                    match *slot {
+                        Slot::Lifetime(i) => merged.merge(&state.lifetime[i]),
+                        Slot::Windowed { group, index, size } => {
+                            let lower = floor_to(t.saturating_sub(size), self.groups[group].hop);
+                            if lower <= t {
+                                for partials in state.tiles[group].range(lower..=t).map(|(_, p)| p)
+                                {
+                                    merged.merge(&partials[index]);
+                                }
+                            }
+                        }
+                    }
+                }
+                merged.finish()
+            })
+            .collect()
+    }
+
+    /// The greatest event time over shards.
+    pub fn event_time_max(shards: &[&EntityState]) -> Option<i64> {
+        shards.iter().filter_map(|s| s.event_time_max).max()
+    }
+
     /// The vector "as of" the latest event: the state read at its greatest event time.
     pub fn read_latest(&self, state: &EntityState) -> Vec<Value> {
         match state.event_time_max {
             Some(t) => self.read(state, t),
             None => self.read(state, i64::MIN / 2),
         }
+    }
+
+    /// Merges `other` (another partition's shard of the same entity) into `state`. Shards are
+    /// merged in partition order, so the result does not depend on who reads.
+    pub fn merge(&self, state: &mut EntityState, other: &EntityState) {
+        state.event_time_max = match (state.event_time_max, other.event_time_max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        state.events += other.events;
+        for (mine, theirs) in state.lifetime.iter_mut().zip(&other.lifetime) {
+            mine.merge(theirs);
+        }
+        for (g, tiles) in other.tiles.iter().enumerate() {
+            let Some(group) = self.groups.get(g) else {
+                continue;
+            };
+            for (start, partials) in tiles {
+                let mine = state.tiles[g]
+                    .entry(*start)
+                    .or_insert_with(|| group.ops.iter().map(|op| Partial::new(*op)).collect());
+                for (m, t) in mine.iter_mut().zip(partials) {
+                    m.merge(t);
+                }
+            }
+        }
+    }
+
+    /// Whether a state was built by this plan (same aggregations and groups); a state written
+    /// under an older definition of the view is not.
+    pub fn fits(&self, state: &EntityState) -> bool {
+        state.lifetime.len() == self.lifetime_ops.len()
+            && state.tiles.len() == self.groups.len()
+            && state
+                .lifetime
+                .iter()
+                .zip(&self.lifetime_ops)
+                .all(|(p, op)| {
+                    std::mem::discriminant(p) == std::mem::discriminant(&Partial::new(*op))
+                })
     }
 
     /// Number of tiles held (for memory accounting).
@@ -273,6 +350,55 @@ mod tests {
         );
         // Long after, with no new event, the window is empty.
         assert_eq!(p.read(&s, base + 3 * HOUR_US), vec![Value::Int(0)]);
+    }
+
+    #[test]
+    fn merged_shards_read_like_one_stream() {
+        let p = plan(
+            "[[features]]\nname = \"n\"\nop = \"count\"\nwindow = \"1h\"\n\
+             [[features]]\nname = \"s\"\nop = \"sum\"\ncolumn = \"amount\"\nwindow = \"24h\"\n\
+             [[features]]\nname = \"l\"\nop = \"last\"\ncolumn = \"country\"\nwindow = \"lifetime\"\n",
+        );
+        let base = 1_000 * HOUR_US;
+        let events: Vec<(i64, i32, Vec<Value>)> = (0..40)
+            .map(|i| {
+                let input = vec![
+                    Value::Null,
+                    Value::Float(i as f64),
+                    Value::Str(format!("c{i}")),
+                ];
+                (base + i * 7 * MINUTE_US, (i % 3) as i32, input)
+            })
+            .collect();
+        let mut scratch = Vec::new();
+        let mut whole = p.new_state();
+        let mut shards = vec![p.new_state(), p.new_state(), p.new_state()];
+        for (i, (time, partition, input)) in events.iter().enumerate() {
+            p.apply(
+                &mut whole,
+                *time,
+                (*partition, i as i64),
+                input,
+                &mut scratch,
+            );
+            p.apply(
+                &mut shards[*partition as usize],
+                *time,
+                (*partition, i as i64),
+                input,
+                &mut scratch,
+            );
+        }
+        let mut merged = p.new_state();
+        for shard in &shards {
+            p.merge(&mut merged, shard);
+        }
+        let t = base + 5 * HOUR_US;
+        assert_eq!(p.read(&merged, t), p.read(&whole, t));
+        let refs: Vec<&EntityState> = shards.iter().collect();
+        assert_eq!(p.read_shards(&refs, t), p.read(&whole, t));
+        assert_eq!(ViewPlan::event_time_max(&refs), whole.event_time_max);
+        assert!(p.fits(&merged));
     }
 
     #[test]

@@ -2,9 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A value: an aggregation input or a finalised feature.
+/// A value: an aggregation input or a finalised feature. Serialized tagged (it is stored in
+/// binary online state); the API renders it as plain JSON itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(untagged)]
 pub enum Value {
     /// Missing (an empty window for `mean`, `min`, `max`, `last`, `stddev`).
     #[default]

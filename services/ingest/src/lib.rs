@@ -17,6 +17,7 @@
 //! is skipped, which is what makes a crash between write and commit harmless.
 
 mod events;
+mod features;
 mod pipeline;
 mod service;
 
@@ -45,6 +46,9 @@ pub enum Error {
     /// The raw store failed.
     #[error(transparent)]
     Store(#[from] quiver_store::Error),
+    /// Redis (the online store) failed or is unreachable.
+    #[error("{0}")]
+    Redis(String),
     /// Dead letters could not be delivered.
     #[error("dead-letter delivery to {topic} failed: {detail}")]
     DeadLetter {

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use arrow::array::{BooleanArray, Int64Array};
+use arrow::compute::filter_record_batch;
 use quiver_core::SourceSchema;
 use quiver_core::config::Config;
 use quiver_core::decode::{EventDecoder, RawEvent};
@@ -17,6 +19,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::events;
+use crate::features::Features;
 use crate::service::{DlqContext, IngestStats};
 use crate::{Error, Result};
 
@@ -117,6 +120,7 @@ pub(crate) struct Pipeline {
     sources: Vec<SourceState>,
     by_topic: HashMap<String, usize>,
     store: RawStore,
+    features: Features,
     dlq: ThreadedProducer<DlqContext>,
     stats: Arc<IngestStats>,
     max_events: usize,
@@ -139,6 +143,7 @@ impl Pipeline {
         config: &Config,
         sources: &[Arc<SourceSchema>],
         store: RawStore,
+        features: Features,
         dlq: ThreadedProducer<DlqContext>,
         stats: Arc<IngestStats>,
     ) -> Self {
@@ -161,6 +166,7 @@ impl Pipeline {
             sources,
             by_topic,
             store,
+            features,
             dlq,
             stats,
             max_events: config.ingest.segment_max_events,
@@ -217,6 +223,10 @@ impl Pipeline {
             );
             list.push((elem.topic().to_string(), elem.partition()));
         }
+        if let Err(e) = self.features.refresh_logged() {
+            self.fatal = Some(format!("cannot read the offline store on assignment: {e}"));
+            return;
+        }
         events::assignment("assign", &list, self.assigned());
     }
 
@@ -272,9 +282,12 @@ impl Pipeline {
         (full && state.retry_at.is_none()).then_some((index, partition))
     }
 
-    /// Flushes one partition: decode, dead-letter, durable segment, advance the commit offset.
+    /// Flushes one partition: decode, dead-letter, durable raw segment, features (online state
+    /// and feature log), then advance the commit offset. After a crash the buffer may start
+    /// with offsets some stores already hold; each store skips those.
     pub(crate) fn flush(&mut self, index: usize, partition: i32) -> Result<()> {
         let started = Instant::now();
+        let has_views = self.features.has_views(index);
         let source = &mut self.sources[index];
         let Some(state) = source.partitions.get_mut(&partition) else {
             return Ok(());
@@ -285,6 +298,24 @@ impl Pipeline {
         ) else {
             return Ok(());
         };
+        let raw_durable = state.durable_through;
+        let replayed = state
+            .buffer
+            .spans
+            .iter()
+            .take_while(|s| s.offset <= raw_durable)
+            .count() as u64;
+        if replayed > 0 {
+            events::replay_skipped(&source.schema.name, replayed);
+            self.stats
+                .replay_skipped
+                .fetch_add(replayed, Ordering::Relaxed);
+        }
+        if last <= raw_durable && !has_views {
+            state.commit_next = Some(last + 1);
+            state.buffer.clear();
+            return Ok(());
+        }
         let buffer = &state.buffer;
         let raw: Vec<RawEvent<'_>> = buffer
             .spans
@@ -299,10 +330,15 @@ impl Pipeline {
             .decoder
             .decode(partition, &raw, now.timestamp_millis())?;
 
-        if !outcome.rejected.is_empty() {
+        let fresh_rejections: Vec<_> = outcome
+            .rejected
+            .iter()
+            .filter(|r| buffer.spans[r.index].offset > raw_durable)
+            .collect();
+        if !fresh_rejections.is_empty() {
             let failures_before = self.dlq.context().failures.load(Ordering::Acquire);
             let partition_text = partition.to_string();
-            for rejection in &outcome.rejected {
+            for rejection in &fresh_rejections {
                 let span = buffer.spans[rejection.index];
                 let offset_text = span.offset.to_string();
                 let hdrs = OwnedHeaders::new()
@@ -332,7 +368,6 @@ impl Pipeline {
                 if let Some(key) = buffer.slice(span.key) {
                     record = record.key(key);
                 }
-                let mut record = record;
                 loop {
                     match self.dlq.send(record) {
                         Ok(()) => break,
@@ -373,33 +408,63 @@ impl Pipeline {
             }
         }
 
-        let id = SegmentId {
-            partition,
-            first_offset: first,
-            last_offset: last,
-        };
-        let written =
-            self.store
-                .write_segment(&source.schema.name, now.date_naive(), id, &outcome.batch)?;
-        let rows = outcome.batch.num_rows();
-        if written.created {
-            events::segment_written(
-                &source.schema.name,
+        if last > raw_durable {
+            let fresh = if first > raw_durable {
+                outcome.batch.clone()
+            } else {
+                let offsets = outcome
+                    .batch
+                    .column_by_name(quiver_core::schema::OFFSET_COLUMN)
+                    .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                    .ok_or_else(|| Error::Fatal("offset column missing".into()))?;
+                let keep: BooleanArray =
+                    offsets.iter().map(|o| o.map(|o| o > raw_durable)).collect();
+                filter_record_batch(&outcome.batch, &keep).map_err(quiver_core::Error::from)?
+            };
+            let id = SegmentId {
                 partition,
-                first,
-                last,
-                rows,
-                written.bytes,
-                started.elapsed(),
-            );
-            self.stats.events.fetch_add(rows as u64, Ordering::Relaxed);
-            self.stats.segments.fetch_add(1, Ordering::Relaxed);
-            self.stats.bytes.fetch_add(written.bytes, Ordering::Relaxed);
-            self.stats
-                .dead_letters
-                .fetch_add(outcome.rejected.len() as u64, Ordering::Relaxed);
+                first_offset: first.max(raw_durable + 1),
+                last_offset: last,
+            };
+            let written =
+                self.store
+                    .write_segment(&source.schema.name, now.date_naive(), id, &fresh)?;
+            let rows = fresh.num_rows();
+            if written.created {
+                events::segment_written(
+                    &source.schema.name,
+                    partition,
+                    id.first_offset,
+                    last,
+                    rows,
+                    written.bytes,
+                    started.elapsed(),
+                );
+                self.stats.events.fetch_add(rows as u64, Ordering::Relaxed);
+                self.stats.segments.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes.fetch_add(written.bytes, Ordering::Relaxed);
+                self.stats
+                    .dead_letters
+                    .fetch_add(fresh_rejections.len() as u64, Ordering::Relaxed);
+            }
+            state.durable_through = last;
         }
-        state.durable_through = last;
+
+        if has_views {
+            let report = self.features.process(
+                index,
+                partition,
+                &outcome.batch,
+                (first, last),
+                now.date_naive(),
+            )?;
+            self.stats
+                .features_applied
+                .fetch_add(report.applied, Ordering::Relaxed);
+            self.stats
+                .features_late
+                .fetch_add(report.late, Ordering::Relaxed);
+        }
         state.commit_next = Some(last + 1);
         state.buffer.clear();
         Ok(())

@@ -5,7 +5,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use quiver_core::{Catalog, Config};
-use quiver_store::RawStore;
+use quiver_features::ViewCatalog;
+use quiver_store::{OfflineStore, RawStore};
+
+use crate::features::Features;
 use quiver_telemetry::Health;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -55,6 +58,10 @@ pub struct IngestStats {
     pub replay_skipped: AtomicU64,
     /// Successful commits.
     pub commits: AtomicU64,
+    /// Events folded into online feature state (all views).
+    pub features_applied: AtomicU64,
+    /// Events dropped from aggregation for lateness (all views).
+    pub features_late: AtomicU64,
 }
 
 /// What a finished run did.
@@ -153,12 +160,19 @@ fn pause_list(consumer: &BaseConsumer<IngestContext>, parts: &[(String, i32)], p
 pub fn run(
     config: &Config,
     catalog: &Catalog,
+    views: &ViewCatalog,
     shutdown: Shutdown,
     health: Health,
     stats: Arc<IngestStats>,
 ) -> Result<IngestReport> {
     let sources = catalog.select(&config.ingest.sources)?;
     let store = RawStore::open(&config.store.dir)?;
+    let features = Features::new(
+        config,
+        &sources,
+        views,
+        OfflineStore::open(&config.store.dir)?,
+    )?;
 
     let dlq: ThreadedProducer<DlqContext> = quiver_kafka::producer_config(&config.kafka)
         .set("linger.ms", "5")
@@ -171,6 +185,7 @@ pub fn run(
         config,
         &sources,
         store,
+        features,
         dlq,
         stats.clone(),
     )));

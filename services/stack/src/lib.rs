@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use quiver_core::{Catalog, Config};
+use quiver_features::ViewCatalog;
 use quiver_kafka::TopicOutcome;
 
 /// The stack script, as shipped in `deploy/local/stack.sh`.
@@ -50,6 +51,9 @@ pub enum Error {
     /// The raw store could not be inspected or moved.
     #[error(transparent)]
     Store(#[from] quiver_store::Error),
+    /// The online store could not be cleared.
+    #[error("online store: {0}")]
+    Online(#[from] quiver_online::Error),
 }
 
 /// The local stack described by a config.
@@ -173,6 +177,8 @@ pub struct TopicStatus {
     pub outcome: TopicOutcome,
     /// Where raw segments of an earlier incarnation of this topic were moved, if any.
     pub moved_stale_store: Option<PathBuf>,
+    /// Online keys and feature logs of the source's views cleared along with it.
+    pub cleared_views: Vec<String>,
 }
 
 /// Starts the stack and creates the declared topics.
@@ -181,7 +187,11 @@ pub struct TopicStatus {
 /// on disk for that source therefore belong to an earlier incarnation of the topic (tansu's
 /// memory storage loses topics when it stops). Left in place, their offsets would make ingest
 /// skip the new events as replays, so they are moved aside to `raw/<source>.stale-<time>`.
-pub async fn up(config: &Config, catalog: &Catalog) -> Result<Vec<TopicStatus>> {
+pub async fn up(
+    config: &Config,
+    catalog: &Catalog,
+    views: &ViewCatalog,
+) -> Result<Vec<TopicStatus>> {
     let stack = LocalStack::from_config(config)?;
     stack.run("up")?;
     let topics = declared_topics(config, catalog);
@@ -199,16 +209,32 @@ pub async fn up(config: &Config, catalog: &Catalog) -> Result<Vec<TopicStatus>> 
             .iter()
             .find(|s| config.kafka.topic(&s.topic) == name);
         let mut moved_stale_store = None;
+        let mut cleared_views = Vec::new();
         if let (TopicOutcome::Created, Some(source)) = (&outcome, source)
             && !store.segments(&source.name)?.is_empty()
         {
             moved_stale_store = Some(store.retire_source(&source.name)?);
+            // The views of the source were built from the old topic's offsets too.
+            let offline = quiver_store::OfflineStore::open(&config.store.dir)?;
+            let mut online = quiver_online::OnlineWriter::connect(
+                &config.redis.url,
+                &config.redis.key_prefix,
+                std::time::Duration::from_millis(config.redis.connect_timeout_ms),
+            )?;
+            for view in views.views.iter().filter(|v| v.source == source.name) {
+                online.clear_view(&view.name)?;
+                if !offline.segments(&view.name)?.is_empty() {
+                    offline.retire_view(&view.name)?;
+                }
+                cleared_views.push(view.name.clone());
+            }
         }
         out.push(TopicStatus {
             name,
             partitions,
             outcome,
             moved_stale_store,
+            cleared_views,
         });
     }
     Ok(out)

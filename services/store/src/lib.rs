@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 use arrow::array::RecordBatch;
 use arrow::ipc::writer::FileWriter;
 use chrono::NaiveDate;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
 
 /// Result alias used across `quiver-store`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -38,6 +41,9 @@ pub enum Error {
     /// Arrow could not encode a batch.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// Parquet could not encode a batch.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -50,6 +56,8 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Er
 
 /// Extension of raw segments.
 pub const SEGMENT_EXT: &str = "arrow";
+/// Extension of offline-store segments.
+pub const PARQUET_EXT: &str = "parquet";
 
 /// Identity of a raw segment: partition and inclusive offset range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,19 +71,30 @@ pub struct SegmentId {
 }
 
 impl SegmentId {
-    /// The segment's file name.
+    /// The segment's file name in the raw store.
     pub fn file_name(&self) -> String {
+        self.file_name_with(SEGMENT_EXT)
+    }
+
+    /// The segment's file name with extension `ext`.
+    pub fn file_name_with(&self, ext: &str) -> String {
         format!(
-            "part-{:05}-{:020}-{:020}.{SEGMENT_EXT}",
+            "part-{:05}-{:020}-{:020}.{ext}",
             self.partition, self.first_offset, self.last_offset
         )
     }
 
-    /// Parses a file name produced by [`SegmentId::file_name`].
+    /// Parses a raw-store file name produced by [`SegmentId::file_name`].
     pub fn parse(name: &str) -> Option<Self> {
+        Self::parse_with(name, SEGMENT_EXT)
+    }
+
+    /// Parses a file name with extension `ext`.
+    pub fn parse_with(name: &str, ext: &str) -> Option<Self> {
         let stem = name
             .strip_prefix("part-")?
-            .strip_suffix(&format!(".{SEGMENT_EXT}"))?;
+            .strip_suffix(ext)?
+            .strip_suffix('.')?;
         let mut parts = stem.split('-');
         let partition = parts.next()?.parse().ok()?;
         let first_offset = parts.next()?.parse().ok()?;
@@ -111,34 +130,25 @@ pub struct WrittenSegment {
     pub created: bool,
 }
 
-/// The raw store rooted at `<dir>/raw`.
+/// A directory of offset-named segments, one sub-directory per stream (source or view).
 #[derive(Debug, Clone)]
-pub struct RawStore {
+struct SegmentDir {
     root: PathBuf,
+    ext: &'static str,
 }
 
-impl RawStore {
-    /// Opens (creating if needed) the raw store under the store dir.
-    pub fn open(store_dir: &Path) -> Result<Self> {
-        let root = store_dir.join("raw");
+impl SegmentDir {
+    fn open(root: PathBuf, ext: &'static str) -> Result<Self> {
         std::fs::create_dir_all(&root).map_err(io("create", &root))?;
-        Ok(Self { root })
+        Ok(Self { root, ext })
     }
 
-    /// The root directory (`<dir>/raw`).
-    pub fn root(&self) -> &Path {
-        &self.root
+    fn stream_dir(&self, stream: &str) -> PathBuf {
+        self.root.join(stream)
     }
 
-    /// The directory of one source.
-    pub fn source_dir(&self, source: &str) -> PathBuf {
-        self.root.join(source)
-    }
-
-    /// Every segment of a source, sorted by (partition, first offset). Stray temporary files of
-    /// an interrupted write are removed on the way.
-    pub fn segments(&self, source: &str) -> Result<Vec<SegmentFile>> {
-        let dir = self.source_dir(source);
+    fn segments(&self, stream: &str) -> Result<Vec<SegmentFile>> {
+        let dir = self.stream_dir(stream);
         let mut out = Vec::new();
         let dates = match std::fs::read_dir(&dir) {
             Ok(d) => d,
@@ -160,7 +170,7 @@ impl RawStore {
                     let _ = std::fs::remove_file(&path);
                     continue;
                 }
-                if let Some(id) = SegmentId::parse(name) {
+                if let Some(id) = SegmentId::parse_with(name, self.ext) {
                     out.push(SegmentFile { id, path });
                 }
             }
@@ -169,10 +179,9 @@ impl RawStore {
         Ok(out)
     }
 
-    /// The last durable offset of each partition of a source.
-    pub fn durable_offsets(&self, source: &str) -> Result<BTreeMap<i32, i64>> {
+    fn durable_offsets(&self, stream: &str) -> Result<BTreeMap<i32, i64>> {
         let mut out = BTreeMap::new();
-        for segment in self.segments(source)? {
+        for segment in self.segments(stream)? {
             let last = out
                 .entry(segment.id.partition)
                 .or_insert(segment.id.last_offset);
@@ -181,29 +190,28 @@ impl RawStore {
         Ok(out)
     }
 
-    /// Moves a source's segments aside to `raw/<source>.stale-<UTC time>` (they belong to an
-    /// earlier incarnation of its topic) and returns the new location.
-    pub fn retire_source(&self, source: &str) -> Result<PathBuf> {
-        let from = self.source_dir(source);
+    fn retire(&self, stream: &str) -> Result<PathBuf> {
+        let from = self.stream_dir(stream);
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-        let to = self.root.join(format!("{source}.stale-{stamp}"));
+        let to = self.root.join(format!("{stream}.stale-{stamp}"));
         std::fs::rename(&from, &to).map_err(io("rename", &from))?;
         sync_dir(&self.root)?;
         Ok(to)
     }
 
-    /// Writes one segment durably and atomically; a no-op if it already exists.
-    pub fn write_segment(
+    /// Writes a segment through `encode` durably and atomically; a no-op if it exists.
+    fn write(
         &self,
-        source: &str,
+        stream: &str,
         date: NaiveDate,
         id: SegmentId,
-        batch: &RecordBatch,
+        encode: impl FnOnce(File) -> Result<File>,
     ) -> Result<WrittenSegment> {
         let dir = self
-            .source_dir(source)
+            .stream_dir(stream)
             .join(format!("date={}", date.format("%Y-%m-%d")));
-        let path = dir.join(id.file_name());
+        let name = id.file_name_with(self.ext);
+        let path = dir.join(&name);
         if let Ok(meta) = std::fs::metadata(&path) {
             return Ok(WrittenSegment {
                 path,
@@ -217,12 +225,9 @@ impl RawStore {
                 sync_dir(parent)?;
             }
         }
-        let tmp = dir.join(format!(".{}.tmp-{}", id.file_name(), std::process::id()));
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let file = File::create(&tmp).map_err(io("create", &tmp))?;
-        let mut writer = FileWriter::try_new(file, &batch.schema())?;
-        writer.write(batch)?;
-        writer.finish()?;
-        let file = writer.into_inner()?;
+        let file = encode(file)?;
         file.sync_all().map_err(io("fsync", &tmp))?;
         let bytes = file.metadata().map_err(io("stat", &tmp))?.len();
         drop(file);
@@ -232,6 +237,118 @@ impl RawStore {
             path,
             bytes,
             created: true,
+        })
+    }
+}
+
+/// The raw store rooted at `<dir>/raw`: Arrow IPC segments per source.
+#[derive(Debug, Clone)]
+pub struct RawStore {
+    dir: SegmentDir,
+}
+
+impl RawStore {
+    /// Opens (creating if needed) the raw store under the store dir.
+    pub fn open(store_dir: &Path) -> Result<Self> {
+        Ok(Self {
+            dir: SegmentDir::open(store_dir.join("raw"), SEGMENT_EXT)?,
+        })
+    }
+
+    /// The root directory (`<dir>/raw`).
+    pub fn root(&self) -> &Path {
+        &self.dir.root
+    }
+
+    /// The directory of one source.
+    pub fn source_dir(&self, source: &str) -> PathBuf {
+        self.dir.stream_dir(source)
+    }
+
+    /// Every segment of a source, sorted by (partition, first offset). Stray temporary files of
+    /// an interrupted write are removed on the way.
+    pub fn segments(&self, source: &str) -> Result<Vec<SegmentFile>> {
+        self.dir.segments(source)
+    }
+
+    /// The last durable offset of each partition of a source.
+    pub fn durable_offsets(&self, source: &str) -> Result<BTreeMap<i32, i64>> {
+        self.dir.durable_offsets(source)
+    }
+
+    /// Moves a source's segments aside to `raw/<source>.stale-<UTC time>` (they belong to an
+    /// earlier incarnation of its topic) and returns the new location.
+    pub fn retire_source(&self, source: &str) -> Result<PathBuf> {
+        self.dir.retire(source)
+    }
+
+    /// Writes one segment durably and atomically; a no-op if it already exists.
+    pub fn write_segment(
+        &self,
+        source: &str,
+        date: NaiveDate,
+        id: SegmentId,
+        batch: &RecordBatch,
+    ) -> Result<WrittenSegment> {
+        self.dir.write(source, date, id, |file| {
+            let mut writer = FileWriter::try_new(file, &batch.schema())?;
+            writer.write(batch)?;
+            writer.finish()?;
+            Ok(writer.into_inner()?)
+        })
+    }
+}
+
+/// The offline store rooted at `<dir>/offline`: each view's feature log as Parquet.
+#[derive(Debug, Clone)]
+pub struct OfflineStore {
+    dir: SegmentDir,
+}
+
+impl OfflineStore {
+    /// Opens (creating if needed) the offline store under the store dir.
+    pub fn open(store_dir: &Path) -> Result<Self> {
+        Ok(Self {
+            dir: SegmentDir::open(store_dir.join("offline"), PARQUET_EXT)?,
+        })
+    }
+
+    /// The directory of one view's feature log.
+    pub fn view_dir(&self, view: &str) -> PathBuf {
+        self.dir.stream_dir(view)
+    }
+
+    /// Every feature-log segment of a view.
+    pub fn segments(&self, view: &str) -> Result<Vec<SegmentFile>> {
+        self.dir.segments(view)
+    }
+
+    /// The last source offset of each partition already logged for a view.
+    pub fn durable_offsets(&self, view: &str) -> Result<BTreeMap<i32, i64>> {
+        self.dir.durable_offsets(view)
+    }
+
+    /// Moves a view's log aside (its source topic was re-created).
+    pub fn retire_view(&self, view: &str) -> Result<PathBuf> {
+        self.dir.retire(view)
+    }
+
+    /// Writes one feature-log segment (zstd Parquet) durably and atomically; a no-op if it
+    /// already exists.
+    pub fn write_segment(
+        &self,
+        view: &str,
+        date: NaiveDate,
+        id: SegmentId,
+        batch: &RecordBatch,
+    ) -> Result<WrittenSegment> {
+        self.dir.write(view, date, id, |file| {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+                .build();
+            let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+            writer.write(batch)?;
+            Ok(writer.into_inner()?)
         })
     }
 }

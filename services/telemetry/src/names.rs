@@ -23,6 +23,21 @@ pub const INGEST_FLUSH_ERRORS: &str = "quiver_ingest_flush_errors_total";
 /// Partitions currently assigned to this process.
 pub const INGEST_ASSIGNED_PARTITIONS: &str = "quiver_ingest_assigned_partitions";
 
+/// Events folded into online feature state. Labels: `view`.
+pub const FEATURES_APPLIED: &str = "quiver_features_applied_total";
+/// Events dropped from aggregation for lateness (still in the raw store). Labels: `view`.
+pub const FEATURES_LATE: &str = "quiver_features_late_events_total";
+/// Replayed events already in an entity's online state, skipped. Labels: `view`.
+pub const FEATURES_REPLAY_SKIPPED: &str = "quiver_features_replay_skipped_total";
+/// Rows written to the offline feature log. Labels: `view`.
+pub const FEATURES_LOG_ROWS: &str = "quiver_features_log_rows_total";
+/// Seconds to compute one micro-batch's features and write Redis + the feature log. Labels: `view`.
+pub const FEATURES_BATCH_SECONDS: &str = "quiver_features_batch_seconds";
+/// Online feature requests. Labels: `route`, `status`.
+pub const API_REQUESTS: &str = "quiver_api_requests_total";
+/// Online feature request latency (seconds). Labels: `route`.
+pub const API_LATENCY_SECONDS: &str = "quiver_api_request_seconds";
+
 /// Histogram buckets (seconds) for latencies.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

@@ -1,0 +1,366 @@
+//! `quiver serve`: the online feature API.
+//!
+//! - `GET /v1/features/{view}/{entity}` → `{"view","entity","features":{name:value},"as_of","event_time_max"}`
+//! - `POST /v1/features` with `{"view": ..., "entities": [...]}` → an array of the same objects
+//!   (an entity with no state gets its empty-window values, `event_time_max: null` and
+//!   `"found": false`)
+//! - `GET /metrics`, `/healthz`, `/readyz` (ready while Redis answers)
+//!
+//! A read fetches the entity's whole hash in one round trip, merges its partition shards and
+//! finalises every window at the request time (`as_of`), so windows slide with the clock and
+//! every answer says how fresh it is (`event_time_max`, the latest event the features include).
+//! Bad input never yields a 500: unknown view or entity → 404, malformed body → 400, missing or
+//! wrong bearer token (when `api.token` is set) → 401, Redis down → 503; errors are
+//! `{"error": message, "code": code}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
+use metrics::{counter, histogram};
+use quiver_core::Config;
+use quiver_features::{ViewCatalog, ViewPlan};
+use quiver_online::{OnlineReader, Shards, usable_shards};
+use quiver_telemetry::{Health, names};
+use serde::Deserialize;
+use serde_json::{Map, Value as Json_, json};
+use tracing::{info, warn};
+
+/// Result alias used across `quiver-serve`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors starting the API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis is unreachable at start-up.
+    #[error("cannot reach Redis at {url}: {source}")]
+    Redis {
+        /// URL.
+        url: String,
+        /// Cause.
+        source: quiver_online::Error,
+    },
+    /// The listener cannot bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Most entities one batch request may ask for.
+pub const MAX_BATCH: usize = 1_000;
+
+/// Shared state of the handlers.
+#[derive(Debug)]
+pub struct Api {
+    plans: HashMap<String, ViewPlan>,
+    reader: OnlineReader,
+    token: Option<String>,
+}
+
+fn rfc3339(micros: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
+        .unwrap_or_default()
+}
+
+/// A feature value as plain JSON: null, boolean, number or string.
+pub fn to_json(value: quiver_features::Value) -> Json_ {
+    use quiver_features::Value;
+    match value {
+        Value::Null => Json_::Null,
+        Value::Bool(b) => Json_::Bool(b),
+        Value::Int(i) => Json_::from(i),
+        Value::Float(f) => serde_json::Number::from_f64(f).map_or(Json_::Null, Json_::Number),
+        Value::Str(s) => Json_::String(s),
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into(), "code": code}))).into_response()
+}
+
+fn record(route: &'static str, started: Instant, response: Response) -> Response {
+    histogram!(names::API_LATENCY_SECONDS, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    counter!(names::API_REQUESTS, "route" => route, "status" => response.status().as_u16().to_string()).increment(1);
+    response
+}
+
+impl Api {
+    /// Connects to Redis and compiles the views.
+    pub async fn connect(config: &Config, views: &ViewCatalog) -> Result<Self> {
+        let reader = OnlineReader::connect(
+            &config.redis.url,
+            &config.redis.key_prefix,
+            Duration::from_millis(config.redis.connect_timeout_ms),
+        )
+        .await
+        .map_err(|source| Error::Redis {
+            url: config.redis.url.clone(),
+            source,
+        })?;
+        reader.ping().await.map_err(|source| Error::Redis {
+            url: config.redis.url.clone(),
+            source,
+        })?;
+        let plans = views
+            .views
+            .iter()
+            .map(|v| (v.name.clone(), ViewPlan::new(Arc::clone(v))))
+            .collect();
+        let token = (!config.api.token.is_empty()).then(|| config.api.token.clone());
+        Ok(Self {
+            plans,
+            reader,
+            token,
+        })
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| given == token)
+    }
+
+    /// The answer object for one entity, finalised at `now` (µs).
+    fn answer(
+        &self,
+        view: &str,
+        plan: &ViewPlan,
+        entity: &str,
+        shards: &Shards,
+        now: i64,
+    ) -> Json_ {
+        let (states, stale) = usable_shards(plan, shards);
+        if stale > 0 {
+            warn!(
+                view,
+                entity, stale, "ignoring shards written under another definition of the view"
+            );
+        }
+        let values = plan.read_shards(&states, now);
+        let event_time_max = ViewPlan::event_time_max(&states);
+        let features: Map<String, Json_> = plan
+            .view()
+            .feature_names()
+            .zip(values)
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    serde_json::to_value(value).unwrap_or(Json_::Null),
+                )
+            })
+            .collect();
+        let mut out = json!({
+            "view": view,
+            "entity": entity,
+            "features": features,
+            "as_of": rfc3339(now),
+            "event_time_max": event_time_max.map(rfc3339),
+        });
+        if shards.is_empty()
+            && let Some(map) = out.as_object_mut()
+        {
+            map.insert("found".to_string(), Json_::Bool(false));
+        }
+        out
+    }
+
+    async fn get_one(&self, headers: &HeaderMap, view: &str, entity: &str) -> Response {
+        if !self.authorized(headers) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            );
+        }
+        let Some(plan) = self.plans.get(view) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown_view",
+                format!("unknown view `{view}`"),
+            );
+        };
+        let shards = match self.reader.fetch(view, entity).await {
+            Ok(s) => s,
+            Err(e) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "online_store_unavailable",
+                    e.to_string(),
+                );
+            }
+        };
+        if shards.is_empty() {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown_entity",
+                format!("no features for `{entity}` in view `{view}`"),
+            );
+        }
+        let now = Utc::now().timestamp_micros();
+        Json(self.answer(view, plan, entity, &shards, now)).into_response()
+    }
+
+    async fn get_many(&self, headers: &HeaderMap, body: &[u8]) -> Response {
+        if !self.authorized(headers) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            );
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Batch {
+            view: String,
+            entities: Vec<Json_>,
+        }
+        let batch: Batch = match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("expected {{\"view\": string, \"entities\": [string, ...]}}: {e}"),
+                );
+            }
+        };
+        if batch.entities.len() > MAX_BATCH {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("at most {MAX_BATCH} entities per request"),
+            );
+        }
+        let mut entities = Vec::with_capacity(batch.entities.len());
+        for e in &batch.entities {
+            match e {
+                Json_::String(s) if !s.is_empty() => entities.push(s.clone()),
+                Json_::Number(n) => entities.push(n.to_string()),
+                other => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("entities must be non-empty strings or numbers, got {other}"),
+                    );
+                }
+            }
+        }
+        let Some(plan) = self.plans.get(&batch.view) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown_view",
+                format!("unknown view `{}`", batch.view),
+            );
+        };
+        let fetched = match self.reader.fetch_many(&batch.view, &entities).await {
+            Ok(s) => s,
+            Err(e) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "online_store_unavailable",
+                    e.to_string(),
+                );
+            }
+        };
+        let now = Utc::now().timestamp_micros();
+        let out: Vec<Json_> = entities
+            .iter()
+            .zip(&fetched)
+            .map(|(entity, shards)| self.answer(&batch.view, plan, entity, shards, now))
+            .collect();
+        Json(out).into_response()
+    }
+}
+
+/// The API routes (plus `/metrics`, `/healthz`, `/readyz`).
+pub fn router(api: Arc<Api>, health: Health) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/v1/features/{view}/{entity}",
+            get(
+                |State(api): State<Arc<Api>>,
+                 headers: HeaderMap,
+                 Path((view, entity)): Path<(String, String)>| async move {
+                    let started = Instant::now();
+                    record("get", started, api.get_one(&headers, &view, &entity).await)
+                },
+            ),
+        )
+        .route(
+            "/v1/features",
+            post(
+                |State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes| async move {
+                    let started = Instant::now();
+                    record("batch", started, api.get_many(&headers, &body).await)
+                },
+            ),
+        )
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; see /v1/features/{view}/{entity}",
+            )
+        })
+        .with_state(api);
+    v1.merge(quiver_telemetry::admin::admin_router(
+        quiver_telemetry::metrics_handle(),
+        health,
+    ))
+}
+
+/// Serves until `shutdown` resolves; readiness follows Redis.
+pub async fn serve(
+    config: &Config,
+    views: &ViewCatalog,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let api = Arc::new(Api::connect(config, views).await?);
+    let health = Health::default();
+    health.set_ready();
+    let listener = tokio::net::TcpListener::bind(&config.api.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.api.listen.clone(),
+            source,
+        })?;
+    {
+        let (api, health) = (api.clone(), health.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match api.reader.ping().await {
+                    Ok(()) => health.set_ready(),
+                    Err(e) => health.set_not_ready(format!("redis: {e}")),
+                }
+            }
+        });
+    }
+    info!(listen = %config.api.listen, views = api.plans.len(), "serving online features");
+    axum::serve(listener, router(api, health))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.api.listen.clone(),
+            source,
+        })?;
+    Ok(())
+}
