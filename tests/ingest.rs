@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::reference::{self, Ev};
 use common::{TestEnv, committed, eventually, free_port, produce_all, read_topic, services};
 use quiver_demo::{Generator, GeneratorOptions, Transaction};
 use quiver_ingest::{IngestReport, IngestStats, Shutdown};
@@ -82,6 +83,69 @@ fn end_offsets(deliveries: &[(i32, i64)], partitions: i32) -> Vec<i64> {
         ends[p as usize] = ends[p as usize].max(o + 1);
     }
     ends
+}
+
+/// The online features of every user and merchant equal the reference at the latest event
+/// time (so nothing was applied twice or lost), and each view's feature log has exactly one row
+/// per event.
+fn assert_features_exact(t: &TestEnv, txns: &[Transaction], deliveries: &[(i32, i64)]) {
+    let events: Vec<Ev> = txns
+        .iter()
+        .zip(deliveries)
+        .map(|(x, (partition, offset))| Ev {
+            time: x.event_time.timestamp_micros(),
+            partition: *partition,
+            offset: *offset,
+            user: x.user_id.clone(),
+            merchant: x.merchant_id.clone(),
+            amount: x.amount,
+            country: x.country.clone(),
+        })
+        .collect();
+    let at = events.iter().map(|e| e.time).max().unwrap();
+    for (view_name, column) in [("user_txn", "user"), ("merchant_txn", "merchant")] {
+        let view = t.views.view(view_name).unwrap();
+        let entities: std::collections::BTreeSet<&str> = events
+            .iter()
+            .map(|e| {
+                if column == "user" {
+                    e.user.as_str()
+                } else {
+                    e.merchant.as_str()
+                }
+            })
+            .collect();
+        for entity in entities {
+            let online = common::online_at(t, view_name, entity, at);
+            let problems = reference::diff(
+                &online,
+                &reference::expected(view, &reference::kept(view, &events, entity, None), at),
+            );
+            assert!(problems.is_empty(), "{view_name}/{entity}: {problems:?}");
+        }
+        let rows = common::log_query(
+            t,
+            view_name,
+            "SELECT count(*) AS n, count(DISTINCT _partition * 1000000000 + _offset) AS d FROM log",
+        );
+        let n = rows[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .unwrap()
+            .value(0);
+        let d = rows[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(
+            (n, d),
+            (events.len() as i64, events.len() as i64),
+            "{view_name}: one log row per event"
+        );
+    }
 }
 
 /// The raw store holds `n` transactions, each once: `n` rows, `n` distinct ids, and no
@@ -207,9 +271,16 @@ struct ChildIngest {
 fn spawn_ingest(t: &TestEnv, extra: &[(&str, &str)]) -> ChildIngest {
     let admin = format!("127.0.0.1:{}", free_port());
     let mut cmd = t.quiver(&["ingest"]);
+    let log = std::fs::File::create(
+        t.dir
+            .join(format!("ingest-{}.log", admin.replace(':', "_"))),
+    )
+    .unwrap();
     cmd.env("QUIVER__INGEST__ADMIN_LISTEN", &admin)
+        .env("RUST_LOG", "quiver_ingest=debug,info")
+        .env("QUIVER__TELEMETRY__LOG_FORMAT", "json")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(log);
     for (k, v) in extra {
         cmd.env(k, v);
     }
@@ -275,15 +346,28 @@ fn sigkill_mid_stream_neither_loses_nor_duplicates() {
         })
     };
 
-    // 1st member never commits on its timer: everything it writes is durable but uncommitted
-    // when it is killed, so the next member must replay it and skip it.
-    let mut first = spawn_ingest(&t, &[("QUIVER__INGEST__COMMIT_INTERVAL_MS", "3600000")]);
-    assert!(
-        eventually(Duration::from_secs(60), || segments(&t) >= 8),
-        "first member wrote nothing"
+    // 1st member never commits on its timer, and crashes (abort, like kill -9) right after its
+    // 8th raw segment is durable, before that batch's features reach Redis. So the next member
+    // finds both windows: batches fully written but uncommitted (must not be applied twice) and
+    // one batch in the raw store only (must still be applied).
+    let mut first = spawn_ingest(
+        &t,
+        &[
+            ("QUIVER__INGEST__COMMIT_INTERVAL_MS", "3600000"),
+            ("QUIVER_FAILPOINT", "raw-written:8"),
+        ],
     );
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
+    let status = first.child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the first member should have crashed at its failpoint: {status}"
+    );
+    assert!(
+        segments(&t) >= 8,
+        "first member wrote {} segments",
+        segments(&t)
+    );
+
     let after_first = t.raw_scalar("transactions", "SELECT count(*) FROM raw");
     assert!(after_first > 0);
 
@@ -336,8 +420,8 @@ fn sigkill_mid_stream_neither_loses_nor_duplicates() {
     }
 
     // A restart after the graceful stop resumes from the commit and takes only new events.
-    let more = messages(&transactions(22, 2_000));
-    produce_all(&kafka, &topic, &more);
+    let more_txns = transactions(22, 2_000);
+    let more_deliveries = produce_all(&kafka, &topic, &messages(&more_txns));
     let mut fourth = spawn_ingest(&t, &[]);
     let caught_up = eventually(Duration::from_secs(60), || {
         t.raw_scalar("transactions", "SELECT count(*) FROM raw") >= 26_000
@@ -354,6 +438,12 @@ fn sigkill_mid_stream_neither_loses_nor_duplicates() {
         skipped, 0.0,
         "a member starting from a clean commit replays nothing"
     );
+    // Online state and feature log after two SIGKILLs and two restarts: exactly as if each
+    // event had been applied once.
+    let all_txns: Vec<Transaction> = txns.iter().chain(&more_txns).cloned().collect();
+    let all_deliveries: Vec<(i32, i64)> =
+        deliveries.iter().chain(&more_deliveries).copied().collect();
+    assert_features_exact(&t, &all_txns, &all_deliveries);
 }
 
 #[test]
@@ -362,9 +452,8 @@ fn two_members_split_the_partitions_and_hand_over_on_leave() {
     t.create_topics();
     let topic = t.topic("transactions");
     let kafka = services().kafka.clone();
-    let batches: Vec<Vec<(String, Vec<u8>)>> = (0..3)
-        .map(|i| messages(&transactions(30 + i, 5_000)))
-        .collect();
+    let txn_batches: Vec<Vec<Transaction>> = (0..3).map(|i| transactions(30 + i, 5_000)).collect();
+    let batches: Vec<Vec<(String, Vec<u8>)>> = txn_batches.iter().map(|b| messages(b)).collect();
     let count = || t.raw_scalar("transactions", "SELECT count(*) FROM raw");
 
     let a = start_in_process(&t);
@@ -399,6 +488,9 @@ fn two_members_split_the_partitions_and_hand_over_on_leave() {
     let report_b = b.stop();
 
     assert_exactly_once(&t, 15_000);
+    // Two members (with partitions moving between them twice) computed what one would have.
+    let all_txns: Vec<Transaction> = txn_batches.concat();
+    assert_features_exact(&t, &all_txns, &deliveries);
     assert_eq!(
         report_a.events + report_b.events,
         15_000,

@@ -7,6 +7,8 @@
 //! (`deploy/local/stack.sh install`), run here if tansu is not installed yet.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod reference;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -410,4 +412,114 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A minimal blocking HTTP/1.1 client: (status, JSON body).
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.unwrap_or("");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    s.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let payload = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    (
+        status,
+        serde_json::from_str(payload).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Starts `quiver serve` in-process on a free port (optionally with a bearer token); returns its
+/// address once `/healthz` answers.
+pub fn start_api(t: &TestEnv, token: &str) -> String {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut config = t.config.clone();
+    config.api.listen = addr.clone();
+    config.api.token = token.to_string();
+    let views = t.views.clone();
+    runtime()
+        .spawn(async move { quiver_serve::serve(&config, &views, std::future::pending()).await });
+    wait_until("api", Duration::from_secs(15), || {
+        TcpStream::connect(&addr).is_ok()
+    });
+    addr
+}
+
+/// Online feature values of `entity` read at `at` straight from Redis, as the API renders them.
+pub fn online_at(
+    t: &TestEnv,
+    view: &str,
+    entity: &str,
+    at: i64,
+) -> serde_json::Map<String, serde_json::Value> {
+    let plan = quiver_features::ViewPlan::new(std::sync::Arc::clone(t.views.view(view).unwrap()));
+    let shards = runtime().block_on(async {
+        let reader = quiver_online::OnlineReader::connect(
+            &t.config.redis.url,
+            &t.config.redis.key_prefix,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        reader.fetch(view, entity).await.unwrap()
+    });
+    let (states, _) = quiver_online::usable_shards(&plan, &shards);
+    plan.view()
+        .feature_names()
+        .zip(plan.read_shards(&states, at))
+        .map(|(n, v)| (n.to_string(), quiver_serve::to_json(v)))
+        .collect()
+}
+
+/// Rows of a view's feature log (Parquet), queried with DataFusion as table `log`.
+pub fn log_query(t: &TestEnv, view: &str, sql: &str) -> Vec<RecordBatch> {
+    let dir = t.config.store.dir.join("offline").join(view);
+    if !dir.exists() {
+        return Vec::new();
+    }
+    runtime().block_on(async {
+        // Plain Utf8 strings rather than DataFusion's default Utf8View, for simple downcasts.
+        let config = datafusion::prelude::SessionConfig::new().set_bool(
+            "datafusion.execution.parquet.schema_force_view_types",
+            false,
+        );
+        let ctx = SessionContext::new_with_config(config);
+        let options = datafusion::prelude::ParquetReadOptions::default()
+            .table_partition_cols(vec![("date".to_string(), DataType::Utf8)]);
+        ctx.register_parquet("log", format!("{}/", dir.display()), options)
+            .await
+            .expect("register log");
+        ctx.sql(sql)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run")
+    })
 }

@@ -447,6 +447,7 @@ impl Features {
                     column.push(value);
                 }
             }
+            tracing::debug!(view = %view_name, partition, first, last, rows, applied, late, skipped, logged_through, "features applied");
             if skipped > 0 {
                 counter!(names::FEATURES_REPLAY_SKIPPED, "view" => view_name.clone())
                     .increment(skipped);

@@ -128,6 +128,45 @@ pub(crate) struct Pipeline {
     max_age: Duration,
     /// A condition the loop must stop on (set from the callback, where errors cannot propagate).
     pub(crate) fatal: Option<String>,
+    failpoint: Failpoint,
+}
+
+/// A crash on purpose, for tests of recovery: `QUIVER_FAILPOINT=raw-written:N` aborts the
+/// process (no flush, no commit, like `kill -9`) right after the N-th raw segment is durable
+/// and before that micro-batch's features are written — the window between the raw store and
+/// the online store that a replay must repair. Unset in production.
+#[derive(Debug, Default)]
+struct Failpoint {
+    armed: Option<(String, u64)>,
+    hits: u64,
+}
+
+impl Failpoint {
+    const RAW_WRITTEN: &'static str = "raw-written";
+
+    fn from_env() -> Self {
+        let armed = std::env::var("QUIVER_FAILPOINT").ok().and_then(|v| {
+            let (name, n) = v.split_once(':')?;
+            Some((name.to_string(), n.parse().ok()?))
+        });
+        Self { armed, hits: 0 }
+    }
+
+    fn hit(&mut self, name: &str) {
+        if let Some((armed, n)) = &self.armed
+            && armed == name
+        {
+            self.hits += 1;
+            if self.hits >= *n {
+                tracing::error!(
+                    failpoint = name,
+                    hits = self.hits,
+                    "failpoint reached: aborting"
+                );
+                std::process::abort();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -173,6 +212,7 @@ impl Pipeline {
             max_bytes: config.ingest.segment_max_bytes,
             max_age: Duration::from_millis(config.ingest.segment_max_age_ms),
             fatal: None,
+            failpoint: Failpoint::from_env(),
         }
     }
 
@@ -268,11 +308,11 @@ impl Pipeline {
         let index = *self.by_topic.get(topic)?;
         let source = &mut self.sources[index];
         let state = source.partitions.get_mut(&partition)?;
-        if offset <= state.durable_through
-            || state.buffer.last_offset().is_some_and(|l| offset <= l)
-        {
-            events::replay_skipped(&source.schema.name, 1);
-            self.stats.replay_skipped.fetch_add(1, Ordering::Relaxed);
+        // Replays (offsets the raw store already holds) are still buffered: the online state and
+        // the feature log may not have them yet (a crash between the raw write and the Redis
+        // write). Each store skips what it already holds when the buffer is flushed. Only a
+        // message seen twice in the same buffer is dropped here.
+        if state.buffer.last_offset().is_some_and(|l| offset <= l) {
             return None;
         }
         state.buffer.push(offset, key, payload);
@@ -448,6 +488,9 @@ impl Pipeline {
                     .fetch_add(fresh_rejections.len() as u64, Ordering::Relaxed);
             }
             state.durable_through = last;
+            if written.created {
+                self.failpoint.hit(Failpoint::RAW_WRITTEN);
+            }
         }
 
         if has_views {

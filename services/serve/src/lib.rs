@@ -160,12 +160,7 @@ impl Api {
             .view()
             .feature_names()
             .zip(values)
-            .map(|(name, value)| {
-                (
-                    name.to_string(),
-                    serde_json::to_value(value).unwrap_or(Json_::Null),
-                )
-            })
+            .map(|(name, value)| (name.to_string(), to_json(value)))
             .collect();
         let mut out = json!({
             "view": view,
