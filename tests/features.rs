@@ -50,7 +50,7 @@ fn scenario(t: &TestEnv, now: i64) -> Vec<Ev> {
         ("ub", "m1", 9 * DAY + 12 * HOUR, 16.0, "NL"),
         ("uc", "m1", 25 * MIN, 30.0, "FR"),
         ("uc", "m2", 2 * HOUR, 31.0, "FR"), // late for uc
-        ("ud", "m3", 1 * DAY + 2 * HOUR, 4.0, "SE"),
+        ("ud", "m3", DAY + 2 * HOUR, 4.0, "SE"),
         ("ud", "m3", 23 * HOUR, 6.0, "SE"),
     ];
     let messages: Vec<(String, Vec<u8>)> = rows
