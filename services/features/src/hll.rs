@@ -28,6 +28,11 @@ impl Default for Hll {
     }
 }
 
+/// `2^-rank`, exactly, without a `powi` call (ranks are at most 64 - P + 1).
+fn inverse_pow2(rank: u8) -> f64 {
+    f64::from_bits((1023 - u64::from(rank)) << 52)
+}
+
 /// The stable 64-bit hash of a value's identity bytes.
 pub fn hash(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -78,21 +83,67 @@ impl Hll {
         }
     }
 
-    /// Merges another sketch into this one (register-wise maximum).
+    /// Merges another sketch into this one (register-wise maximum), in linear time.
     pub fn merge(&mut self, other: &Hll) {
-        match other {
-            Hll::Sparse(entries) => {
-                for e in entries {
-                    self.set_max((e >> 8) as usize, (e & 0xff) as u8);
+        if let (Hll::Sparse(_), Hll::Dense(_)) = (&*self, other) {
+            self.densify();
+        }
+        match (&mut *self, other) {
+            (Hll::Dense(mine), Hll::Dense(theirs)) => {
+                for (m, t) in mine.iter_mut().zip(theirs) {
+                    *m = (*m).max(*t);
                 }
             }
-            Hll::Dense(regs) => {
-                for (register, rank) in regs.iter().enumerate() {
-                    if *rank > 0 {
-                        self.set_max(register, *rank);
+            (Hll::Dense(mine), Hll::Sparse(entries)) => {
+                for e in entries {
+                    let (register, rank) = ((e >> 8) as usize, (e & 0xff) as u8);
+                    mine[register] = mine[register].max(rank);
+                }
+            }
+            (Hll::Sparse(mine), Hll::Sparse(theirs)) => {
+                // Both sorted by register: one merge pass, keeping the higher rank.
+                let mut merged = Vec::with_capacity(mine.len() + theirs.len());
+                let (mut i, mut j) = (0, 0);
+                while i < mine.len() || j < theirs.len() {
+                    let a = mine.get(i).copied();
+                    let b = theirs.get(j).copied();
+                    match (a, b) {
+                        (Some(x), Some(y)) if x >> 8 == y >> 8 => {
+                            merged.push(x.max(y));
+                            i += 1;
+                            j += 1;
+                        }
+                        (Some(x), Some(y)) if x >> 8 < y >> 8 => {
+                            merged.push(x);
+                            i += 1;
+                        }
+                        (Some(_), Some(y)) | (None, Some(y)) => {
+                            merged.push(y);
+                            j += 1;
+                        }
+                        (Some(x), None) => {
+                            merged.push(x);
+                            i += 1;
+                        }
+                        (None, None) => break,
                     }
                 }
+                *mine = merged;
+                if mine.len() > SPARSE_LIMIT {
+                    self.densify();
+                }
             }
+            (Hll::Sparse(_), Hll::Dense(_)) => {}
+        }
+    }
+
+    fn densify(&mut self) {
+        if let Hll::Sparse(entries) = self {
+            let mut regs = vec![0u8; M];
+            for e in entries.iter() {
+                regs[(e >> 8) as usize] = (e & 0xff) as u8;
+            }
+            *self = Hll::Dense(regs);
         }
     }
 
@@ -100,14 +151,11 @@ impl Hll {
     pub fn estimate(&self) -> i64 {
         let (sum, zeros) = match self {
             Hll::Sparse(entries) => {
-                let nonzero: f64 = entries
-                    .iter()
-                    .map(|e| 2f64.powi(-((e & 0xff) as i32)))
-                    .sum();
+                let nonzero: f64 = entries.iter().map(|e| inverse_pow2((e & 0xff) as u8)).sum();
                 (nonzero + (M - entries.len()) as f64, M - entries.len())
             }
             Hll::Dense(regs) => {
-                let sum = regs.iter().map(|r| 2f64.powi(-i32::from(*r))).sum();
+                let sum = regs.iter().map(|r| inverse_pow2(*r)).sum();
                 (sum, regs.iter().filter(|r| **r == 0).count())
             }
         };

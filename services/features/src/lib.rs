@@ -21,7 +21,7 @@ pub mod state;
 pub mod value;
 
 pub use definition::{Aggregation, FeatureView, Op, ViewCatalog, Window};
-pub use state::{Applied, EntityState, Seq, ViewPlan};
+pub use state::{Applied, EntityState, ReadCache, Seq, ViewPlan};
 pub use value::Value;
 
 /// Result alias used across `quiver-features`.

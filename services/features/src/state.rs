@@ -62,6 +62,36 @@ pub struct EntityState {
     tiles: Vec<BTreeMap<i64, Vec<Partial>>>,
 }
 
+/// A memoised window prefix: the merge of the tiles in `[lower, boundary)`.
+#[derive(Debug, Clone)]
+struct Prefix {
+    lower: i64,
+    boundary: i64,
+    hop: i64,
+    partial: Partial,
+}
+
+/// Memo of window prefixes for repeated reads of one entity (see
+/// [`ViewPlan::read_shards_cached`]).
+#[derive(Debug, Clone, Default)]
+pub struct ReadCache {
+    prefixes: Vec<Option<Prefix>>,
+}
+
+impl ReadCache {
+    /// Forgets the prefixes an event at `time` may have changed (it landed before their end).
+    pub fn invalidate(&mut self, time: i64) {
+        for memo in &mut self.prefixes {
+            if memo
+                .as_ref()
+                .is_some_and(|p| floor_to(time, p.hop) < p.boundary)
+            {
+                *memo = None;
+            }
+        }
+    }
+}
+
 /// What [`ViewPlan::apply`] did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -200,50 +230,76 @@ impl ViewPlan {
 
     /// The feature values at time `t`, in declaration order.
     pub fn read(&self, state: &EntityState, t: i64) -> Vec<Value> {
+        self.read_shards(&[state], t)
+    }
+
+    /// The feature values at `t` of an entity whose state is split in shards (one per source
+    /// partition, given in partition order). This is the one read the API and the feature log
+    /// use, so they agree exactly.
+    pub fn read_shards(&self, shards: &[&EntityState], t: i64) -> Vec<Value> {
+        self.read_shards_cached(shards, t, &mut ReadCache::default())
+    }
+
+    /// [`ViewPlan::read_shards`] with a memo of window prefixes, for repeated reads of one
+    /// entity (the feature log reads after every event). A window read merges, shard by shard,
+    /// first the tiles before the hop containing `t` (the prefix, memoised while the window's
+    /// start and that hop stay the same), then the tiles of that hop; the uncached read does
+    /// exactly the same, so both give identical values. After applying an event, call
+    /// [`ReadCache::invalidate`] with its time.
+    pub fn read_shards_cached(
+        &self,
+        shards: &[&EntityState],
+        t: i64,
+        cache: &mut ReadCache,
+    ) -> Vec<Value> {
+        if cache.prefixes.len() != self.slots.len() {
+            cache.prefixes = vec![None; self.slots.len()];
+        }
         self.slots
             .iter()
             .zip(&self.view.aggregations)
-            .map(|(slot, agg)| match *slot {
-                Slot::Lifetime(i) => state.lifetime[i].finish(),
+            .zip(cache.prefixes.iter_mut())
+            .map(|((slot, agg), memo)| match *slot {
+                Slot::Lifetime(i) => {
+                    let mut merged = Partial::new(agg.op);
+                    for state in shards {
+                        merged.merge(&state.lifetime[i]);
+                    }
+                    merged.finish()
+                }
                 Slot::Windowed { group, index, size } => {
                     let hop = self.groups[group].hop;
                     let lower = floor_to(t.saturating_sub(size), hop);
-                    let mut merged = Partial::new(agg.op);
-                    if lower <= t {
-                        for partials in state.tiles[group].range(lower..=t).map(|(_, p)| p) {
+                    let boundary = floor_to(t, hop).max(lower);
+                    let fresh = memo
+                        .as_ref()
+                        .is_some_and(|p| p.lower == lower && p.boundary == boundary);
+                    if !fresh {
+                        let mut prefix = Partial::new(agg.op);
+                        for state in shards {
+                            for partials in
+                                state.tiles[group].range(lower..boundary).map(|(_, p)| p)
+                            {
+                                prefix.merge(&partials[index]);
+                            }
+                        }
+                        *memo = Some(Prefix {
+                            lower,
+                            boundary,
+                            hop,
+                            partial: prefix,
+                        });
+                    }
+                    let mut merged = memo
+                        .as_ref()
+                        .map_or_else(|| Partial::new(agg.op), |p| p.partial.clone());
+                    for state in shards {
+                        for partials in state.tiles[group].range(boundary..=t).map(|(_, p)| p) {
                             merged.merge(&partials[index]);
                         }
                     }
                     merged.finish()
                 }
-            })
-            .collect()
-    }
-
-    /// The feature values at `t` of an entity whose state is split in shards (one per source
-    /// partition, given in partition order): every window merges the shards' tiles, shard by
-    /// shard. This is the one read both the API and the feature log use, so they agree exactly.
-    pub fn read_shards(&self, shards: &[&EntityState], t: i64) -> Vec<Value> {
-        self.slots
-            .iter()
-            .zip(&self.view.aggregations)
-            .map(|(slot, agg)| {
-                let mut merged = Partial::new(agg.op);
-                for state in shards {
-                    match *slot {
-                        Slot::Lifetime(i) => merged.merge(&state.lifetime[i]),
-                        Slot::Windowed { group, index, size } => {
-                            let lower = floor_to(t.saturating_sub(size), self.groups[group].hop);
-                            if lower <= t {
-                                for partials in state.tiles[group].range(lower..=t).map(|(_, p)| p)
-                                {
-                                    merged.merge(&partials[index]);
-                                }
-                            }
-                        }
-                    }
-                }
-                merged.finish()
             })
             .collect()
     }
@@ -399,6 +455,36 @@ mod tests {
         assert_eq!(p.read_shards(&refs, t), p.read(&whole, t));
         assert_eq!(ViewPlan::event_time_max(&refs), whole.event_time_max);
         assert!(p.fits(&merged));
+    }
+
+    #[test]
+    fn cached_reads_equal_uncached_ones_through_out_of_order_events() {
+        let p = plan(
+            "[[features]]\nname = \"s\"\nop = \"sum\"\ncolumn = \"amount\"\nwindow = \"1h\"\n\
+             [[features]]\nname = \"d\"\nop = \"distinct_count\"\ncolumn = \"country\"\nwindow = \"24h\"\n\
+             [[features]]\nname = \"v\"\nop = \"stddev\"\ncolumn = \"amount\"\nwindow = \"7d\"\n",
+        );
+        let base = 1_000 * HOUR_US;
+        let mut state = p.new_state();
+        let mut cache = ReadCache::default();
+        let mut scratch = Vec::new();
+        for i in 0..400i64 {
+            // Mostly in order, every 7th event 40 minutes in the past.
+            let time = base + i * 3 * MINUTE_US - if i % 7 == 0 { 40 * MINUTE_US } else { 0 };
+            let inputs = [
+                Value::Float(0.1 * i as f64),
+                Value::Str(format!("c{}", i % 13)),
+                Value::Float(i as f64),
+            ];
+            p.apply(&mut state, time, (0, i), &inputs, &mut scratch);
+            cache.invalidate(time);
+            let t = state.event_time_max.unwrap_or(time);
+            assert_eq!(
+                p.read_shards_cached(&[&state], t, &mut cache),
+                p.read(&state, t),
+                "after event {i}"
+            );
+        }
     }
 
     #[test]

@@ -28,7 +28,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::NaiveDate;
 use metrics::{counter, histogram};
 use quiver_core::schema::{FieldType, OFFSET_COLUMN, SourceSchema, timestamp_type};
-use quiver_features::{Applied, EntityState, FeatureView, Op, Value, ViewCatalog, ViewPlan};
+use quiver_features::{
+    Applied, EntityState, FeatureView, Op, ReadCache, Value, ViewCatalog, ViewPlan,
+};
 use quiver_online::{OnlineWriter, Shard};
 use quiver_store::{OfflineStore, SegmentId};
 use quiver_telemetry::names;
@@ -374,6 +376,7 @@ impl Features {
                 );
             }
             let mut touched = vec![false; entities.len()];
+            let mut caches = vec![ReadCache::default(); entities.len()];
 
             // 2-3. Apply in offset order; log vectors past the durable log offset.
             let logged_through = rt.logged.get(&partition).copied().unwrap_or(-1);
@@ -399,6 +402,7 @@ impl Features {
                     &inputs,
                     &mut self.scratch,
                 );
+                caches[e].invalidate(time);
                 shard.applied_offset = offset;
                 touched[e] = true;
                 match outcome {
@@ -408,26 +412,23 @@ impl Features {
                 if offset <= logged_through {
                     continue;
                 }
-                let (values, as_of, clock) = if others[e].is_empty() {
-                    (
-                        rt.plan.read_latest(&shard.state),
-                        shard.state.event_time_max,
-                        "{}".to_string(),
-                    )
+                let mut parts: Vec<(i32, &EntityState)> =
+                    others[e].iter().map(|(p, s)| (*p, &s.state)).collect();
+                parts.push((partition, &shard.state));
+                parts.sort_by_key(|(p, _)| *p);
+                let states: Vec<&EntityState> = parts.into_iter().map(|(_, s)| s).collect();
+                let as_of = ViewPlan::event_time_max(&states);
+                let values =
+                    rt.plan
+                        .read_shards_cached(&states, as_of.unwrap_or(time), &mut caches[e]);
+                let clock = if others[e].is_empty() {
+                    "{}".to_string()
                 } else {
-                    let mut parts: Vec<(i32, &EntityState)> =
-                        others[e].iter().map(|(p, s)| (*p, &s.state)).collect();
-                    parts.push((partition, &shard.state));
-                    parts.sort_by_key(|(p, _)| *p);
-                    let states: Vec<&EntityState> = parts.into_iter().map(|(_, s)| s).collect();
-                    let as_of = ViewPlan::event_time_max(&states);
-                    let values = rt.plan.read_shards(&states, as_of.unwrap_or(time));
                     let clock: BTreeMap<String, i64> = others[e]
                         .iter()
                         .map(|(p, s)| (p.to_string(), s.applied_offset))
                         .collect();
-                    let clock = serde_json::to_string(&clock).unwrap_or_else(|_| "{}".into());
-                    (values, as_of, clock)
+                    serde_json::to_string(&clock).unwrap_or_else(|_| "{}".into())
                 };
                 log.entity.append_value(&entities[e]);
                 if let (Some(b), Some((c, _))) = (log.id.as_mut(), rt.id_col.as_ref()) {
