@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -17,8 +16,6 @@ use datafusion::arrow::array::{
     Array, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray,
     TimestampMicrosecondArray,
 };
-use quiver_ingest::{IngestStats, Shutdown};
-use quiver_telemetry::Health;
 use serde_json::{Value, json};
 
 const MIN: i64 = 60_000_000;
@@ -82,27 +79,14 @@ fn scenario(t: &TestEnv, now: i64) -> Vec<Ev> {
 }
 
 fn ingest_until_applied(t: &TestEnv, applied: u64) {
-    let shutdown = Shutdown::default();
-    let stats = Arc::new(IngestStats::default());
-    let handle = {
-        let (config, catalog, views, s, st) = (
-            t.config.clone(),
-            t.catalog.clone(),
-            t.views.clone(),
-            shutdown.clone(),
-            stats.clone(),
-        );
-        std::thread::spawn(move || {
-            quiver_ingest::run(&config, &catalog, &views, s, Health::default(), st)
-        })
-    };
+    let ingest = common::start_in_process(t);
     let done = eventually(Duration::from_secs(60), || {
-        stats.features_applied.load(Ordering::Relaxed) + stats.features_late.load(Ordering::Relaxed)
+        ingest.stats.features_applied.load(Ordering::Relaxed)
+            + ingest.stats.features_late.load(Ordering::Relaxed)
             >= applied
     });
-    shutdown.trigger();
-    handle.join().unwrap().unwrap();
-    assert!(done, "features not applied: {stats:?}");
+    let report = ingest.stop();
+    assert!(done, "features not applied: {report:?}");
 }
 
 fn column<'a, T: 'static>(batch: &'a datafusion::arrow::array::RecordBatch, name: &str) -> &'a T {
@@ -283,32 +267,15 @@ fn online_features_are_exact_at_read_time_and_the_log_matches_each_event() {
 
     // Bearer token.
     let secured = start_api(&t, "s3cret");
-    assert_eq!(
-        http(&secured, "GET", "/v1/features/user_txn/ua", None, &[]).0,
-        401
-    );
-    assert_eq!(
-        http(
-            &secured,
-            "GET",
-            "/v1/features/user_txn/ua",
-            None,
-            &[("Authorization", "Bearer nope")]
-        )
-        .0,
-        401
-    );
-    assert_eq!(
-        http(
-            &secured,
-            "GET",
-            "/v1/features/user_txn/ua",
-            None,
-            &[("Authorization", "Bearer s3cret")]
-        )
-        .0,
-        200
-    );
+    for (header, want) in [
+        (None, 401),
+        (Some("Bearer nope"), 401),
+        (Some("Bearer s3cret"), 200),
+    ] {
+        let headers: Vec<(&str, &str)> = header.map(|h| ("Authorization", h)).into_iter().collect();
+        let (status, body) = http(&secured, "GET", "/v1/features/user_txn/ua", None, &headers);
+        assert_eq!(status, want, "{header:?}: {body}");
+    }
 
     // The feature log: one row per event and view, each equal to the reference as of that
     // event (own partition up to the event, other partitions up to the logged clock).

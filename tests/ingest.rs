@@ -8,17 +8,15 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::reference::{self, Ev};
-use common::{TestEnv, committed, eventually, free_port, produce_all, read_topic, services};
+use common::{
+    TestEnv, committed, eventually, free_port, produce_all, read_topic, services, start_in_process,
+};
 use quiver_demo::{Generator, GeneratorOptions, Transaction};
-use quiver_ingest::{IngestReport, IngestStats, Shutdown};
-use quiver_telemetry::Health;
 
 fn transactions(seed: u64, n: usize) -> Vec<Transaction> {
     let mut g = Generator::new(
@@ -38,43 +36,6 @@ fn messages(txns: &[Transaction]) -> Vec<(String, Vec<u8>)> {
     txns.iter()
         .map(|t| (t.user_id.clone(), t.to_json().into_bytes()))
         .collect()
-}
-
-struct InProcess {
-    shutdown: Shutdown,
-    stats: Arc<IngestStats>,
-    handle: JoinHandle<quiver_ingest::Result<IngestReport>>,
-}
-
-fn start_in_process(t: &TestEnv) -> InProcess {
-    let _ = quiver_telemetry::init_tracing(quiver_telemetry::LogFormat::Pretty, "warn");
-    let shutdown = Shutdown::default();
-    let stats = Arc::new(IngestStats::default());
-    let (config, catalog, views, s, st) = (
-        t.config.clone(),
-        t.catalog.clone(),
-        t.views.clone(),
-        shutdown.clone(),
-        stats.clone(),
-    );
-    let handle = std::thread::spawn(move || {
-        quiver_ingest::run(&config, &catalog, &views, s, Health::default(), st)
-    });
-    InProcess {
-        shutdown,
-        stats,
-        handle,
-    }
-}
-
-impl InProcess {
-    fn stop(self) -> IngestReport {
-        self.shutdown.trigger();
-        self.handle
-            .join()
-            .expect("ingest thread")
-            .expect("ingest ran cleanly")
-    }
 }
 
 fn end_offsets(deliveries: &[(i32, i64)], partitions: i32) -> Vec<i64> {

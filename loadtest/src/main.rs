@@ -9,6 +9,8 @@
 //! It needs a running broker (`quiver stack up`, or `--brokers`), and prints a Markdown row.
 #![allow(clippy::print_stdout)]
 
+mod api;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -35,6 +37,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Online read latency of `quiver serve` at a fixed request rate, against a bare Redis
+    /// HGETALL of the same keys at the same rate.
+    Api {
+        /// Events to ingest first (with features) to populate the online store.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Requests per second (open loop).
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+    },
     /// Ingest throughput against a bare consumer.
     Ingest {
         /// Events to produce and ingest.
@@ -64,7 +82,7 @@ fn rss_peak_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn produce(config: &Config, topic: &str, events: u64) -> anyhow::Result<f64> {
+pub(crate) fn produce(config: &Config, topic: &str, events: u64) -> anyhow::Result<f64> {
     let producer: ThreadedProducer<_> = quiver_kafka::producer_config(&config.kafka)
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
@@ -126,7 +144,7 @@ fn bare_drain(config: &Config, topic: &str, events: u64, timeout: Duration) -> a
     Ok(events as f64 / secs)
 }
 
-fn ingest(
+pub(crate) fn ingest(
     config: &Config,
     catalog: &Catalog,
     views: &ViewCatalog,
@@ -181,12 +199,22 @@ fn ingest(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Cmd::Ingest {
-        events,
-        timeout,
-        no_features,
-        reuse_prefix,
-    } = cli.command;
+    let (events, timeout, no_features, reuse_prefix) = match cli.command {
+        Cmd::Ingest {
+            events,
+            timeout,
+            no_features,
+            reuse_prefix,
+        } => (events, timeout, no_features, reuse_prefix),
+        Cmd::Api {
+            events,
+            rate,
+            seconds,
+            connections,
+        } => {
+            return api::run(cli.config.as_deref(), events, rate, seconds, connections);
+        }
+    };
     let mut config = Config::load(cli.config.as_deref())?;
     let run_id = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
     config.kafka.topic_prefix = reuse_prefix

@@ -270,12 +270,7 @@ impl TestEnv {
             ctx.register_arrow("raw", format!("{}/", dir.display()), options)
                 .await
                 .expect("register raw");
-            ctx.sql(sql)
-                .await
-                .expect("plan")
-                .collect()
-                .await
-                .expect("run")
+            collect(ctx, sql).await
         })
     }
 
@@ -515,11 +510,63 @@ pub fn log_query(t: &TestEnv, view: &str, sql: &str) -> Vec<RecordBatch> {
         ctx.register_parquet("log", format!("{}/", dir.display()), options)
             .await
             .expect("register log");
-        ctx.sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run")
+        collect(ctx, sql).await
     })
+}
+
+/// `quiver ingest` running in this process, on its own thread.
+pub struct InProcess {
+    pub shutdown: quiver_ingest::Shutdown,
+    pub stats: std::sync::Arc<quiver_ingest::IngestStats>,
+    handle: std::thread::JoinHandle<quiver_ingest::Result<quiver_ingest::IngestReport>>,
+}
+
+/// Starts the ingest service for `t` in-process (warnings logged to stderr).
+pub fn start_in_process(t: &TestEnv) -> InProcess {
+    let _ = quiver_telemetry::init_tracing(quiver_telemetry::LogFormat::Pretty, "warn");
+    let shutdown = quiver_ingest::Shutdown::default();
+    let stats = std::sync::Arc::new(quiver_ingest::IngestStats::default());
+    let (config, catalog, views, s, st) = (
+        t.config.clone(),
+        t.catalog.clone(),
+        t.views.clone(),
+        shutdown.clone(),
+        stats.clone(),
+    );
+    let handle = std::thread::spawn(move || {
+        quiver_ingest::run(
+            &config,
+            &catalog,
+            &views,
+            s,
+            quiver_telemetry::Health::default(),
+            st,
+        )
+    });
+    InProcess {
+        shutdown,
+        stats,
+        handle,
+    }
+}
+
+impl InProcess {
+    /// Drains, commits and stops; panics if the run failed.
+    pub fn stop(self) -> quiver_ingest::IngestReport {
+        self.shutdown.trigger();
+        self.handle
+            .join()
+            .expect("ingest thread")
+            .expect("ingest ran cleanly")
+    }
+}
+
+/// Runs `sql` on a context whose tables are registered.
+async fn collect(ctx: SessionContext, sql: &str) -> Vec<RecordBatch> {
+    ctx.sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run")
 }

@@ -86,6 +86,14 @@ pub fn to_json(value: quiver_features::Value) -> Json_ {
     }
 }
 
+fn unavailable(e: &quiver_online::Error) -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "online_store_unavailable",
+        e.to_string(),
+    )
+}
+
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into(), "code": code}))).into_response()
 }
@@ -194,13 +202,7 @@ impl Api {
         };
         let shards = match self.reader.fetch(view, entity).await {
             Ok(s) => s,
-            Err(e) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "online_store_unavailable",
-                    e.to_string(),
-                );
-            }
+            Err(e) => return unavailable(&e),
         };
         if shards.is_empty() {
             return error(
@@ -267,13 +269,7 @@ impl Api {
         };
         let fetched = match self.reader.fetch_many(&batch.view, &entities).await {
             Ok(s) => s,
-            Err(e) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "online_store_unavailable",
-                    e.to_string(),
-                );
-            }
+            Err(e) => return unavailable(&e),
         };
         let now = Utc::now().timestamp_micros();
         let out: Vec<Json_> = entities
