@@ -115,3 +115,26 @@ fn bad_feature_definitions_stop_start_up_with_precise_errors() {
     );
     assert!(err.contains("window `fortnight`"), "{err}");
 }
+
+#[test]
+fn unreachable_redis_is_one_clear_error() {
+    let t = TestEnv::new("noredis", &[]);
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    for command in ["ingest", "serve"] {
+        let out = t
+            .quiver(&[command])
+            .env("QUIVER__REDIS__URL", &url)
+            .env("QUIVER__REDIS__CONNECT_TIMEOUT_MS", "1000")
+            .env("QUIVER__API__LISTEN", format!("127.0.0.1:{}", free_port()))
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("quiver: error: cannot reach Redis at {url}")),
+            "{command}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{command}: {err}");
+    }
+}
