@@ -140,9 +140,10 @@ impl Generator {
             None
         };
         let user_index = burst_user.unwrap_or_else(|| {
-            // Skewed activity: a few users are much busier than most.
+            // Skewed activity: some users are much busier than most (the busiest two make about
+            // 0.5 % of the traffic of 5 000 users).
             let u: f64 = self.rng.random();
-            ((u * u) * self.users.len() as f64) as u32 % self.users.len() as u32
+            (u.powf(1.5) * self.users.len() as f64) as u32 % self.users.len() as u32
         });
         let fraud = match self.bursts.get_mut(&user_index) {
             Some(left) => {
