@@ -272,12 +272,27 @@ fn segments(t: &TestEnv) -> usize {
     store.segments("transactions").map(|s| s.len()).unwrap_or(0)
 }
 
+/// Waits for a child, killing it (and failing the test) if it outlives `timeout`.
+fn wait_at_most(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("child did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn sigterm(child: &mut Child) -> std::process::ExitStatus {
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    child.wait().unwrap()
+    wait_at_most(child, Duration::from_secs(60))
 }
 
 #[test]
@@ -318,7 +333,7 @@ fn sigkill_mid_stream_neither_loses_nor_duplicates() {
             ("QUIVER_FAILPOINT", "raw-written:8"),
         ],
     );
-    let status = first.child.wait().unwrap();
+    let status = wait_at_most(&mut first.child, Duration::from_secs(120));
     assert!(
         !status.success(),
         "the first member should have crashed at its failpoint: {status}"

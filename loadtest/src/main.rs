@@ -260,11 +260,11 @@ fn main() -> anyhow::Result<()> {
     eprintln!("  {rate:.0} events/s");
 
     println!(
-        "| events | produce (ev/s) | bare consumer (ev/s) | quiver ingest (ev/s) | ratio | raw store | peak RSS |"
+        "| ingest | events | produce (ev/s) | bare consumer (ev/s) | quiver ingest (ev/s) | ratio | raw store | peak RSS |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {events} | {produce_rate:.0} | {bare:.0} | {rate:.0} | {:.0} % | {:.1} MiB | {:.0} MiB |",
+        "| {what} | {events} | {produce_rate:.0} | {bare:.0} | {rate:.0} | {:.0} % | {:.1} MiB | {:.0} MiB |",
         100.0 * rate / bare,
         bytes as f64 / 1_048_576.0,
         rss_peak_mib()

@@ -140,10 +140,11 @@ pub fn diff(
         let have = actual.get(name).cloned().unwrap_or(Value::Null);
         let same = match (&have, want) {
             (Value::Number(a), Value::Number(b)) => match (a.as_f64(), b.as_f64()) {
-                // Distinct counts also get an absolute slack: HyperLogLog registers can collide
-                // even for a handful of values.
+                // Distinct counts also get an absolute slack: with ~50 values in 4 096 registers,
+                // 3 collisions happen to ~0.3 % of entities, and a test checks hundreds; 5 or more
+                // to about one in 10^7.
                 (Some(a), Some(b)) => {
-                    let slack = if *tolerance > FLOAT { 2.0 } else { 0.0 };
+                    let slack = if *tolerance > FLOAT { 5.0 } else { 0.0 };
                     (a - b).abs() <= (tolerance * a.abs().max(b.abs()).max(1.0)).max(slack)
                 }
                 _ => a == b,
