@@ -344,4 +344,52 @@ fn online_features_are_exact_at_read_time_and_the_log_matches_each_event() {
             }
         }
     }
+
+    // SQL over both stores (`quiver sql`): tables `raw_transactions`, `features_<view>`.
+    let sql = |query: &str, extra: &[&str]| {
+        let mut args = vec!["sql", query];
+        args.extend_from_slice(extra);
+        let out = t.quiver(&args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let n = events.len();
+    let (code, stdout, stderr) = sql("SELECT count(*) AS n FROM raw_transactions", &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(&format!("| {n} ")), "{stdout}");
+    let (code, stdout, stderr) = sql(
+        "SELECT r.user_id, count(*) AS events, max(f.txn_count_lifetime) AS lifetime \
+         FROM raw_transactions r JOIN features_user_txn f ON r._partition = f._partition AND r._offset = f._offset \
+         WHERE r.user_id = 'ub' GROUP BY r.user_id",
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("| ub ") && stdout.contains("| 2 "),
+        "{stdout}"
+    );
+    let csv = t.dir.join("users.csv");
+    let (code, _, stderr) = sql(
+        "SELECT user_id, txn_count_lifetime FROM features_user_txn ORDER BY _offset",
+        &["--out", csv.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let written = std::fs::read_to_string(&csv).unwrap();
+    assert!(
+        written.starts_with("user_id,txn_count_lifetime"),
+        "{written}"
+    );
+    assert_eq!(written.lines().count(), n + 1, "{written}");
+    let (code, _, stderr) = sql("SELECT nope FROM raw_transactions", &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("nope"), "{stderr}");
+    let (code, _, stderr) = sql("SELECT 1", &["--out", "x.json"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("use a .parquet or .csv file name"),
+        "{stderr}"
+    );
 }

@@ -198,3 +198,28 @@ pub(crate) async fn stack(ctx: &Context, cmd: StackCommand) -> anyhow::Result<()
         }
     }
 }
+
+pub(crate) async fn sql(
+    ctx: &Context,
+    query: &str,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let stores = quiver_batch::open(&ctx.config, &ctx.catalog, &ctx.views).await?;
+    if !stores.empty.is_empty() {
+        eprintln!("sql: no data yet for {}", stores.empty.join(", "));
+    }
+    let frame = stores.sql(query).await?;
+    match out {
+        Some(path) => {
+            quiver_batch::write(frame, path).await?;
+            eprintln!("sql: wrote {}", path.display());
+        }
+        None => {
+            let batches = quiver_batch::collect(frame).await?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            println!("{}", quiver_batch::pretty(&batches)?);
+            eprintln!("sql: {rows} row(s)");
+        }
+    }
+    Ok(())
+}

@@ -37,6 +37,14 @@ pub enum Command {
     Ingest,
     /// Serve online features over HTTP (`api.listen`).
     Serve,
+    /// Run DataFusion SQL over the stores: tables `raw_<source>` and `features_<view>`.
+    Sql {
+        /// The query, e.g. "SELECT user_id, count(*) FROM raw_transactions GROUP BY 1".
+        query: String,
+        /// Write the result to this .parquet or .csv file instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Demo data.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -157,6 +165,7 @@ pub fn run(cli: Cli, ctx: Context) -> anyhow::Result<()> {
             Command::Up(args) => up::run(&ctx, args).await,
             Command::Ingest => commands::ingest(&ctx).await,
             Command::Serve => commands::serve(&ctx).await,
+            Command::Sql { query, out } => commands::sql(&ctx, &query, out.as_deref()).await,
             Command::Demo(DemoCommand::Produce(args)) => commands::produce(&ctx, args).await,
             Command::Stack(cmd) => commands::stack(&ctx, cmd).await,
             Command::Config(ConfigCommand::Show) => {

@@ -1,0 +1,141 @@
+//! The batch side, on DataFusion over Quiver's file stores. Today: SQL access to the stores
+//! (`quiver sql`). The backfill, point-in-time training sets and `quiver verify` will live here
+//! too, reading the same files.
+//!
+//! Tables: `raw_<source>` (the raw store, Arrow IPC, with the `date` directory as a column) and
+//! `features_<view>` (the feature log, Parquet, same). A store with no data yet is not
+//! registered and is reported as such.
+
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::error::DataFusionError;
+use datafusion::execution::options::ArrowReadOptions;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
+use quiver_core::{Catalog, Config};
+use quiver_features::ViewCatalog;
+
+/// Result alias used across `quiver-batch`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of the batch side.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Planning or running a query failed (including SQL errors in the user's query).
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
+    /// `--out` names a format we do not write.
+    #[error("cannot write `{0}`: use a .parquet or .csv file name")]
+    OutputFormat(PathBuf),
+}
+
+/// A session with every store that has data registered.
+pub struct Stores {
+    /// The DataFusion session.
+    pub ctx: SessionContext,
+    /// Registered tables, with their directories.
+    pub tables: Vec<(String, PathBuf)>,
+    /// Declared tables that have no data yet.
+    pub empty: Vec<String>,
+}
+
+fn has_files(dir: &Path, ext: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let path = e.path();
+        if path.is_dir() {
+            // Skip stores moved aside (`<name>.stale-*`) — they are siblings, not children.
+            has_files(&path, ext)
+        } else {
+            path.extension().is_some_and(|x| x == ext)
+        }
+    })
+}
+
+/// Registers the raw store of every source and the feature log of every view.
+pub async fn open(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Result<Stores> {
+    // Plain Utf8 strings (not Utf8View) print and export everywhere.
+    let session = SessionConfig::new().set_bool(
+        "datafusion.execution.parquet.schema_force_view_types",
+        false,
+    );
+    let ctx = SessionContext::new_with_config(session);
+    let date = || vec![("date".to_string(), DataType::Utf8)];
+    let mut tables = Vec::new();
+    let mut empty = Vec::new();
+    for source in &catalog.sources {
+        let name = format!("raw_{}", source.name);
+        let dir = config.store.dir.join("raw").join(&source.name);
+        if has_files(&dir, "arrow") {
+            let options = ArrowReadOptions::default().table_partition_cols(date());
+            ctx.register_arrow(&name, format!("{}/", dir.display()), options)
+                .await?;
+            tables.push((name, dir));
+        } else {
+            empty.push(name);
+        }
+    }
+    for view in &views.views {
+        let name = format!("features_{}", view.name);
+        let dir = config.store.dir.join("offline").join(&view.name);
+        if has_files(&dir, "parquet") {
+            let options = ParquetReadOptions::default().table_partition_cols(date());
+            ctx.register_parquet(&name, format!("{}/", dir.display()), options)
+                .await?;
+            tables.push((name, dir));
+        } else {
+            empty.push(name);
+        }
+    }
+    Ok(Stores { ctx, tables, empty })
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("tables", &self.tables)
+            .field("empty", &self.empty)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stores {
+    /// Plans a query.
+    pub async fn sql(&self, query: &str) -> Result<DataFrame> {
+        Ok(self.ctx.sql(query).await?)
+    }
+}
+
+pub use datafusion::arrow::array::RecordBatch;
+
+/// A result as a printable table.
+pub fn pretty(batches: &[RecordBatch]) -> Result<impl std::fmt::Display> {
+    Ok(
+        datafusion::arrow::util::pretty::pretty_format_batches(batches)
+            .map_err(DataFusionError::from)?,
+    )
+}
+
+/// Runs a query to completion.
+pub async fn collect(frame: DataFrame) -> Result<Vec<RecordBatch>> {
+    Ok(frame.collect().await?)
+}
+
+/// Writes a query's result to one `.parquet` or `.csv` file.
+pub async fn write(frame: DataFrame, out: &Path) -> Result<()> {
+    let options = DataFrameWriteOptions::new().with_single_file_output(true);
+    let path = out.display().to_string();
+    match out.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => {
+            frame.write_parquet(&path, options, None).await?;
+        }
+        Some("csv") => {
+            frame.write_csv(&path, options, None).await?;
+        }
+        _ => return Err(Error::OutputFormat(out.to_path_buf())),
+    }
+    Ok(())
+}
