@@ -42,7 +42,7 @@ struct ViewRuntime {
     plan: ViewPlan,
     entity_col: usize,
     time_col: usize,
-    id_col: Option<(usize, String)>,
+    id_col: Option<usize>,
     offset_col: usize,
     input_cols: Vec<Option<usize>>,
     log_schema: SchemaRef,
@@ -263,12 +263,13 @@ impl Features {
                     id_col: source
                         .id
                         .as_ref()
-                        .map(|id| column(&schema, id).map(|c| (c, id.clone())))
+                        .map(|id| column(&schema, id))
                         .transpose()?,
                     offset_col: column(&schema, OFFSET_COLUMN)?,
                     input_cols,
                     log_schema: log_schema(view, source),
-                    logged: offline.durable_offsets(&view.name)?,
+                    // Read on assignment (`refresh_logged`), before any event of a partition.
+                    logged: BTreeMap::new(),
                     ttl: Duration::from_micros(view.ttl.max(1) as u64),
                 });
             }
@@ -347,10 +348,14 @@ impl Features {
             let mut row_entity = Vec::with_capacity(rows);
             for row in 0..rows {
                 let key = entity_at(entity_col.as_ref(), row);
-                let i = *index.entry(key.clone()).or_insert_with(|| {
-                    entities.push(key);
-                    entities.len() - 1
-                });
+                let i = match index.get(&key) {
+                    Some(&i) => i,
+                    None => {
+                        index.insert(key.clone(), entities.len());
+                        entities.push(key);
+                        entities.len() - 1
+                    }
+                };
                 row_entity.push(i);
             }
             let refs: Vec<&str> = entities.iter().map(String::as_str).collect();
@@ -375,6 +380,22 @@ impl Features {
                         .collect(),
                 );
             }
+            // Per entity, fixed for the batch: the other shards' offsets (`_clock`) and where
+            // the own shard sits among them in partition order (they come sorted).
+            let clocks: Vec<String> = others
+                .iter()
+                .map(|o| {
+                    let clock: BTreeMap<String, i64> = o
+                        .iter()
+                        .map(|(p, s)| (p.to_string(), s.applied_offset))
+                        .collect();
+                    serde_json::to_string(&clock).unwrap_or_else(|_| "{}".into())
+                })
+                .collect();
+            let own_at: Vec<usize> = others
+                .iter()
+                .map(|o| o.partition_point(|(p, _)| *p < partition))
+                .collect();
             let mut touched = vec![false; entities.len()];
             let mut caches = vec![ReadCache::default(); entities.len()];
 
@@ -412,27 +433,20 @@ impl Features {
                 if offset <= logged_through {
                     continue;
                 }
-                let mut parts: Vec<(i32, &EntityState)> =
-                    others[e].iter().map(|(p, s)| (*p, &s.state)).collect();
-                parts.push((partition, &shard.state));
-                parts.sort_by_key(|(p, _)| *p);
-                let states: Vec<&EntityState> = parts.into_iter().map(|(_, s)| s).collect();
+                let (before, after) = others[e].split_at(own_at[e]);
+                let states: Vec<&EntityState> = before
+                    .iter()
+                    .map(|(_, s)| &s.state)
+                    .chain([&shard.state])
+                    .chain(after.iter().map(|(_, s)| &s.state))
+                    .collect();
                 let as_of = ViewPlan::event_time_max(&states);
                 let values =
                     rt.plan
                         .read_shards_cached(&states, as_of.unwrap_or(time), &mut caches[e]);
-                let clock = if others[e].is_empty() {
-                    "{}".to_string()
-                } else {
-                    let clock: BTreeMap<String, i64> = others[e]
-                        .iter()
-                        .map(|(p, s)| (p.to_string(), s.applied_offset))
-                        .collect();
-                    serde_json::to_string(&clock).unwrap_or_else(|_| "{}".into())
-                };
                 log.entity.append_value(&entities[e]);
-                if let (Some(b), Some((c, _))) = (log.id.as_mut(), rt.id_col.as_ref()) {
-                    match value_at(batch.column(*c).as_ref(), row) {
+                if let (Some(b), Some(c)) = (log.id.as_mut(), rt.id_col) {
+                    match value_at(batch.column(c).as_ref(), row) {
                         Value::Str(s) => b.append_value(s),
                         Value::Null => b.append_null(),
                         other => b.append_value(format!("{other:?}")),
@@ -443,7 +457,7 @@ impl Features {
                 log.offset.push(offset);
                 log.as_of.push(as_of.unwrap_or(time));
                 log.late.append_value(outcome == Applied::Late);
-                log.clock.append_value(clock);
+                log.clock.append_value(&clocks[e]);
                 for (column, value) in log.features.iter_mut().zip(values) {
                     column.push(value);
                 }
