@@ -25,6 +25,9 @@ pub enum Error {
     /// Planning or running a query failed (including SQL errors in the user's query).
     #[error("{0}")]
     DataFusion(#[from] DataFusionError),
+    /// The store directories cannot be listed.
+    #[error(transparent)]
+    Store(#[from] quiver_store::Error),
     /// `--out` names a format we do not write.
     #[error("cannot write `{0}`: use a .parquet or .csv file name")]
     OutputFormat(PathBuf),
@@ -40,21 +43,6 @@ pub struct Stores {
     pub empty: Vec<String>,
 }
 
-fn has_files(dir: &Path, ext: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let path = e.path();
-        if path.is_dir() {
-            // Skip stores moved aside (`<name>.stale-*`) — they are siblings, not children.
-            has_files(&path, ext)
-        } else {
-            path.extension().is_some_and(|x| x == ext)
-        }
-    })
-}
-
 /// Registers the raw store of every source and the feature log of every view.
 pub async fn open(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Result<Stores> {
     // Plain Utf8 strings (not Utf8View) print and export everywhere.
@@ -64,12 +52,14 @@ pub async fn open(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Re
     );
     let ctx = SessionContext::new_with_config(session);
     let date = || vec![("date".to_string(), DataType::Utf8)];
+    let raw = quiver_store::RawStore::open(&config.store.dir)?;
+    let offline = quiver_store::OfflineStore::open(&config.store.dir)?;
     let mut tables = Vec::new();
     let mut empty = Vec::new();
     for source in &catalog.sources {
         let name = format!("raw_{}", source.name);
         let dir = config.store.dir.join("raw").join(&source.name);
-        if has_files(&dir, "arrow") {
+        if !raw.segments(&source.name)?.is_empty() {
             let options = ArrowReadOptions::default().table_partition_cols(date());
             ctx.register_arrow(&name, format!("{}/", dir.display()), options)
                 .await?;
@@ -81,7 +71,7 @@ pub async fn open(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Re
     for view in &views.views {
         let name = format!("features_{}", view.name);
         let dir = config.store.dir.join("offline").join(&view.name);
-        if has_files(&dir, "parquet") {
+        if !offline.segments(&view.name)?.is_empty() {
             let options = ParquetReadOptions::default().table_partition_cols(date());
             ctx.register_parquet(&name, format!("{}/", dir.display()), options)
                 .await?;

@@ -165,9 +165,13 @@ impl SegmentDir {
                 let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                     continue;
                 };
-                if name.starts_with('.') && name.contains(".tmp") {
-                    // A write that never reached its rename: never visible, safe to drop.
-                    let _ = std::fs::remove_file(&path);
+                if name.starts_with('.') && name.contains(".tmp-") {
+                    // A write that never reached its rename. Another process (or another
+                    // member in this one) may be writing it right now, so only a file whose
+                    // writer is gone is removed.
+                    if writer_gone(name) {
+                        let _ = std::fs::remove_file(&path);
+                    }
                     continue;
                 }
                 if let Some(id) = SegmentId::parse_with(name, self.ext) {
@@ -255,18 +259,8 @@ impl RawStore {
         })
     }
 
-    /// The root directory (`<dir>/raw`).
-    pub fn root(&self) -> &Path {
-        &self.dir.root
-    }
-
-    /// The directory of one source.
-    pub fn source_dir(&self, source: &str) -> PathBuf {
-        self.dir.stream_dir(source)
-    }
-
-    /// Every segment of a source, sorted by (partition, first offset). Stray temporary files of
-    /// an interrupted write are removed on the way.
+    /// Every segment of a source, sorted by (partition, first offset). Temporary files left by a
+    /// writer that has exited are removed on the way.
     pub fn segments(&self, source: &str) -> Result<Vec<SegmentFile>> {
         self.dir.segments(source)
     }
@@ -313,11 +307,6 @@ impl OfflineStore {
         })
     }
 
-    /// The directory of one view's feature log.
-    pub fn view_dir(&self, view: &str) -> PathBuf {
-        self.dir.stream_dir(view)
-    }
-
     /// Every feature-log segment of a view.
     pub fn segments(&self, view: &str) -> Result<Vec<SegmentFile>> {
         self.dir.segments(view)
@@ -353,6 +342,20 @@ impl OfflineStore {
     }
 }
 
+/// Whether the process that wrote temporary file `name` (`.<segment>.tmp-<pid>`) has exited.
+/// Unknown (no `/proc`, or a name without a pid) counts as alive: the file is then left alone.
+fn writer_gone(name: &str) -> bool {
+    let Some(pid) = name
+        .rsplit_once(".tmp-")
+        .and_then(|(_, pid)| pid.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id()
+        && Path::new("/proc/self").exists()
+        && !Path::new("/proc").join(pid.to_string()).exists()
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -382,6 +385,17 @@ mod tests {
         assert_eq!(SegmentId::parse(&a.file_name()), Some(a));
         assert!(a.file_name() < b.file_name());
         assert!(a < b);
+    }
+
+    #[test]
+    fn temporary_files_of_live_or_unknown_writers_are_kept() {
+        // This process is alive: another member in it may be writing the file right now.
+        let mine = format!(
+            ".part-00001-00000000000000000000-00000000000000000009.arrow.tmp-{}",
+            std::process::id()
+        );
+        assert!(!writer_gone(&mine));
+        assert!(!writer_gone(".part-1-2-3.arrow.tmp-notapid"));
     }
 
     #[test]
