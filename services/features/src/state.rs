@@ -309,14 +309,6 @@ impl ViewPlan {
         shards.iter().filter_map(|s| s.event_time_max).max()
     }
 
-    /// The vector "as of" the latest event: the state read at its greatest event time.
-    pub fn read_latest(&self, state: &EntityState) -> Vec<Value> {
-        match state.event_time_max {
-            Some(t) => self.read(state, t),
-            None => self.read(state, i64::MIN / 2),
-        }
-    }
-
     /// Merges `other` (another partition's shard of the same entity) into `state`. Shards are
     /// merged in partition order, so the result does not depend on who reads.
     pub fn merge(&self, state: &mut EntityState, other: &EntityState) {
@@ -532,7 +524,7 @@ mod tests {
             ),
             Applied::Applied
         );
-        assert_eq!(p.read_latest(&s), vec![Value::Int(2)]);
+        assert_eq!(p.read(&s, s.event_time_max.unwrap()), vec![Value::Int(2)]);
         assert_eq!(s.events, 3);
     }
 }

@@ -486,11 +486,9 @@ impl Pipeline {
                 self.stats
                     .dead_letters
                     .fetch_add(fresh_rejections.len() as u64, Ordering::Relaxed);
-            }
-            state.durable_through = last;
-            if written.created {
                 self.failpoint.hit(Failpoint::RAW_WRITTEN);
             }
+            state.durable_through = last;
         }
 
         if has_views {

@@ -96,11 +96,32 @@ impl Keys {
     pub fn entity(&self, view: &str, entity: &str) -> String {
         format!("{}:{view}:{entity}", self.prefix)
     }
+
+    /// The keys of `entities` and one pipeline fetching all their hashes.
+    fn hgetall(&self, view: &str, entities: &[impl AsRef<str>]) -> (Vec<String>, redis::Pipeline) {
+        let keys: Vec<String> = entities
+            .iter()
+            .map(|e| self.entity(view, e.as_ref()))
+            .collect();
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.hgetall(key);
+        }
+        (keys, pipe)
+    }
 }
 
 /// The hash field of a partition.
 pub fn field(partition: i32) -> String {
     format!("p{partition}")
+}
+
+/// Parses the replies of [`Keys::hgetall`], one per key.
+fn parse_hashes(keys: &[String], raw: Vec<BTreeMap<String, Vec<u8>>>) -> Result<Vec<Shards>> {
+    keys.iter()
+        .zip(raw)
+        .map(|(key, raw)| parse_hash(key, raw))
+        .collect()
 }
 
 fn parse_hash(key: &str, raw: BTreeMap<String, Vec<u8>>) -> Result<Shards> {
@@ -154,26 +175,13 @@ impl OnlineWriter {
         })
     }
 
-    /// Key naming.
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
     /// Fetches the shards of many entities of a view in one round trip.
     pub fn fetch(&mut self, view: &str, entities: &[&str]) -> Result<Vec<Shards>> {
         if entities.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = entities.iter().map(|e| self.keys.entity(view, e)).collect();
-        let mut pipe = redis::pipe();
-        for key in &keys {
-            pipe.hgetall(key);
-        }
-        let raw: Vec<BTreeMap<String, Vec<u8>>> = pipe.query(&mut self.conn)?;
-        keys.iter()
-            .zip(raw)
-            .map(|(key, raw)| parse_hash(key, raw))
-            .collect()
+        let (keys, pipe) = self.keys.hgetall(view, entities);
+        parse_hashes(&keys, pipe.query(&mut self.conn)?)
     }
 
     /// Deletes every entity of a view (its source topic was re-created, so the offsets its
@@ -264,16 +272,8 @@ impl OnlineReader {
 
     /// The shards of many entities, in one round trip.
     pub async fn fetch_many(&self, view: &str, entities: &[String]) -> Result<Vec<Shards>> {
-        let keys: Vec<String> = entities.iter().map(|e| self.keys.entity(view, e)).collect();
-        let mut pipe = redis::pipe();
-        for key in &keys {
-            pipe.hgetall(key);
-        }
-        let raw: Vec<BTreeMap<String, Vec<u8>>> = pipe.query_async(&mut self.conn.clone()).await?;
-        keys.iter()
-            .zip(raw)
-            .map(|(key, raw)| parse_hash(key, raw))
-            .collect()
+        let (keys, pipe) = self.keys.hgetall(view, entities);
+        parse_hashes(&keys, pipe.query_async(&mut self.conn.clone()).await?)
     }
 
     /// `PING`.

@@ -86,6 +86,14 @@ pub fn to_json(value: quiver_features::Value) -> Json_ {
     }
 }
 
+fn unknown_view(view: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "unknown_view",
+        format!("unknown view `{view}`"),
+    )
+}
+
 fn unavailable(e: &quiver_online::Error) -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -132,6 +140,17 @@ impl Api {
             plans,
             reader,
             token,
+        })
+    }
+
+    /// `Some(401 answer)` unless the request carries the configured bearer token.
+    fn check_token(&self, headers: &HeaderMap) -> Option<Response> {
+        (!self.authorized(headers)).then(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            )
         })
     }
 
@@ -186,19 +205,11 @@ impl Api {
     }
 
     async fn get_one(&self, headers: &HeaderMap, view: &str, entity: &str) -> Response {
-        if !self.authorized(headers) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token",
-            );
+        if let Some(denied) = self.check_token(headers) {
+            return denied;
         }
         let Some(plan) = self.plans.get(view) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "unknown_view",
-                format!("unknown view `{view}`"),
-            );
+            return unknown_view(view);
         };
         let shards = match self.reader.fetch(view, entity).await {
             Ok(s) => s,
@@ -216,12 +227,8 @@ impl Api {
     }
 
     async fn get_many(&self, headers: &HeaderMap, body: &[u8]) -> Response {
-        if !self.authorized(headers) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token",
-            );
+        if let Some(denied) = self.check_token(headers) {
+            return denied;
         }
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -260,12 +267,8 @@ impl Api {
                 }
             }
         }
-        let Some(plan) = self.plans.get(&batch.view) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "unknown_view",
-                format!("unknown view `{}`", batch.view),
-            );
+        let Some(plan) = self.plans.get(batch.view.as_str()) else {
+            return unknown_view(&batch.view);
         };
         let fetched = match self.reader.fetch_many(&batch.view, &entities).await {
             Ok(s) => s,
