@@ -10,6 +10,7 @@
 #![allow(clippy::print_stdout)]
 
 mod api;
+mod backfill;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -37,6 +38,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// The backfill on a generated raw store, against DuckDB on the same events.
+    Backfill(backfill::BackfillArgs),
+    /// (internal) One backfill over `<dir>/store`, figures as JSON.
+    #[command(hide = true)]
+    BackfillChild {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// Online read latency of `quiver serve` at a fixed request rate, against a bare Redis
     /// HGETALL of the same keys at the same rate.
     Api {
@@ -70,7 +79,7 @@ enum Cmd {
     },
 }
 
-fn rss_peak_mib() -> f64 {
+pub(crate) fn rss_peak_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -214,6 +223,8 @@ fn main() -> anyhow::Result<()> {
         } => {
             return api::run(cli.config.as_deref(), events, rate, seconds, connections);
         }
+        Cmd::Backfill(args) => return backfill::run(cli.config.as_deref(), args),
+        Cmd::BackfillChild { dir } => return backfill::child(cli.config.as_deref(), &dir),
     };
     let mut config = Config::load(cli.config.as_deref())?;
     let run_id = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();

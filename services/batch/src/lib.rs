@@ -1,6 +1,6 @@
-//! The batch side, on DataFusion over Quiver's file stores. Today: SQL access to the stores
-//! (`quiver sql`). The backfill, point-in-time training sets and `quiver verify` will live here
-//! too, reading the same files.
+//! The batch side, on DataFusion over Quiver's file stores: SQL access to the stores
+//! (`quiver sql`), the backfill and `quiver verify` ([`replay`], [`backfill`], [`verify`]), and
+//! point-in-time training sets ([`dataset`]).
 //!
 //! Tables: `raw_<source>` (the raw store, Arrow IPC, with the `date` directory as a column) and
 //! `features_<view>` (the feature log, Parquet, same). A store with no data yet is not
@@ -15,6 +15,11 @@ use datafusion::execution::options::ArrowReadOptions;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
 use quiver_core::{Catalog, Config};
 use quiver_features::ViewCatalog;
+
+pub mod backfill;
+pub mod dataset;
+pub mod replay;
+pub mod verify;
 
 /// Result alias used across `quiver-batch`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -31,6 +36,45 @@ pub enum Error {
     /// `--out` names a format we do not write.
     #[error("cannot write `{0}`: use a .parquet or .csv file name")]
     OutputFormat(PathBuf),
+    /// Arrow failed on a batch.
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// Parquet failed writing a file.
+    #[error(transparent)]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    /// A feature-log batch could not be built.
+    #[error(transparent)]
+    Features(#[from] quiver_features::Error),
+    /// The online store failed (`--materialize`).
+    #[error("redis: {0}")]
+    Online(#[from] quiver_online::Error),
+    /// The stores are not in the shape a replay needs.
+    #[error("{0}")]
+    Replay(String),
+    /// A request does not fit the schemas or the data (unknown view, missing column, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// A file outside the stores could not be read or written.
+    #[error("{context} {path}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A DataFusion session configured the way Quiver reads its stores.
+pub fn session() -> SessionContext {
+    // Plain Utf8 strings (not Utf8View) print and export everywhere, and the stores' readers
+    // downcast to them.
+    let session = SessionConfig::new().set_bool(
+        "datafusion.execution.parquet.schema_force_view_types",
+        false,
+    );
+    SessionContext::new_with_config(session)
 }
 
 /// A session with every store that has data registered.
@@ -45,12 +89,7 @@ pub struct Stores {
 
 /// Registers the raw store of every source and the feature log of every view.
 pub async fn open(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Result<Stores> {
-    // Plain Utf8 strings (not Utf8View) print and export everywhere.
-    let session = SessionConfig::new().set_bool(
-        "datafusion.execution.parquet.schema_force_view_types",
-        false,
-    );
-    let ctx = SessionContext::new_with_config(session);
+    let ctx = session().enable_url_table();
     let date = || vec![("date".to_string(), DataType::Utf8)];
     let raw = quiver_store::RawStore::open(&config.store.dir)?;
     let offline = quiver_store::OfflineStore::open(&config.store.dir)?;

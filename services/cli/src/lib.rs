@@ -4,6 +4,7 @@
 //! ([`init_telemetry`]) and calls [`run`]. Each command drives a service library; this crate
 //! holds no pipeline logic of its own.
 
+mod batch;
 mod commands;
 mod up;
 
@@ -45,6 +46,14 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Recompute feature logs from the raw store (DataFusion + the streaming aggregation core);
+    /// `--materialize` also rebuilds the online store.
+    Backfill(BackfillArgs),
+    /// Recompute every event's vector in batch and compare it with the streaming feature log.
+    Verify(VerifyArgs),
+    /// Training sets.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
     /// Demo data.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -65,6 +74,67 @@ pub struct UpArgs {
     /// Stop once the demo data is produced and ingested, instead of running until Ctrl-C.
     #[arg(long)]
     pub exit_when_done: bool,
+}
+
+/// `quiver backfill`.
+#[derive(Debug, Clone, Args)]
+pub struct BackfillArgs {
+    /// Views to backfill (repeat or comma-separate; default: all).
+    #[arg(long, value_name = "VIEW")]
+    pub view: Vec<String>,
+    /// Rewrite the log of raw segments with events at or after this time (RFC 3339 or date).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// ... and before this time.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Also write the final tiles to Redis (rebuilds the online store; stop ingest first).
+    #[arg(long)]
+    pub materialize: bool,
+}
+
+/// `quiver verify`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// Views to verify (repeat or comma-separate; default: all).
+    #[arg(long, value_name = "VIEW")]
+    pub view: Vec<String>,
+    /// Compare events at or after this time (RFC 3339 or date).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// ... and before this time.
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+/// `quiver dataset ...`.
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Build a point-in-time-correct training set with a time-based train/test split.
+    Build(DatasetArgs),
+}
+
+/// `quiver dataset build`.
+#[derive(Debug, Clone, Args)]
+pub struct DatasetArgs {
+    /// Labels: a source name (its raw store, e.g. `labels`) or a Parquet file or directory.
+    #[arg(long)]
+    pub labels: String,
+    /// Views to join (comma-separated; default: all).
+    #[arg(long, value_name = "VIEWS")]
+    pub views: Vec<String>,
+    /// Output directory (train.parquet, test.parquet, manifest.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Label column (default: the labels' only boolean column).
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// Time column of labels that carry keys and a time rather than an event id.
+    #[arg(long)]
+    pub time_column: Option<String>,
+    /// Fraction of rows, latest by time, in the test split.
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f64,
 }
 
 /// `quiver demo ...`.
@@ -166,6 +236,9 @@ pub fn run(cli: Cli, ctx: Context) -> anyhow::Result<()> {
             Command::Ingest => commands::ingest(&ctx).await,
             Command::Serve => commands::serve(&ctx).await,
             Command::Sql { query, out } => commands::sql(&ctx, &query, out.as_deref()).await,
+            Command::Backfill(args) => batch::backfill(&ctx, args).await,
+            Command::Verify(args) => batch::verify(&ctx, args).await,
+            Command::Dataset(DatasetCommand::Build(args)) => batch::dataset(&ctx, args).await,
             Command::Demo(DemoCommand::Produce(args)) => commands::produce(&ctx, args).await,
             Command::Stack(cmd) => commands::stack(&ctx, cmd).await,
             Command::Config(ConfigCommand::Show) => {

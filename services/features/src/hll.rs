@@ -85,7 +85,14 @@ impl Hll {
 
     /// Merges another sketch into this one (register-wise maximum), in linear time.
     pub fn merge(&mut self, other: &Hll) {
-        if let (Hll::Sparse(_), Hll::Dense(_)) = (&*self, other) {
+        // Into a dense sketch when the other is dense or the union may outgrow the sparse
+        // form: merging many tiles then costs the entries merged, not repeated list rebuilds.
+        let grow = match (&*self, other) {
+            (Hll::Sparse(_), Hll::Dense(_)) => true,
+            (Hll::Sparse(mine), Hll::Sparse(theirs)) => mine.len() + theirs.len() > SPARSE_LIMIT,
+            _ => false,
+        };
+        if grow {
             self.densify();
         }
         match (&mut *self, other) {
@@ -155,8 +162,17 @@ impl Hll {
                 (nonzero + (M - entries.len()) as f64, M - entries.len())
             }
             Hll::Dense(regs) => {
-                let sum = regs.iter().map(|r| inverse_pow2(*r)).sum();
-                (sum, regs.iter().filter(|r| **r == 0).count())
+                // A histogram of ranks, then one term per rank (ranks are at most 53).
+                let mut counts = [0u32; 64];
+                for r in regs {
+                    counts[usize::from(*r & 63)] += 1;
+                }
+                let sum = counts
+                    .iter()
+                    .enumerate()
+                    .map(|(rank, n)| f64::from(*n) * inverse_pow2(rank as u8))
+                    .sum();
+                (sum, counts[0] as usize)
             }
         };
         let m = M as f64;

@@ -16,6 +16,7 @@
 pub mod definition;
 pub mod duration;
 pub mod hll;
+pub mod log;
 pub mod partial;
 pub mod state;
 pub mod value;
@@ -36,4 +37,10 @@ pub enum Error {
     /// The definition files could not be read.
     #[error(transparent)]
     Core(#[from] quiver_core::Error),
+    /// A feature-log batch could not be built or read.
+    #[error("feature log: {0}")]
+    Log(String),
+    /// Arrow rejected a feature-log batch.
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
 }

@@ -82,10 +82,10 @@ impl ReadCache {
     /// Forgets the prefixes an event at `time` may have changed (it landed before their end).
     pub fn invalidate(&mut self, time: i64) {
         for memo in &mut self.prefixes {
-            if memo
-                .as_ref()
-                .is_some_and(|p| floor_to(time, p.hop) < p.boundary)
-            {
+            if memo.as_ref().is_some_and(|p| {
+                let tile = floor_to(time, p.hop);
+                p.lower <= tile && tile < p.boundary
+            }) {
                 *memo = None;
             }
         }
@@ -302,6 +302,20 @@ impl ViewPlan {
                 }
             })
             .collect()
+    }
+
+    /// The vector as of an event: the entity's `shards` (in partition order, the event's own
+    /// shard among them) read at their greatest event time (`fallback` if none has one).
+    /// Returns the read time and the values. The streaming feature log, the backfill and
+    /// `quiver verify` all compute rows through this one call.
+    pub fn vector_as_of(
+        &self,
+        shards: &[&EntityState],
+        fallback: i64,
+        cache: &mut ReadCache,
+    ) -> (i64, Vec<Value>) {
+        let as_of = Self::event_time_max(shards).unwrap_or(fallback);
+        (as_of, self.read_shards_cached(shards, as_of, cache))
     }
 
     /// The greatest event time over shards.

@@ -20,17 +20,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Float64Builder, Int32Array, Int64Array,
-    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::{Schema, SchemaRef};
 use chrono::NaiveDate;
 use metrics::{counter, histogram};
-use quiver_core::schema::{FieldType, OFFSET_COLUMN, SourceSchema, timestamp_type};
-use quiver_features::{
-    Applied, EntityState, FeatureView, Op, ReadCache, Value, ViewCatalog, ViewPlan,
-};
+use quiver_core::schema::{OFFSET_COLUMN, SourceSchema};
+use quiver_features::log::{Column, LogBuilder, LogRow, clock_json, log_schema};
+use quiver_features::{Applied, EntityState, ReadCache, Value, ViewCatalog, ViewPlan};
 use quiver_online::{OnlineWriter, Shard};
 use quiver_store::{OfflineStore, SegmentId};
 use quiver_telemetry::names;
@@ -49,163 +45,6 @@ struct ViewRuntime {
     /// Last source offset logged, per partition.
     logged: BTreeMap<i32, i64>,
     ttl: Duration,
-}
-
-/// The output type of a feature.
-fn feature_type(op: Op, column: Option<FieldType>) -> DataType {
-    match (op, column) {
-        (Op::Count | Op::DistinctCount, _) => DataType::Int64,
-        (Op::Last, Some(FieldType::String)) => DataType::Utf8,
-        (Op::Last, Some(FieldType::Bool)) => DataType::Boolean,
-        (Op::Last, Some(FieldType::Int | FieldType::Timestamp)) => DataType::Int64,
-        _ => DataType::Float64,
-    }
-}
-
-/// The schema of a view's feature log.
-pub(crate) fn log_schema(view: &FeatureView, source: &SourceSchema) -> SchemaRef {
-    let mut fields = vec![Field::new(&view.entity, DataType::Utf8, false)];
-    if let Some(id) = &source.id {
-        fields.push(Field::new(id, DataType::Utf8, true));
-    }
-    fields.push(Field::new("event_time", timestamp_type(), false));
-    fields.push(Field::new("_partition", DataType::Int32, false));
-    fields.push(Field::new("_offset", DataType::Int64, false));
-    fields.push(Field::new("_as_of", timestamp_type(), false));
-    fields.push(Field::new("_late", DataType::Boolean, false));
-    fields.push(Field::new("_clock", DataType::Utf8, false));
-    for agg in &view.aggregations {
-        let column_type = agg
-            .column
-            .as_ref()
-            .and_then(|c| source.fields.iter().find(|f| &f.name == c))
-            .map(|f| f.ty);
-        fields.push(Field::new(
-            &agg.name,
-            feature_type(agg.op, column_type),
-            true,
-        ));
-    }
-    Arc::new(Schema::new(fields))
-}
-
-fn value_at(array: &dyn Array, row: usize) -> Value {
-    if array.is_null(row) {
-        return Value::Null;
-    }
-    let any = array.as_any();
-    if let Some(a) = any.downcast_ref::<StringArray>() {
-        Value::Str(a.value(row).to_string())
-    } else if let Some(a) = any.downcast_ref::<arrow::array::Float64Array>() {
-        Value::Float(a.value(row))
-    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
-        Value::Int(a.value(row))
-    } else if let Some(a) = any.downcast_ref::<BooleanArray>() {
-        Value::Bool(a.value(row))
-    } else if let Some(a) = any.downcast_ref::<TimestampMicrosecondArray>() {
-        Value::Int(a.value(row))
-    } else {
-        Value::Null
-    }
-}
-
-fn entity_at(array: &dyn Array, row: usize) -> String {
-    match value_at(array, row) {
-        Value::Str(s) => s,
-        Value::Int(i) => i.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// Column builders of a feature log batch.
-struct LogBuilder {
-    entity: StringBuilder,
-    id: Option<StringBuilder>,
-    time: Vec<i64>,
-    partition: Vec<i32>,
-    offset: Vec<i64>,
-    as_of: Vec<i64>,
-    late: BooleanBuilder,
-    clock: StringBuilder,
-    features: Vec<Vec<Value>>,
-}
-
-impl LogBuilder {
-    fn new(features: usize, with_id: bool) -> Self {
-        Self {
-            entity: StringBuilder::new(),
-            id: with_id.then(StringBuilder::new),
-            time: Vec::new(),
-            partition: Vec::new(),
-            offset: Vec::new(),
-            as_of: Vec::new(),
-            late: BooleanBuilder::new(),
-            clock: StringBuilder::new(),
-            features: vec![Vec::new(); features],
-        }
-    }
-
-    fn finish(mut self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(self.entity.finish())];
-        if let Some(id) = self.id.as_mut() {
-            columns.push(Arc::new(id.finish()));
-        }
-        columns.push(Arc::new(
-            TimestampMicrosecondArray::from(self.time).with_timezone("UTC"),
-        ));
-        columns.push(Arc::new(Int32Array::from(self.partition)));
-        columns.push(Arc::new(Int64Array::from(self.offset)));
-        columns.push(Arc::new(
-            TimestampMicrosecondArray::from(self.as_of).with_timezone("UTC"),
-        ));
-        columns.push(Arc::new(self.late.finish()));
-        columns.push(Arc::new(self.clock.finish()));
-        let first_feature = columns.len();
-        for (i, values) in self.features.into_iter().enumerate() {
-            let column: ArrayRef = match schema.field(first_feature + i).data_type() {
-                DataType::Int64 => {
-                    let mut b = Int64Builder::with_capacity(values.len());
-                    values.iter().for_each(|v| {
-                        b.append_option(if let Value::Int(x) = v {
-                            Some(*x)
-                        } else {
-                            None
-                        })
-                    });
-                    Arc::new(b.finish())
-                }
-                DataType::Utf8 => {
-                    let mut b = StringBuilder::new();
-                    values.iter().for_each(|v| {
-                        b.append_option(if let Value::Str(x) = v {
-                            Some(x.as_str())
-                        } else {
-                            None
-                        })
-                    });
-                    Arc::new(b.finish())
-                }
-                DataType::Boolean => {
-                    let mut b = BooleanBuilder::with_capacity(values.len());
-                    values.iter().for_each(|v| {
-                        b.append_option(if let Value::Bool(x) = v {
-                            Some(*x)
-                        } else {
-                            None
-                        })
-                    });
-                    Arc::new(b.finish())
-                }
-                _ => {
-                    let mut b = Float64Builder::with_capacity(values.len());
-                    values.iter().for_each(|v| b.append_option(v.as_f64()));
-                    Arc::new(b.finish())
-                }
-            };
-            columns.push(column);
-        }
-        Ok(RecordBatch::try_new(schema.clone(), columns).map_err(quiver_core::Error::from)?)
-    }
 }
 
 /// What one micro-batch did, for the caller's counters.
@@ -330,7 +169,13 @@ impl Features {
             let started = Instant::now();
             let view_name = rt.plan.view().name.clone();
             let rows = batch.num_rows();
-            let entity_col = batch.column(rt.entity_col);
+            let entity_col = Column::new(batch.column(rt.entity_col).as_ref());
+            let id_col = rt.id_col.map(|c| Column::new(batch.column(c).as_ref()));
+            let input_cols: Vec<Option<Column<'_>>> = rt
+                .input_cols
+                .iter()
+                .map(|c| c.map(|c| Column::new(batch.column(c).as_ref())))
+                .collect();
             let times = batch
                 .column(rt.time_col)
                 .as_any()
@@ -347,7 +192,7 @@ impl Features {
             let mut entities: Vec<String> = Vec::new();
             let mut row_entity = Vec::with_capacity(rows);
             for row in 0..rows {
-                let key = entity_at(entity_col.as_ref(), row);
+                let key = entity_col.key(row);
                 let i = match index.get(&key) {
                     Some(&i) => i,
                     None => {
@@ -385,11 +230,9 @@ impl Features {
             let clocks: Vec<String> = others
                 .iter()
                 .map(|o| {
-                    let clock: BTreeMap<String, i64> = o
-                        .iter()
-                        .map(|(p, s)| (p.to_string(), s.applied_offset))
-                        .collect();
-                    serde_json::to_string(&clock).unwrap_or_else(|_| "{}".into())
+                    let clock: BTreeMap<i32, i64> =
+                        o.iter().map(|(p, s)| (*p, s.applied_offset)).collect();
+                    clock_json(&clock)
                 })
                 .collect();
             let own_at: Vec<usize> = others
@@ -412,8 +255,8 @@ impl Features {
                     skipped += 1;
                     continue;
                 }
-                for (slot, col) in inputs.iter_mut().zip(&rt.input_cols) {
-                    *slot = col.map_or(Value::Null, |c| value_at(batch.column(c).as_ref(), row));
+                for (slot, col) in inputs.iter_mut().zip(&input_cols) {
+                    *slot = col.map_or(Value::Null, |c| c.value(row));
                 }
                 let time = times.value(row);
                 let outcome = rt.plan.apply(
@@ -440,27 +283,21 @@ impl Features {
                     .chain([&shard.state])
                     .chain(after.iter().map(|(_, s)| &s.state))
                     .collect();
-                let as_of = ViewPlan::event_time_max(&states);
-                let values =
-                    rt.plan
-                        .read_shards_cached(&states, as_of.unwrap_or(time), &mut caches[e]);
-                log.entity.append_value(&entities[e]);
-                if let (Some(b), Some(c)) = (log.id.as_mut(), rt.id_col) {
-                    match value_at(batch.column(c).as_ref(), row) {
-                        Value::Str(s) => b.append_value(s),
-                        Value::Null => b.append_null(),
-                        other => b.append_value(format!("{other:?}")),
-                    }
-                }
-                log.time.push(time);
-                log.partition.push(partition);
-                log.offset.push(offset);
-                log.as_of.push(as_of.unwrap_or(time));
-                log.late.append_value(outcome == Applied::Late);
-                log.clock.append_value(&clocks[e]);
-                for (column, value) in log.features.iter_mut().zip(values) {
-                    column.push(value);
-                }
+                let (as_of, values) = rt.plan.vector_as_of(&states, time, &mut caches[e]);
+                let id = id_col.map(|c| c.value(row));
+                log.push(
+                    LogRow {
+                        entity: &entities[e],
+                        id: id.as_ref(),
+                        time,
+                        partition,
+                        offset,
+                        as_of,
+                        late: outcome == Applied::Late,
+                        clock: &clocks[e],
+                    },
+                    values,
+                );
             }
             tracing::debug!(view = %view_name, partition, first, last, rows, applied, late, skipped, logged_through, "features applied");
             if skipped > 0 {
@@ -470,7 +307,7 @@ impl Features {
 
             // 4. The feature log, for the part of the batch not logged yet.
             if last > logged_through {
-                let rows_logged = log.time.len() as u64;
+                let rows_logged = log.len() as u64;
                 let segment = SegmentId {
                     partition,
                     first_offset: first.max(logged_through + 1),

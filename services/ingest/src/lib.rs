@@ -46,6 +46,9 @@ pub enum Error {
     /// The raw store failed.
     #[error(transparent)]
     Store(#[from] quiver_store::Error),
+    /// A feature-log batch could not be built.
+    #[error(transparent)]
+    Features(#[from] quiver_features::Error),
     /// Redis (the online store) failed or is unreachable.
     #[error("{0}")]
     Redis(String),

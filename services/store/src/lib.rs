@@ -119,6 +119,14 @@ pub struct SegmentFile {
     pub path: PathBuf,
 }
 
+impl SegmentFile {
+    /// The date directory it sits in (`date=YYYY-MM-DD`).
+    pub fn date(&self) -> Option<NaiveDate> {
+        let dir = self.path.parent()?.file_name()?.to_str()?;
+        NaiveDate::parse_from_str(dir.strip_prefix("date=")?, "%Y-%m-%d").ok()
+    }
+}
+
 /// What a segment write did.
 #[derive(Debug, Clone)]
 pub struct WrittenSegment {
@@ -203,12 +211,14 @@ impl SegmentDir {
         Ok(to)
     }
 
-    /// Writes a segment through `encode` durably and atomically; a no-op if it exists.
+    /// Writes a segment through `encode` durably and atomically. If it exists, it is left as it
+    /// is (a replay), or atomically replaced when `replace` is set (a backfill).
     fn write(
         &self,
         stream: &str,
         date: NaiveDate,
         id: SegmentId,
+        replace: bool,
         encode: impl FnOnce(File) -> Result<File>,
     ) -> Result<WrittenSegment> {
         let dir = self
@@ -216,7 +226,9 @@ impl SegmentDir {
             .join(format!("date={}", date.format("%Y-%m-%d")));
         let name = id.file_name_with(self.ext);
         let path = dir.join(&name);
-        if let Ok(meta) = std::fs::metadata(&path) {
+        if let Ok(meta) = std::fs::metadata(&path)
+            && !replace
+        {
             return Ok(WrittenSegment {
                 path,
                 bytes: meta.len(),
@@ -284,7 +296,7 @@ impl RawStore {
         id: SegmentId,
         batch: &RecordBatch,
     ) -> Result<WrittenSegment> {
-        self.dir.write(source, date, id, |file| {
+        self.dir.write(source, date, id, false, |file| {
             let mut writer = FileWriter::try_new(file, &batch.schema())?;
             writer.write(batch)?;
             writer.finish()?;
@@ -331,7 +343,43 @@ impl OfflineStore {
         id: SegmentId,
         batch: &RecordBatch,
     ) -> Result<WrittenSegment> {
-        self.dir.write(view, date, id, |file| {
+        self.write_parquet(view, date, id, false, batch)
+    }
+
+    /// Writes one feature-log segment, atomically replacing a segment of the same name (the
+    /// backfill rewrites the log segment by segment).
+    pub fn replace_segment(
+        &self,
+        view: &str,
+        date: NaiveDate,
+        id: SegmentId,
+        batch: &RecordBatch,
+    ) -> Result<WrittenSegment> {
+        self.write_parquet(view, date, id, true, batch)
+    }
+
+    /// Removes a feature-log segment (one a backfill's rewrite superseded).
+    pub fn remove_segment(&self, segment: &SegmentFile) -> Result<()> {
+        match std::fs::remove_file(&segment.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", &segment.path)(e)),
+        }
+        if let Some(dir) = segment.path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    fn write_parquet(
+        &self,
+        view: &str,
+        date: NaiveDate,
+        id: SegmentId,
+        replace: bool,
+        batch: &RecordBatch,
+    ) -> Result<WrittenSegment> {
+        self.dir.write(view, date, id, replace, |file| {
             let props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
                 .build();
