@@ -13,7 +13,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::{TestEnv, eventually, http, log_query, produce_all, services, start_in_process};
+use common::{
+    TestEnv, eventually, http, log_query, log_rows, produce_all, services, start_in_process,
+};
 use datafusion::arrow::array::{
     Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
@@ -63,19 +65,6 @@ fn stream(t: &TestEnv, txns: &[Transaction]) {
     });
     ingest.stop();
     assert!(done, "only {} log rows", log_rows(t, "user_txn"));
-}
-
-fn log_rows(t: &TestEnv, view: &str) -> i64 {
-    let rows = log_query(t, view, "SELECT count(*) FROM log");
-    rows.first()
-        .map(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .value(0)
-        })
-        .unwrap_or(0)
 }
 
 /// The whole log of a view, every column rendered, in (partition, offset) order.

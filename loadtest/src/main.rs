@@ -11,6 +11,7 @@
 
 mod api;
 mod backfill;
+mod latency;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -40,6 +41,8 @@ struct Cli {
 enum Cmd {
     /// The backfill on a generated raw store, against DuckDB on the same events.
     Backfill(backfill::BackfillArgs),
+    /// Event → prediction latency against the broker's own round trip.
+    Latency(latency::LatencyArgs),
     /// (internal) One backfill over `<dir>/store`, figures as JSON.
     #[command(hide = true)]
     BackfillChild {
@@ -224,6 +227,7 @@ fn main() -> anyhow::Result<()> {
             return api::run(cli.config.as_deref(), events, rate, seconds, connections);
         }
         Cmd::Backfill(args) => return backfill::run(cli.config.as_deref(), args),
+        Cmd::Latency(args) => return latency::run(cli.config.as_deref(), args),
         Cmd::BackfillChild { dir } => return backfill::child(cli.config.as_deref(), &dir),
     };
     let mut config = Config::load(cli.config.as_deref())?;

@@ -514,6 +514,20 @@ pub fn log_query(t: &TestEnv, view: &str, sql: &str) -> Vec<RecordBatch> {
     })
 }
 
+/// Rows in a view's feature log so far.
+pub fn log_rows(t: &TestEnv, view: &str) -> i64 {
+    log_query(t, view, "SELECT count(*) FROM log")
+        .first()
+        .map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .expect("count")
+                .value(0)
+        })
+        .unwrap_or(0)
+}
+
 /// `quiver ingest` running in this process, on its own thread.
 pub struct InProcess {
     pub shutdown: quiver_ingest::Shutdown,

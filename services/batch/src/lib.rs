@@ -119,6 +119,26 @@ pub async fn open(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Re
             empty.push(name);
         }
     }
+    // The score store: `scores_<source>`, and `scores` for the first scoreable source.
+    let scores = quiver_store::ScoreStore::open(&config.store.dir)?;
+    let mut first = true;
+    for source in &catalog.sources {
+        if scores.segments(&source.name)?.is_empty() {
+            continue;
+        }
+        let dir = config.store.dir.join("scores").join(&source.name);
+        let mut names = vec![format!("scores_{}", source.name)];
+        if first {
+            names.push("scores".to_string());
+            first = false;
+        }
+        for name in names {
+            let options = ParquetReadOptions::default().table_partition_cols(date());
+            ctx.register_parquet(&name, format!("{}/", dir.display()), options)
+                .await?;
+            tables.push((name, dir.clone()));
+        }
+    }
     Ok(Stores { ctx, tables, empty })
 }
 

@@ -223,3 +223,42 @@ pub(crate) async fn sql(
     }
     Ok(())
 }
+
+/// Runs the scoring worker on a blocking thread.
+pub(crate) fn spawn_score(
+    ctx: &Context,
+    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<quiver_score::ScoreStats>,
+) -> tokio::task::JoinHandle<quiver_score::Result<()>> {
+    let config = ctx.config.clone();
+    let catalog = ctx.catalog.clone();
+    let views = ctx.views.clone();
+    tokio::task::spawn_blocking(move || {
+        quiver_score::run(&config, &catalog, &views, shutdown, stats)
+    })
+}
+
+pub(crate) async fn score(ctx: &Context) -> anyhow::Result<()> {
+    let shutdown = Shutdown::default();
+    stop_on_signal(shutdown.clone());
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (flag, shutdown) = (flag.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            stopped(shutdown).await;
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let health = Health::default();
+    let listen = &ctx.config.score.admin_listen;
+    if !listen.is_empty() {
+        quiver_telemetry::serve_admin(listen, quiver_telemetry::metrics_handle(), health.clone())
+            .await?;
+        info!(addr = %listen, "admin listener: /metrics /healthz /readyz");
+    }
+    let stats = Arc::new(quiver_score::ScoreStats::default());
+    spawn_score(ctx, flag, stats)
+        .await
+        .context("scorer thread panicked")??;
+    Ok(())
+}

@@ -6,6 +6,7 @@
 
 mod batch;
 mod commands;
+mod models;
 mod up;
 
 use std::path::PathBuf;
@@ -32,7 +33,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole pipeline locally with demo data: stack up, ingest, API, demo producer.
+    /// Run the whole pipeline locally with demo data: stack up, ingest, API, scorer, demo
+    /// producer, and a first model trained and promoted after a warm-up.
     Up(UpArgs),
     /// Consume the declared sources: raw store, online features (Redis), feature log (Parquet).
     Ingest,
@@ -54,6 +56,13 @@ pub enum Command {
     /// Training sets.
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Train a model on a training set, evaluate it on its test split, register it.
+    Train(TrainArgs),
+    /// The model registry: list, show, promote, rollback, canary, shadow.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Score events with the production model (and canary / shadow) to the predictions topic.
+    Score,
     /// Demo data.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -74,6 +83,9 @@ pub struct UpArgs {
     /// Stop once the demo data is produced and ingested, instead of running until Ctrl-C.
     #[arg(long)]
     pub exit_when_done: bool,
+    /// Seconds of demo traffic before the first model is trained from the labels gathered.
+    #[arg(long, default_value_t = 20)]
+    pub warmup_secs: u64,
 }
 
 /// `quiver backfill`.
@@ -135,6 +147,76 @@ pub struct DatasetArgs {
     /// Fraction of rows, latest by time, in the test split.
     #[arg(long, default_value_t = 0.2)]
     pub test_fraction: f64,
+}
+
+/// `quiver train`.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// A directory written by `quiver dataset build`.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// `logistic_regression` or `random_forest`.
+    #[arg(long, default_value = "logistic_regression")]
+    pub model: String,
+    /// Logistic regression: L2 regularisation.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Random forest: trees.
+    #[arg(long)]
+    pub trees: Option<u16>,
+    /// Random forest: maximum depth.
+    #[arg(long)]
+    pub max_depth: Option<u16>,
+    /// Seed (bootstrap samples, input subsets).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Try a small hyper-parameter grid and register the best (test ROC AUC).
+    #[arg(long)]
+    pub grid: bool,
+    /// Promote the new model to production.
+    #[arg(long)]
+    pub promote: bool,
+    /// Promote only if it beats production's ROC AUC on this test split.
+    #[arg(long)]
+    pub promote_if_better: bool,
+}
+
+/// `quiver models ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ModelsCommand {
+    /// Every registered model with its test metrics and status.
+    List,
+    /// A model's card (parameters, dataset, metrics, training time).
+    Show {
+        /// Model id.
+        id: String,
+    },
+    /// Make a model production (running scorers switch within `score.reload_interval_ms`).
+    Promote {
+        /// Model id.
+        id: String,
+    },
+    /// Put the previous production model back.
+    Rollback,
+    /// Let a candidate decide a fraction of events.
+    Canary {
+        /// Model id.
+        id: Option<String>,
+        /// Fraction of events (by event id).
+        #[arg(long, default_value_t = 0.1)]
+        fraction: f64,
+        /// Remove the canary.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Score every event with a candidate too, without it deciding.
+    Shadow {
+        /// Model id.
+        id: Option<String>,
+        /// Remove the shadow.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 /// `quiver demo ...`.
@@ -239,6 +321,9 @@ pub fn run(cli: Cli, ctx: Context) -> anyhow::Result<()> {
             Command::Backfill(args) => batch::backfill(&ctx, args).await,
             Command::Verify(args) => batch::verify(&ctx, args).await,
             Command::Dataset(DatasetCommand::Build(args)) => batch::dataset(&ctx, args).await,
+            Command::Train(args) => models::train(&ctx, args),
+            Command::Models(cmd) => models::models(&ctx, cmd),
+            Command::Score => commands::score(&ctx).await,
             Command::Demo(DemoCommand::Produce(args)) => commands::produce(&ctx, args).await,
             Command::Stack(cmd) => commands::stack(&ctx, cmd).await,
             Command::Config(ConfigCommand::Show) => {

@@ -9,12 +9,47 @@ use quiver_ingest::{IngestStats, Shutdown};
 use quiver_telemetry::Health;
 
 use crate::commands::{
-    produce_options, progress_line, spawn_ingest, start_admin, stop_on_signal, stopped, topic_line,
+    produce_options, progress_line, spawn_ingest, spawn_score, start_admin, stop_on_signal,
+    stopped, topic_line,
 };
 use crate::{Context, UpArgs};
 
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1_048_576.0
+}
+
+fn score_line(s: &quiver_score::ScoreStats, since: Instant, model: &str) -> String {
+    let predictions = s.predictions.load(Ordering::Relaxed);
+    let latency = s
+        .latency_percentiles()
+        .map(|(p50, p99)| format!(", latency p50 {:.1} ms p99 {:.1} ms", p50 * 1e3, p99 * 1e3))
+        .unwrap_or_default();
+    format!(
+        "{predictions} predictions ({:.0}/s){latency}, model {model}",
+        predictions as f64 / since.elapsed().as_secs_f64().max(0.001)
+    )
+}
+
+/// Builds a training set from the labels gathered so far, trains a logistic regression and
+/// promotes it. Returns the model id and its test ROC AUC.
+fn first_model(ctx: &Context, handle: tokio::runtime::Handle) -> anyhow::Result<(String, f64)> {
+    let dir = ctx
+        .config
+        .store
+        .dir
+        .join("datasets")
+        .join(chrono::Utc::now().format("%Y%m%dT%H%M%S").to_string());
+    let options = quiver_batch::dataset::DatasetOptions {
+        labels: "labels".into(),
+        views: Vec::new(),
+        out: dir.clone(),
+        label_column: None,
+        time_column: None,
+        test_fraction: 0.2,
+    };
+    quiver_batch::dataset::build(handle, &ctx.config, &ctx.catalog, &ctx.views, &options)?;
+    let card = quiver_models::Registry::open(&ctx.config.store.dir)?.train_and_promote(&dir)?;
+    Ok((card.id, card.test.roc_auc))
 }
 
 fn ingest_line(s: &IngestStats, since: Instant) -> String {
@@ -74,6 +109,42 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
             .join(", ")
     );
 
+    let scored = Arc::new(quiver_score::ScoreStats::default());
+    let stop_scorer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scorer = spawn_score(ctx, stop_scorer.clone(), scored.clone());
+    println!(
+        "      scorer: group `{}` → topic {} + score store {} (waits for a first model)",
+        config.score.group_id,
+        config.kafka.topic(&config.score.predictions_topic),
+        config.store.dir.join("scores").display()
+    );
+    // After a warm-up, the first model: training set from the labels so far, trained, promoted.
+    let model = Arc::new(std::sync::Mutex::new(String::from("none yet")));
+    let trainer = {
+        let (ctx, model, shutdown) = (ctx.clone(), model.clone(), shutdown.clone());
+        let warmup = Duration::from_secs(args.warmup_secs);
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            while !shutdown.is_triggered() {
+                let (c, handle) = (ctx.clone(), tokio::runtime::Handle::current());
+                match tokio::task::spawn_blocking(move || first_model(&c, handle)).await {
+                    Ok(Ok((id, auc))) => {
+                        println!(
+                            "      model: trained and promoted {id} (test ROC AUC {auc:.4}); scoring live"
+                        );
+                        if let Ok(mut m) = model.lock() {
+                            *m = format!("{id} (AUC {auc:.3})");
+                        }
+                        return;
+                    }
+                    Ok(Err(e)) => println!("      model: not yet ({e:#}); retrying in 10 s"),
+                    Err(e) => println!("      model: training panicked ({e}); retrying in 10 s"),
+                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        })
+    };
+
     let options = produce_options(&args.demo);
     println!(
         "[3/3] demo producer: {} transactions at {}/s (seed {}), labels {} s later, {:.1}% malformed",
@@ -94,6 +165,7 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let produced = produced.clone();
         let stats = stats.clone();
+        let (scored, model) = (scored.clone(), model.clone());
         tokio::task::spawn_blocking(move || {
             quiver_demo::produce(
                 &config,
@@ -102,10 +174,12 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
                 &|| shutdown.is_triggered(),
                 &mut |p| {
                     produced.store(p.transactions + p.labels, Ordering::Relaxed);
+                    let current = model.lock().map(|m| m.clone()).unwrap_or_default();
                     println!(
-                        "      produced {} | ingested {}",
+                        "      produced {} | ingested {} | {}",
                         progress_line(p),
-                        ingest_line(&stats, started)
+                        ingest_line(&stats, started),
+                        score_line(&scored, started, &current)
                     );
                 },
             )
@@ -135,9 +209,27 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
             break;
         }
     }
+    // And for the scorer (once the first model exists) to catch up.
+    let _ = trainer.await;
+    let scoreable = report.progress.transactions;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !shutdown.is_triggered() && Instant::now() < deadline {
+        let done =
+            scored.predictions.load(Ordering::Relaxed) + scored.malformed.load(Ordering::Relaxed);
+        if done >= scoreable || scorer.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let current = model.lock().map(|m| m.clone()).unwrap_or_default();
     println!(
-        "done: produced {total} events; {}",
-        ingest_line(&stats, started)
+        "done: produced {total} events; {}; {}",
+        ingest_line(&stats, started),
+        score_line(&scored, started, &current)
+    );
+    println!(
+        "      predictions: topic {} (JSON per transaction); `quiver sql \"SELECT decision, count(*) FROM scores GROUP BY 1\"`; `quiver models list`",
+        config.kafka.topic(&config.score.predictions_topic)
     );
     println!(
         "      raw store: {} (Arrow IPC; e.g. `python3 -c \"import pyarrow.dataset as d; print(d.dataset('{}/transactions', format='arrow', partitioning='hive').to_table().num_rows)\"`)",
@@ -155,8 +247,11 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     } else {
         shutdown.trigger();
     }
+    stopped(shutdown.clone()).await;
+    stop_scorer.store(true, Ordering::Relaxed);
     let result = ingest.await.context("ingest thread panicked")?;
     result?;
+    scorer.await.context("scorer thread panicked")??;
     api.await.context("API task panicked")??;
     println!("stopped: {}", ingest_line(&stats, started));
     Ok(())

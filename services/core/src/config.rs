@@ -36,6 +36,8 @@ pub struct Config {
     pub schemas: SchemasConfig,
     /// The ingest service.
     pub ingest: IngestConfig,
+    /// `[score]`.
+    pub score: ScoreConfig,
     /// The HTTP API.
     pub api: ApiConfig,
     /// Logs and metrics.
@@ -119,6 +121,28 @@ pub struct IngestConfig {
     /// Larger events are dead letters.
     pub max_event_bytes: usize,
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`); empty disables it.
+    pub admin_listen: String,
+}
+
+/// `[score]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreConfig {
+    /// Consumer group of the scoring worker.
+    pub group_id: String,
+    /// Sources to score (empty: every source with a feature view).
+    pub sources: Vec<String>,
+    /// Predictions topic (logical name; the topic prefix applies).
+    pub predictions_topic: String,
+    /// Registry poll period.
+    pub reload_interval_ms: u64,
+    /// Offset commit period.
+    pub commit_interval_ms: u64,
+    /// How long an event id's prediction is remembered (replays re-emit it).
+    pub dedup_ttl_s: u64,
+    /// How long to wait for ingest when the scorer cannot assemble a vector itself.
+    pub wait_for_ingest_ms: u64,
+    /// Admin listener; empty disables it.
     pub admin_listen: String,
 }
 
@@ -268,6 +292,9 @@ impl Config {
             ),
             ("ingest.segment_max_age_ms", self.ingest.segment_max_age_ms),
             ("ingest.commit_interval_ms", self.ingest.commit_interval_ms),
+            ("score.reload_interval_ms", self.score.reload_interval_ms),
+            ("score.commit_interval_ms", self.score.commit_interval_ms),
+            ("score.dedup_ttl_s", self.score.dedup_ttl_s),
             ("ingest.max_event_bytes", self.ingest.max_event_bytes as u64),
             ("kafka.connect_timeout_ms", self.kafka.connect_timeout_ms),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
@@ -284,6 +311,12 @@ impl Config {
             );
         }
         check_listen("api.listen", &self.api.listen, &mut errors);
+        if !self.score.admin_listen.is_empty() {
+            check_listen("score.admin_listen", &self.score.admin_listen, &mut errors);
+        }
+        if self.score.group_id.trim().is_empty() || self.score.predictions_topic.trim().is_empty() {
+            errors.push("score.group_id, score.predictions_topic: must not be empty".to_string());
+        }
         if !matches!(self.telemetry.log_format.as_str(), "pretty" | "json") {
             errors.push(format!(
                 "telemetry.log_format: `{}` is not one of \"pretty\", \"json\"",

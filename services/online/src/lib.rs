@@ -210,6 +210,30 @@ impl OnlineWriter {
         }
     }
 
+    /// Records each prediction `(key, json)` unless one is already recorded for its key
+    /// (`SET NX GET`, one round trip); returns, per key, the prediction recorded earlier — the
+    /// one to re-emit, so a replay never emits a second, different decision.
+    pub fn claim(
+        &mut self,
+        claims: &[(String, String)],
+        ttl: Duration,
+    ) -> Result<Vec<Option<String>>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (key, json) in claims {
+            pipe.cmd("SET")
+                .arg(format!("{}:prediction:{key}", self.keys.prefix))
+                .arg(json)
+                .arg("NX")
+                .arg("GET")
+                .arg("EX")
+                .arg(ttl.as_secs().max(1));
+        }
+        Ok(pipe.query(&mut self.conn)?)
+    }
+
     /// Writes shards (entity, partition, shard) and refreshes the TTL, in one round trip.
     pub fn write(
         &mut self,

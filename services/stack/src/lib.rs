@@ -163,6 +163,7 @@ pub fn declared_topics(config: &Config, catalog: &Catalog) -> Vec<(String, i32)>
         topics.push((config.kafka.topic(&source.topic), source.partitions));
         topics.push((config.kafka.dlq_topic(&source.topic), 1));
     }
+    topics.push((config.kafka.topic(&config.score.predictions_topic), 4));
     topics
 }
 
@@ -221,6 +222,8 @@ pub async fn up(
                 &config.redis.key_prefix,
                 std::time::Duration::from_millis(config.redis.connect_timeout_ms),
             )?;
+            // Recorded predictions are keyed by the old topic's offsets.
+            online.clear_view(&format!("prediction:{}", source.name))?;
             for view in views.views.iter().filter(|v| v.source == source.name) {
                 online.clear_view(&view.name)?;
                 if !offline.segments(&view.name)?.is_empty() {

@@ -379,14 +379,57 @@ impl OfflineStore {
         replace: bool,
         batch: &RecordBatch,
     ) -> Result<WrittenSegment> {
-        self.dir.write(view, date, id, replace, |file| {
-            let props = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-                .build();
-            let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-            writer.write(batch)?;
-            Ok(writer.into_inner()?)
+        write_parquet(&self.dir, view, date, id, replace, batch)
+    }
+}
+
+fn write_parquet(
+    dir: &SegmentDir,
+    stream: &str,
+    date: NaiveDate,
+    id: SegmentId,
+    replace: bool,
+    batch: &RecordBatch,
+) -> Result<WrittenSegment> {
+    dir.write(stream, date, id, replace, |file| {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+            .build();
+        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+        writer.write(batch)?;
+        Ok(writer.into_inner()?)
+    })
+}
+
+/// The score store rooted at `<dir>/scores`: the scorer's predictions per source, Parquet,
+/// named by the source partition and offset range they cover.
+#[derive(Debug, Clone)]
+pub struct ScoreStore {
+    dir: SegmentDir,
+}
+
+impl ScoreStore {
+    /// Opens (creating if needed) the score store under the store dir.
+    pub fn open(store_dir: &Path) -> Result<Self> {
+        Ok(Self {
+            dir: SegmentDir::open(store_dir.join("scores"), PARQUET_EXT)?,
         })
+    }
+
+    /// Every segment of a source's predictions.
+    pub fn segments(&self, source: &str) -> Result<Vec<SegmentFile>> {
+        self.dir.segments(source)
+    }
+
+    /// Writes one segment durably and atomically; a no-op if it already exists (a replay).
+    pub fn write_segment(
+        &self,
+        source: &str,
+        date: NaiveDate,
+        id: SegmentId,
+        batch: &RecordBatch,
+    ) -> Result<WrittenSegment> {
+        write_parquet(&self.dir, source, date, id, false, batch)
     }
 }
 

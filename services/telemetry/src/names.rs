@@ -37,6 +37,20 @@ pub const FEATURES_BATCH_SECONDS: &str = "quiver_features_batch_seconds";
 pub const API_REQUESTS: &str = "quiver_api_requests_total";
 /// Online feature request latency (seconds). Labels: `route`.
 pub const API_LATENCY_SECONDS: &str = "quiver_api_request_seconds";
+/// Predictions emitted (acknowledged by the broker). Labels: `model`, `variant`.
+pub const SCORE_PREDICTIONS: &str = "quiver_score_predictions_total";
+/// Events whose prediction was already made (a replay): the stored one is re-emitted.
+pub const SCORE_REPLAYED: &str = "quiver_score_replayed_total";
+/// Events the scorer could not decode (they reach the dead-letter topic through ingest).
+pub const SCORE_MALFORMED: &str = "quiver_score_malformed_total";
+/// Vectors read back from the feature log (the scorer was behind ingest). Labels: `view`.
+pub const SCORE_FROM_LOG: &str = "quiver_score_vectors_from_log_total";
+/// Vectors assembled without a guarantee (ingest did not catch up in time). Labels: `view`.
+pub const SCORE_FALLBACK: &str = "quiver_score_vector_fallbacks_total";
+/// Event (broker timestamp) to prediction produced, in seconds.
+pub const SCORE_LATENCY_SECONDS: &str = "quiver_score_latency_seconds";
+/// Deployment changes picked up from the registry.
+pub const SCORE_MODEL_RELOADS: &str = "quiver_score_model_reloads_total";
 
 /// Histogram buckets (seconds) for latencies.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -45,6 +59,37 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 /// Registers help texts.
 pub(crate) fn describe() {
+    describe_counter!(
+        SCORE_PREDICTIONS,
+        Unit::Count,
+        "Predictions acknowledged by the broker"
+    );
+    describe_counter!(SCORE_REPLAYED, Unit::Count, "Replayed events re-emitted");
+    describe_counter!(
+        SCORE_MALFORMED,
+        Unit::Count,
+        "Events the scorer skipped as malformed"
+    );
+    describe_counter!(
+        SCORE_FROM_LOG,
+        Unit::Count,
+        "Vectors read from the feature log"
+    );
+    describe_counter!(
+        SCORE_FALLBACK,
+        Unit::Count,
+        "Vectors assembled without a guarantee"
+    );
+    describe_histogram!(
+        SCORE_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Event timestamp to prediction produced"
+    );
+    describe_counter!(
+        SCORE_MODEL_RELOADS,
+        Unit::Count,
+        "Deployment changes picked up"
+    );
     describe_counter!(
         INGEST_EVENTS,
         Unit::Count,

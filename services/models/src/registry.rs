@@ -1,0 +1,251 @@
+//! The model registry: a directory under the store dir, one folder per model id
+//! (`model.json`: what the scorer loads; `card.json`: how it was made and how it scored), and
+//! `registry.json`: which model is production, canary (with its traffic fraction) and shadow,
+//! plus the production history that `rollback` walks back. Every file is written to a
+//! temporary name and renamed, so a reader never sees half a file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::train::{Kind, Params, Trained};
+use crate::{Error, Result};
+
+/// How a model was made and how it scored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Id.
+    pub id: String,
+    /// Estimator.
+    pub kind: Kind,
+    /// Hyper-parameters.
+    pub params: Params,
+    /// Feature columns, in model order.
+    pub features: Vec<String>,
+    /// The training set's manifest.
+    pub dataset: serde_json::Value,
+    /// Where the training set was.
+    pub dataset_dir: String,
+    /// Train metrics.
+    pub train: Metrics,
+    /// Test metrics.
+    pub test: Metrics,
+    /// When training finished (RFC 3339).
+    pub trained_at: String,
+    /// Training duration (seconds).
+    pub train_seconds: f64,
+}
+
+/// A canary: a candidate taking a fraction of the decisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    /// Model id.
+    pub id: String,
+    /// Fraction of events (by event id hash) it decides.
+    pub fraction: f64,
+}
+
+/// `registry.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// The production model.
+    pub production: Option<String>,
+    /// Earlier production models, most recent last.
+    pub history: Vec<String>,
+    /// Canary, if any.
+    pub canary: Option<Canary>,
+    /// Shadow model, if any (scored, never deciding).
+    pub shadow: Option<String>,
+    /// When it last changed (RFC 3339).
+    pub updated_at: Option<String>,
+}
+
+/// The registry rooted at `<store>/models`.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    root: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
+    let path = path.to_path_buf();
+    move |source| Error::Io { path, source }
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::Model(e.to_string()))
+}
+
+impl Registry {
+    /// Opens (creating) the registry under the store dir.
+    pub fn open(store_dir: &Path) -> Result<Self> {
+        let root = store_dir.join("models");
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        Ok(Self { root })
+    }
+
+    /// Path of `registry.json` (the scorer watches it).
+    pub fn deployment_path(&self) -> PathBuf {
+        self.root.join("registry.json")
+    }
+
+    /// A fresh model id: `<kind>-<UTC time>-<seed>`.
+    pub fn new_id(&self, kind: Kind, seed: u64) -> String {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%3f");
+        format!("{}-{stamp}-s{seed}", kind.tag())
+    }
+
+    /// Stores a trained candidate; returns its card.
+    pub fn register(
+        &self,
+        trained: &Trained,
+        dataset: &serde_json::Value,
+        dir: &Path,
+    ) -> Result<ModelCard> {
+        let id = &trained.model.id;
+        let folder = self.root.join(id);
+        std::fs::create_dir_all(&folder).map_err(io(&folder))?;
+        let card = ModelCard {
+            id: id.clone(),
+            kind: trained.kind,
+            params: trained.params,
+            features: trained.model.features.clone(),
+            dataset: dataset.clone(),
+            dataset_dir: dir.display().to_string(),
+            train: trained.train.clone(),
+            test: trained.test.clone(),
+            trained_at: chrono::Utc::now().to_rfc3339(),
+            train_seconds: trained.seconds,
+        };
+        write_atomic(&folder.join("model.json"), &to_json(&trained.model)?)?;
+        write_atomic(&folder.join("card.json"), &to_json(&card)?)?;
+        Ok(card)
+    }
+
+    /// Trains a default logistic regression on the dataset in `dir`, registers it and makes it
+    /// production (the first model of `quiver up` and the latency benchmark). Returns its card.
+    pub fn train_and_promote(&self, dir: &Path) -> Result<ModelCard> {
+        let dataset = crate::train::load_dataset(dir)?;
+        let kind = Kind::LogisticRegression;
+        let params = Params::default();
+        let trained = crate::train::train(&dataset, kind, params, self.new_id(kind, params.seed))?;
+        let card = self.register(&trained, &dataset.manifest, dir)?;
+        self.promote(&card.id)?;
+        Ok(card)
+    }
+
+    /// Loads a model.
+    pub fn model(&self, id: &str) -> Result<Model> {
+        let path = self.root.join(id).join("model.json");
+        if !path.exists() {
+            return Err(Error::Invalid(format!("no model `{id}` in the registry")));
+        }
+        read_json(&path)
+    }
+
+    /// Loads a card.
+    pub fn card(&self, id: &str) -> Result<ModelCard> {
+        let path = self.root.join(id).join("card.json");
+        if !path.exists() {
+            return Err(Error::Invalid(format!("no model `{id}` in the registry")));
+        }
+        read_json(&path)
+    }
+
+    /// Every card, oldest first.
+    pub fn cards(&self) -> Result<Vec<ModelCard>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let path = entry.map_err(io(&self.root))?.path().join("card.json");
+            if path.exists() {
+                out.push(read_json::<ModelCard>(&path)?);
+            }
+        }
+        out.sort_by(|a, b| a.trained_at.cmp(&b.trained_at));
+        Ok(out)
+    }
+
+    /// The current deployment.
+    pub fn deployment(&self) -> Result<Deployment> {
+        let path = self.deployment_path();
+        if !path.exists() {
+            return Ok(Deployment::default());
+        }
+        read_json(&path)
+    }
+
+    fn save(&self, mut d: Deployment) -> Result<Deployment> {
+        d.updated_at = Some(chrono::Utc::now().to_rfc3339());
+        write_atomic(&self.deployment_path(), &to_json(&d)?)?;
+        Ok(d)
+    }
+
+    /// Makes `id` production (the previous one goes to the history).
+    pub fn promote(&self, id: &str) -> Result<Deployment> {
+        self.card(id)?;
+        let mut d = self.deployment()?;
+        if d.production.as_deref() == Some(id) {
+            return Ok(d);
+        }
+        if let Some(previous) = d.production.take() {
+            d.history.push(previous);
+        }
+        d.production = Some(id.to_string());
+        if d.canary.as_ref().is_some_and(|c| c.id == id) {
+            d.canary = None;
+        }
+        self.save(d)
+    }
+
+    /// Puts the previous production model back.
+    pub fn rollback(&self) -> Result<Deployment> {
+        let mut d = self.deployment()?;
+        let previous = d
+            .history
+            .pop()
+            .ok_or_else(|| Error::Invalid("no earlier production model to roll back to".into()))?;
+        d.production = Some(previous);
+        self.save(d)
+    }
+
+    /// Sets (or clears, with `None`) the canary.
+    pub fn set_canary(&self, canary: Option<Canary>) -> Result<Deployment> {
+        if let Some(c) = &canary {
+            self.card(&c.id)?;
+            if !(0.0..=1.0).contains(&c.fraction) {
+                return Err(Error::Invalid(format!(
+                    "canary fraction must be in [0, 1]: got {}",
+                    c.fraction
+                )));
+            }
+        }
+        let mut d = self.deployment()?;
+        d.canary = canary;
+        self.save(d)
+    }
+
+    /// Sets (or clears) the shadow model.
+    pub fn set_shadow(&self, id: Option<String>) -> Result<Deployment> {
+        if let Some(id) = &id {
+            self.card(id)?;
+        }
+        let mut d = self.deployment()?;
+        d.shadow = id;
+        self.save(d)
+    }
+}

@@ -1,0 +1,348 @@
+//! Models and the scoring worker against real tansu and Redis: training is reproducible for a
+//! seed, every scoreable event gets exactly one prediction with the deciding model's id and the
+//! vector as of the event (equal to the feature log's row), promote / rollback switch a running
+//! scorer's model, the canary takes its share, and a malformed event yields no prediction.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{TestEnv, eventually, log_query, produce_all, read_topic, services, start_in_process};
+use datafusion::arrow::array::{Array, Int64Array, StringArray};
+use quiver_demo::{Generator, GeneratorOptions, Transaction};
+
+fn transactions(seed: u64, from: usize, n: usize) -> Vec<Transaction> {
+    let mut g = Generator::new(
+        seed,
+        GeneratorOptions {
+            users: 150,
+            fraud_rate: 0.03,
+            ..GeneratorOptions::default()
+        },
+    );
+    let start = DateTime::<Utc>::from_timestamp(1_795_687_200, 0).unwrap();
+    (0..from + n)
+        .map(|i| g.next_transaction(start + chrono::Duration::milliseconds(i as i64 * 2_000)))
+        .skip(from)
+        .collect()
+}
+
+fn produce(t: &TestEnv, txns: &[Transaction], labels: bool) {
+    let kafka = &services().kafka;
+    let msgs: Vec<(String, Vec<u8>)> = txns
+        .iter()
+        .map(|x| (x.user_id.clone(), x.to_json().into_bytes()))
+        .collect();
+    produce_all(kafka, &t.topic("transactions"), &msgs);
+    if labels {
+        let l: Vec<(String, Vec<u8>)> = txns
+            .iter()
+            .map(|x| (x.user_id.clone(), x.label_json(x.event_time).into_bytes()))
+            .collect();
+        produce_all(kafka, &t.topic("labels"), &l);
+    }
+}
+
+fn quiver(t: &TestEnv, args: &[&str]) -> String {
+    let out = t.quiver(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "quiver {args:?}: {text}");
+    text
+}
+
+fn registered_id(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("registered "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no model registered: {text}"))
+        .to_string()
+}
+
+/// One prediction per event id. A replay (e.g. after a rebalance) may deliver one twice: the
+/// copies must be identical in model, score and decision.
+fn predictions(t: &TestEnv, expected: usize) -> Vec<serde_json::Value> {
+    let all: Vec<serde_json::Value> = read_topic(
+        &services().kafka,
+        &t.topic("predictions"),
+        expected,
+        Duration::from_secs(60),
+    )
+    .into_iter()
+    .map(|m| serde_json::from_slice(&m.payload).unwrap())
+    .collect();
+    let mut by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for p in all {
+        let id = p["txn_id"].as_str().unwrap().to_string();
+        if let Some(seen) = by_id.get(&id) {
+            for field in ["model_id", "score", "decision", "features"] {
+                assert_eq!(seen[field], p[field], "two different predictions for {id}");
+            }
+        }
+        by_id.insert(id, p);
+    }
+    by_id.into_values().collect()
+}
+
+struct Scorer {
+    stop: Arc<AtomicBool>,
+    stats: Arc<quiver_score::ScoreStats>,
+    handle: std::thread::JoinHandle<quiver_score::Result<()>>,
+}
+
+fn start_scorer(t: &TestEnv) -> Scorer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(quiver_score::ScoreStats::default());
+    let mut config = t.config.clone();
+    config.score.group_id = format!("{}-score", t.name);
+    config.score.reload_interval_ms = 100;
+    let (catalog, views, s, st) = (
+        t.catalog.clone(),
+        t.views.clone(),
+        stop.clone(),
+        stats.clone(),
+    );
+    let handle = std::thread::spawn(move || quiver_score::run(&config, &catalog, &views, s, st));
+    Scorer {
+        stop,
+        stats,
+        handle,
+    }
+}
+
+#[test]
+fn the_scorer_emits_one_prediction_per_event_with_the_deployed_model() {
+    let t = TestEnv::new("score", &[]);
+    t.create_topics();
+    let history = transactions(5, 0, 3_000);
+    produce(&t, &history, true);
+    let ingest = start_in_process(&t);
+    assert!(eventually(Duration::from_secs(60), || {
+        t.raw_scalar("labels", "SELECT count(*) FROM raw") >= 3_000
+            && common::log_rows(&t, "user_txn") >= 3_000
+    }));
+
+    // Training: a fixed seed gives the same metrics twice.
+    let ds = t.dir.join("ds");
+    quiver(
+        &t,
+        &[
+            "dataset",
+            "build",
+            "--labels",
+            "labels",
+            "--out",
+            ds.to_str().unwrap(),
+        ],
+    );
+    let a = quiver(
+        &t,
+        &["train", "--dataset", ds.to_str().unwrap(), "--promote"],
+    );
+    let a_id = registered_id(&a);
+    let again = quiver(&t, &["train", "--dataset", ds.to_str().unwrap()]);
+    let metrics = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("registered "))
+            .unwrap()
+            .split_once("):")
+            .unwrap()
+            .1
+            .to_string()
+    };
+    assert_eq!(metrics(&a), metrics(&again), "same seed, same metrics");
+    let card: serde_json::Value =
+        serde_json::from_str(&quiver(&t, &["models", "show", &a_id])).unwrap();
+    assert!(card["test"]["roc_auc"].as_f64().unwrap() > 0.7, "{card}");
+    assert_eq!(card["features"].as_array().unwrap().len(), 12);
+    let b = quiver(
+        &t,
+        &[
+            "train",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--model",
+            "random_forest",
+            "--trees",
+            "8",
+            "--seed",
+            "7",
+        ],
+    );
+    let b_id = registered_id(&b);
+    assert!(quiver(&t, &["models", "list"]).contains(&format!("production: {a_id}")));
+
+    // Live events after the history, one malformed among them.
+    let scorer = start_scorer(&t);
+    let live = transactions(5, 3_000, 400);
+    produce(&t, &live, false);
+    produce_all(
+        &services().kafka,
+        &t.topic("transactions"),
+        &[("u-x".to_string(), b"{not json".to_vec())],
+    );
+    let first = predictions(&t, 3_400);
+    assert!(eventually(Duration::from_secs(60), || scorer
+        .stats
+        .predictions
+        .load(Ordering::Relaxed)
+        >= 3_400));
+    assert_eq!(scorer.stats.malformed.load(Ordering::Relaxed), 1);
+    let ids: BTreeSet<&str> = first
+        .iter()
+        .map(|p| p["txn_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3_400, "one prediction per event");
+    assert!(first.iter().all(|p| p["model_id"] == a_id.as_str()));
+
+    // The vector used equals the feature log's row of the event (user features: one partition).
+    ingest_wait(&t, 3_400);
+    let log = log_query(
+        &t,
+        "user_txn",
+        "SELECT txn_id, txn_count_1h, amount_sum_1h, last_country, txn_count_lifetime FROM log",
+    );
+    let mut logged: BTreeMap<String, (i64, f64, String, i64)> = BTreeMap::new();
+    for b in &log {
+        let id = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let c = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        let s = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Float64Array>()
+            .unwrap();
+        let l = b.column(3).as_any().downcast_ref::<StringArray>().unwrap();
+        let n = b.column(4).as_any().downcast_ref::<Int64Array>().unwrap();
+        for r in 0..b.num_rows() {
+            logged.insert(
+                id.value(r).to_string(),
+                (c.value(r), s.value(r), l.value(r).to_string(), n.value(r)),
+            );
+        }
+    }
+    let mut compared = 0;
+    for p in &first {
+        let f = &p["features"];
+        let (c, s, l, n) = &logged[p["txn_id"].as_str().unwrap()];
+        assert_eq!(f["user_txn__txn_count_1h"].as_i64().unwrap(), *c, "{p}");
+        assert!(
+            (f["user_txn__amount_sum_1h"].as_f64().unwrap() - s).abs() <= 1e-9 * s.abs().max(1.0),
+            "{p}"
+        );
+        assert_eq!(f["user_txn__last_country"].as_str().unwrap(), l, "{p}");
+        assert_eq!(
+            f["user_txn__txn_count_lifetime"].as_i64().unwrap(),
+            *n,
+            "{p}"
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 3_400);
+
+    // Promote B without restarting the scorer; then roll back to A.
+    quiver(&t, &["models", "promote", &b_id]);
+    std::thread::sleep(Duration::from_millis(500));
+    let batch = transactions(5, 3_400, 100);
+    produce(&t, &batch, false);
+    let after = predictions(&t, 3_500);
+    let newest = of(&after, &batch);
+    assert_eq!(newest.len(), 100);
+    assert!(
+        newest.iter().all(|p| p["model_id"] == b_id.as_str()),
+        "promote switched the model"
+    );
+    quiver(&t, &["models", "rollback"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let batch = transactions(5, 3_500, 100);
+    produce(&t, &batch, false);
+    let after = predictions(&t, 3_600);
+    let newest = of(&after, &batch);
+    assert_eq!(newest.len(), 100);
+    assert!(
+        newest.iter().all(|p| p["model_id"] == a_id.as_str()),
+        "rollback restored A"
+    );
+
+    // Canary: B decides about 30 % of events; A stays production.
+    quiver(&t, &["models", "canary", &b_id, "--fraction", "0.3"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let batch = transactions(5, 3_600, 1_000);
+    produce(&t, &batch, false);
+    let after = predictions(&t, 4_600);
+    let newest = of(&after, &batch);
+    assert_eq!(newest.len(), 1_000);
+    let canary = newest
+        .iter()
+        .filter(|p| p["model_id"] == b_id.as_str())
+        .count();
+    assert!(
+        (240..=360).contains(&canary),
+        "canary share {canary} / 1000"
+    );
+    assert!(
+        newest
+            .iter()
+            .all(|p| (p["variant"] == "canary") == (p["model_id"] == b_id.as_str()))
+    );
+
+    // Shadow: B scored alongside every event, A deciding.
+    quiver(&t, &["models", "canary", "--clear"]);
+    quiver(&t, &["models", "shadow", &b_id]);
+    std::thread::sleep(Duration::from_millis(500));
+    let batch = transactions(5, 4_600, 50);
+    produce(&t, &batch, false);
+    let after = predictions(&t, 4_650);
+    let newest = of(&after, &batch);
+    assert_eq!(newest.len(), 50);
+    assert!(newest.iter().all(|p| p["model_id"] == a_id.as_str()
+        && p["shadow"]["model_id"] == b_id.as_str()
+        && p["shadow"]["score"].is_number()));
+
+    // A grid, promoted only if it beats production on the same test split.
+    let grid = quiver(
+        &t,
+        &[
+            "train",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--grid",
+            "--promote-if-better",
+        ],
+    );
+    assert_eq!(
+        grid.matches("test ROC AUC").count(),
+        5,
+        "4 candidates + the registered one: {grid}"
+    );
+    assert!(grid.contains("on this test split"), "{grid}");
+
+    scorer.stop.store(true, Ordering::Relaxed);
+    scorer.handle.join().unwrap().unwrap();
+    ingest.stop();
+
+    // The score store holds every prediction, queryable as `scores`.
+    let out = quiver(&t, &["sql", "SELECT count(DISTINCT txn_id) FROM scores"]);
+    assert!(out.contains("4650"), "{out}");
+}
+
+/// The predictions of `batch`'s transactions.
+fn of<'a>(all: &'a [serde_json::Value], batch: &[Transaction]) -> Vec<&'a serde_json::Value> {
+    let ids: BTreeSet<&str> = batch.iter().map(|x| x.txn_id.as_str()).collect();
+    all.iter()
+        .filter(|p| ids.contains(p["txn_id"].as_str().unwrap()))
+        .collect()
+}
+
+fn ingest_wait(t: &TestEnv, n: i64) {
+    assert!(eventually(Duration::from_secs(60), || common::log_rows(
+        t, "user_txn"
+    ) >= n));
+}
