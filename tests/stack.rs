@@ -133,3 +133,66 @@ fn stack_up_is_idempotent_creates_topics_and_down_stops_it() {
     let (ok, text) = run(&["stack", "down"]);
     assert!(ok, "{text}");
 }
+
+#[test]
+fn quiver_up_ingests_trains_a_first_model_and_scores_every_transaction() {
+    let kafka = format!("127.0.0.1:{}", free_port());
+    let redis = format!("127.0.0.1:{}", free_port());
+    let api = format!("127.0.0.1:{}", free_port());
+    let t = TestEnv::new(
+        "up",
+        &[
+            ("QUIVER__KAFKA__BROKERS", &kafka),
+            ("QUIVER__REDIS__URL", &format!("redis://{redis}")),
+            ("QUIVER__KAFKA__TOPIC_PREFIX", ""),
+            ("QUIVER__API__LISTEN", &api),
+            ("QUIVER__SCORE__ADMIN_LISTEN", ""),
+        ],
+    );
+    let tansu = services().tansu.display().to_string();
+    let run = |args: &[&str]| {
+        let out = t
+            .quiver(args)
+            .env("QUIVER_TANSU_BIN", &tansu)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&[
+        "up",
+        "--exit-when-done",
+        "--count",
+        "4000",
+        "--rate",
+        "2000",
+        "--label-delay",
+        "0",
+        "--users",
+        "300",
+        "--warmup-secs",
+        "3",
+    ]);
+    let (down, down_text) = run(&["stack", "down"]);
+    assert!(ok, "{text}");
+    assert!(down, "{down_text}");
+    assert!(text.contains("model: trained and promoted"), "{text}");
+    // "done: ...; N predictions (...)": every valid transaction was scored.
+    let done = text
+        .lines()
+        .find(|l| l.starts_with("done:"))
+        .unwrap_or_default();
+    let predictions: u64 = done
+        .split("; ")
+        .find(|part| part.contains(" predictions ("))
+        .and_then(|part| part.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no prediction count in {done}"));
+    assert!(predictions >= 3_980, "{done}");
+    let (ok, models) = run(&["models", "list"]);
+    assert!(ok && models.contains("production"), "{models}");
+}

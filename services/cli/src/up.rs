@@ -14,6 +14,9 @@ use crate::commands::{
 };
 use crate::{Context, UpArgs};
 
+/// Attempts at the first model (10 s apart).
+const FIRST_MODEL_ATTEMPTS: usize = 30;
+
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1_048_576.0
 }
@@ -125,7 +128,12 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
         let warmup = Duration::from_secs(args.warmup_secs);
         tokio::spawn(async move {
             tokio::time::sleep(warmup).await;
-            while !shutdown.is_triggered() {
+            // Retried while labels are too few (e.g. no fraud yet); bounded so that
+            // `--exit-when-done` always ends.
+            for _ in 0..FIRST_MODEL_ATTEMPTS {
+                if shutdown.is_triggered() {
+                    return;
+                }
                 let (c, handle) = (ctx.clone(), tokio::runtime::Handle::current());
                 match tokio::task::spawn_blocking(move || first_model(&c, handle)).await {
                     Ok(Ok((id, auc))) => {
@@ -142,6 +150,9 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
                 }
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
+            println!(
+                "      model: none trained; train one with `quiver dataset build` + `quiver train --promote`"
+            );
         })
     };
 
