@@ -9,32 +9,38 @@ use datafusion::arrow::array::RecordBatch;
 
 use common::{TestEnv, free_port, services};
 
+/// An environment whose broker and Redis are its own, on free ports, for `quiver stack up`.
+fn own_stack(test: &str, extra: &[(&str, &str)]) -> TestEnv {
+    let kafka = format!("127.0.0.1:{}", free_port());
+    let redis = format!("redis://127.0.0.1:{}", free_port());
+    let mut env = vec![
+        ("QUIVER__KAFKA__BROKERS", kafka.as_str()),
+        ("QUIVER__REDIS__URL", redis.as_str()),
+        ("QUIVER__KAFKA__TOPIC_PREFIX", ""),
+    ];
+    env.extend_from_slice(extra);
+    TestEnv::new(test, &env)
+}
+
+/// Runs `quiver` with the harness's tansu binary: (success, stdout + stderr).
+fn quiver(t: &TestEnv, args: &[&str]) -> (bool, String) {
+    let out = t
+        .quiver(args)
+        .env("QUIVER_TANSU_BIN", services().tansu.display().to_string())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 #[test]
 fn stack_up_is_idempotent_creates_topics_and_down_stops_it() {
-    let kafka = format!("127.0.0.1:{}", free_port());
-    let redis = format!("127.0.0.1:{}", free_port());
-    let t = TestEnv::new(
-        "stack",
-        &[
-            ("QUIVER__KAFKA__BROKERS", &kafka),
-            ("QUIVER__REDIS__URL", &format!("redis://{redis}")),
-            ("QUIVER__KAFKA__TOPIC_PREFIX", ""),
-        ],
-    );
-    let tansu = services().tansu.display().to_string();
-    let run = |args: &[&str]| {
-        let out = t
-            .quiver(args)
-            .env("QUIVER_TANSU_BIN", &tansu)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let t = own_stack("stack", &[]);
+    let run = |args: &[&str]| quiver(&t, args);
 
     let (ok, text) = run(&["stack", "up"]);
     assert!(ok, "{text}");
@@ -81,8 +87,12 @@ fn stack_up_is_idempotent_creates_topics_and_down_stops_it() {
 
     let (ok, text) = run(&["stack", "down"]);
     assert!(ok, "{text}");
-    assert!(TcpStream::connect(&kafka).is_err(), "tansu still listening");
-    assert!(TcpStream::connect(&redis).is_err(), "redis still listening");
+    let redis = t.config.redis.url.trim_start_matches("redis://");
+    assert!(
+        TcpStream::connect(t.config.first_broker()).is_err(),
+        "tansu still listening"
+    );
+    assert!(TcpStream::connect(redis).is_err(), "redis still listening");
     let (_, text) = run(&["stack", "status"]);
     assert!(
         text.contains("tansu: stopped") && text.contains("redis: stopped"),
@@ -136,33 +146,15 @@ fn stack_up_is_idempotent_creates_topics_and_down_stops_it() {
 
 #[test]
 fn quiver_up_ingests_trains_a_first_model_and_scores_every_transaction() {
-    let kafka = format!("127.0.0.1:{}", free_port());
-    let redis = format!("127.0.0.1:{}", free_port());
     let api = format!("127.0.0.1:{}", free_port());
-    let t = TestEnv::new(
+    let t = own_stack(
         "up",
         &[
-            ("QUIVER__KAFKA__BROKERS", &kafka),
-            ("QUIVER__REDIS__URL", &format!("redis://{redis}")),
-            ("QUIVER__KAFKA__TOPIC_PREFIX", ""),
             ("QUIVER__API__LISTEN", &api),
             ("QUIVER__SCORE__ADMIN_LISTEN", ""),
         ],
     );
-    let tansu = services().tansu.display().to_string();
-    let run = |args: &[&str]| {
-        let out = t
-            .quiver(args)
-            .env("QUIVER_TANSU_BIN", &tansu)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let run = |args: &[&str]| quiver(&t, args);
     let (ok, text) = run(&[
         "up",
         "--exit-when-done",

@@ -183,14 +183,7 @@ pub(crate) fn run(config_path: Option<&std::path::Path>, args: LatencyArgs) -> a
     }
     std::thread::sleep(Duration::from_secs(1));
     let dir = config.store.dir.join("dataset");
-    let options = quiver_batch::dataset::DatasetOptions {
-        labels: "labels".into(),
-        views: Vec::new(),
-        out: dir.clone(),
-        label_column: None,
-        time_column: None,
-        test_fraction: 0.2,
-    };
+    let options = quiver_batch::dataset::DatasetOptions::new("labels", dir.clone());
     {
         let (handle, config, catalog, views) = (
             rt.handle().clone(),

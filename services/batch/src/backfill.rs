@@ -20,7 +20,10 @@ use quiver_online::{OnlineWriter, Shard};
 use quiver_store::{OfflineStore, SegmentFile, SegmentId};
 use tokio::runtime::Handle;
 
-use crate::replay::{Progress, Replay, ReplayOptions, ReplayReport, Sink, TimeRange};
+use crate::replay::{
+    Progress, Replay, ReplayOptions, ReplayReport, Sink, TimeRange, in_parallel, segments_in_range,
+    views_by_source,
+};
 use crate::{Error, Result};
 
 /// What to backfill.
@@ -45,34 +48,6 @@ pub struct BackfillReport {
     pub removed: BTreeMap<String, usize>,
     /// Shards written to Redis, per view (`--materialize`).
     pub materialized: BTreeMap<String, usize>,
-}
-
-/// Resolves view names (all when empty) grouped by source.
-pub fn views_by_source(
-    views: &ViewCatalog,
-    names: &[String],
-) -> Result<BTreeMap<String, Vec<Arc<FeatureView>>>> {
-    let mut out: BTreeMap<String, Vec<Arc<FeatureView>>> = BTreeMap::new();
-    let chosen: Vec<Arc<FeatureView>> = if names.is_empty() {
-        views.views.clone()
-    } else {
-        names
-            .iter()
-            .map(|n| {
-                views.view(n).cloned().ok_or_else(|| {
-                    let known: Vec<&str> = views.views.iter().map(|v| v.name.as_str()).collect();
-                    Error::Invalid(format!(
-                        "unknown view `{n}` (defined: {})",
-                        known.join(", ")
-                    ))
-                })
-            })
-            .collect::<Result<_>>()?
-    };
-    for view in chosen {
-        out.entry(view.source.clone()).or_default().push(view);
-    }
-    Ok(out)
 }
 
 struct WriteSink {
@@ -160,47 +135,28 @@ pub fn backfill(
     let offline = OfflineStore::open(&config.store.dir)?;
     let raw_store = quiver_store::RawStore::open(&config.store.dir)?;
     let mut jobs = Vec::new();
-    for (source_name, source_views) in views_by_source(views, &options.views)? {
-        let source = catalog
-            .sources
-            .iter()
-            .find(|s| s.name == source_name)
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("unknown source `{source_name}`")))?;
+    for (source, source_views) in views_by_source(catalog, views, &options.views)? {
         let raw = raw_store.segments(&source.name)?;
-        let in_range: HashSet<PathBuf> =
-            crate::replay::segments_in_range(&handle, &config.store.dir, &source, options.range)?
-                .into_iter()
-                .map(|s| s.path)
-                .collect();
+        let in_range = segments_in_range(&handle, &config.store.dir, &source, options.range)?;
         for view in source_views {
             let mut selected = in_range.clone();
             close_selection(&raw, &offline.segments(&view.name)?, &mut selected);
             jobs.push((Arc::clone(&source), view, selected));
         }
     }
-    let results: Vec<Result<ViewOutcome>> = std::thread::scope(|scope| {
-        let threads: Vec<_> = jobs
-            .into_iter()
-            .map(|(source, view, selected)| {
-                let (handle, offline) = (handle.clone(), offline.clone());
-                scope.spawn(move || {
-                    backfill_view(
-                        handle, config, offline, source, view, selected, options, progress,
-                    )
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err(Error::Replay("a backfill thread panicked".into())))
-            })
-            .collect()
-    });
+    let results = in_parallel(jobs, |(source, view, selected)| {
+        backfill_view(
+            handle.clone(),
+            config,
+            offline.clone(),
+            source,
+            view,
+            selected,
+            options,
+            progress,
+        )
+    })?;
     for outcome in results {
-        let outcome = outcome?;
         let name = outcome.view.clone();
         report.replays.insert(name.clone(), outcome.replay);
         report.written.insert(name.clone(), outcome.written);

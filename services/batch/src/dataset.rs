@@ -60,6 +60,20 @@ pub struct DatasetOptions {
     pub test_fraction: f64,
 }
 
+impl DatasetOptions {
+    /// Every view, the default label and time columns, and a 20 % test split.
+    pub fn new(labels: impl Into<String>, out: PathBuf) -> Self {
+        Self {
+            labels: labels.into(),
+            views: Vec::new(),
+            out,
+            label_column: None,
+            time_column: None,
+            test_fraction: 0.2,
+        }
+    }
+}
+
 /// Time range and label balance of a split.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SplitSummary {
@@ -151,10 +165,8 @@ pub fn build(
             options.test_fraction
         )));
     }
-    let chosen: Vec<Arc<FeatureView>> = crate::backfill::views_by_source(views, &options.views)?
-        .into_values()
-        .flatten()
-        .collect();
+    let by_source = crate::replay::views_by_source(catalog, views, &options.views)?;
+    let chosen: Vec<Arc<FeatureView>> = by_source.iter().flat_map(|(_, v)| v.clone()).collect();
     let stores = handle.block_on(crate::open(config, catalog, views))?;
     let labels = handle.block_on(load_labels(&stores.ctx, catalog, &chosen, options))?;
     let rows = labels.times.len();
@@ -167,12 +179,10 @@ pub fn build(
 
     // Features per view, one vector per label row.
     let mut columns: Vec<(Field, ArrayRef)> = Vec::new();
-    for view in &chosen {
-        let source = catalog
-            .sources
-            .iter()
-            .find(|s| s.name == view.source)
-            .ok_or_else(|| Error::Invalid(format!("unknown source `{}`", view.source)))?;
+    for (source, view) in by_source
+        .iter()
+        .flat_map(|(s, views)| views.iter().map(move |v| (s, v)))
+    {
         let keys = labels.keys.get(&view.entity).ok_or_else(|| {
             Error::Invalid(format!(
                 "labels have no `{}` column for view `{}`",
@@ -580,14 +590,30 @@ async fn view_features(
         rows.sort_by_key(|&i| times[i]);
     }
     let raw = format!("raw_{}", source.name);
-    if !ctx.table_exist(raw.as_str())? {
-        // No events at all: every row reads an empty state.
-        let empty = plan.new_state();
-        for (i, t) in times.iter().enumerate() {
-            out[i] = plan.read(&empty, *t);
-        }
-        return Ok(out);
+    if ctx.table_exist(raw.as_str())? {
+        fold_events(ctx, &plan, source, &raw, &mut wanted, times, &mut out).await?;
     }
+    // Entities without any event read an empty state.
+    let empty = plan.new_state();
+    for rows in wanted.values() {
+        for &i in rows {
+            out[i] = plan.read(&empty, times[i]);
+        }
+    }
+    Ok(out)
+}
+
+/// Folds the events of every entity in `wanted` (removing it) into its rows of `out`.
+async fn fold_events(
+    ctx: &SessionContext,
+    plan: &ViewPlan,
+    source: &quiver_core::schema::SourceSchema,
+    raw: &str,
+    wanted: &mut HashMap<&str, Vec<usize>>,
+    times: &[i64],
+    out: &mut [Vec<Value>],
+) -> Result<()> {
+    let view = plan.view();
     // The labelled entities' events, grouped by entity in arrival order.
     let entity_list: Vec<String> = wanted
         .keys()
@@ -626,7 +652,11 @@ async fn view_features(
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
     let mut current: Option<String> = None;
     let mut events: Vec<Ev> = Vec::new();
-    let mut done: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut fold = |entity: &str, events: &[Ev]| {
+        if let Some(rows) = wanted.remove(entity) {
+            fold_entity(plan, events, &rows, times, out);
+        }
+    };
     while let Some(batch) = stream.next().await.transpose()? {
         let entity = Column::new(batch.column(0).as_ref());
         let partitions = Column::new(batch.column(1).as_ref());
@@ -648,9 +678,7 @@ async fn view_features(
             let key = entity.key(row);
             if current.as_deref() != Some(key.as_str()) {
                 if let Some(prev) = current.take() {
-                    let rows = wanted.get(prev.as_str()).map_or(&[][..], |r| r.as_slice());
-                    fold_entity(&plan, &events, rows, times, &mut out);
-                    done.insert(prev);
+                    fold(&prev, &events);
                 }
                 events.clear();
                 current = Some(key);
@@ -672,20 +700,9 @@ async fn view_features(
         }
     }
     if let Some(prev) = current.take() {
-        let rows = wanted.get(prev.as_str()).map_or(&[][..], |r| r.as_slice());
-        fold_entity(&plan, &events, rows, times, &mut out);
-        done.insert(prev);
+        fold(&prev, &events);
     }
-    // Entities without any event.
-    let empty = plan.new_state();
-    for (k, rows) in &wanted {
-        if !done.contains(*k) {
-            for &i in rows {
-                out[i] = plan.read(&empty, times[i]);
-            }
-        }
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// One shard's state over the events with `event_time ≤ T`, kept incrementally while the newly

@@ -576,14 +576,14 @@ impl<'a> Replay<'a> {
                 continue;
             }
             // The clock: as logged (exact reproduction), else the other shards as they are.
-            let clock: BTreeMap<i32, i64> = match &clocks[v] {
+            let live: BTreeMap<i32, i64> = ent
+                .shards
+                .iter()
+                .filter(|(p, _)| *p != partition)
+                .map(|(p, s)| (*p, s.applied_offset))
+                .collect();
+            let clock = match &clocks[v] {
                 Some(logged) => {
-                    let live: BTreeMap<i32, i64> = ent
-                        .shards
-                        .iter()
-                        .filter(|(p, _)| *p != partition)
-                        .map(|(p, s)| (*p, s.applied_offset))
-                        .collect();
                     if logged
                         .iter()
                         .any(|(p, o)| live.get(p).copied().unwrap_or(-1) != *o)
@@ -592,12 +592,7 @@ impl<'a> Replay<'a> {
                     }
                     logged.clone()
                 }
-                None => ent
-                    .shards
-                    .iter()
-                    .filter(|(p, _)| *p != partition)
-                    .map(|(p, s)| (*p, s.applied_offset))
-                    .collect(),
+                None => live,
             };
             let set: Vec<i32> = ent
                 .shards
@@ -706,26 +701,90 @@ pub(crate) fn read_segment(
 }
 
 /// The raw segments of `source` holding at least one event with an event time in `range`
-/// (read with DataFusion, event-time column only).
+/// (read with DataFusion, event-time column only), by path.
 pub fn segments_in_range(
     handle: &Handle,
     store_dir: &std::path::Path,
     source: &SourceSchema,
     range: TimeRange,
-) -> Result<Vec<SegmentFile>> {
+) -> Result<HashSet<PathBuf>> {
     let raw = RawStore::open(store_dir)?;
     let ctx = crate::session();
-    let mut out = Vec::new();
+    let mut out = HashSet::new();
     for segment in raw.segments(&source.name)? {
-        if range.is_all() {
-            out.push(segment);
-            continue;
+        if !range.is_all() {
+            let batch = read_segment(handle, &ctx, &segment, &[source.event_time.as_str()])?;
+            let times = typed::<TimestampMicrosecondArray>(&batch, 0, &source.event_time)?;
+            if !(0..times.len()).any(|r| !times.is_null(r) && range.contains(times.value(r))) {
+                continue;
+            }
         }
-        let batch = read_segment(handle, &ctx, &segment, &[source.event_time.as_str()])?;
-        let times = typed::<TimestampMicrosecondArray>(&batch, 0, &source.event_time)?;
-        if (0..times.len()).any(|r| !times.is_null(r) && range.contains(times.value(r))) {
-            out.push(segment);
+        out.insert(segment.path);
+    }
+    Ok(out)
+}
+
+/// A source and the chosen views that read it.
+pub type SourceViews = (Arc<SourceSchema>, Vec<Arc<FeatureView>>);
+
+/// Resolves view names (all when empty), grouped by the source they read.
+pub fn views_by_source(
+    catalog: &quiver_core::Catalog,
+    views: &quiver_features::ViewCatalog,
+    names: &[String],
+) -> Result<Vec<SourceViews>> {
+    let chosen: Vec<Arc<FeatureView>> = if names.is_empty() {
+        views.views.clone()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                views.view(n).cloned().ok_or_else(|| {
+                    let known: Vec<&str> = views.views.iter().map(|v| v.name.as_str()).collect();
+                    Error::Invalid(format!(
+                        "unknown view `{n}` (defined: {})",
+                        known.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let mut out: Vec<SourceViews> = Vec::new();
+    for view in chosen {
+        match out.iter_mut().find(|(s, _)| s.name == view.source) {
+            Some((_, list)) => list.push(view),
+            None => {
+                let source = catalog
+                    .sources
+                    .iter()
+                    .find(|s| s.name == view.source)
+                    .cloned()
+                    .ok_or_else(|| Error::Invalid(format!("unknown source `{}`", view.source)))?;
+                out.push((source, vec![view]));
+            }
         }
     }
     Ok(out)
+}
+
+/// Runs `run` on every job in its own thread (one replay per view) and collects the results in
+/// job order; the first error wins.
+pub(crate) fn in_parallel<J: Send, T: Send>(
+    jobs: Vec<J>,
+    run: impl Fn(J) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let run = &run;
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = jobs
+            .into_iter()
+            .map(|job| scope.spawn(move || run(job)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(Error::Replay("a replay thread panicked".into())))
+            })
+            .collect()
+    })
 }

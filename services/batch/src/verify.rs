@@ -3,9 +3,8 @@
 //! maxima, `last` and distinct counts must be equal; float sums, means and standard deviations
 //! may differ by 1e-9 relative (`../shared/DESIGN.md`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
@@ -17,8 +16,10 @@ use quiver_features::{FeatureView, ViewCatalog};
 use quiver_store::{OfflineStore, SegmentFile};
 use tokio::runtime::Handle;
 
-use crate::backfill::views_by_source;
-use crate::replay::{Progress, Replay, ReplayOptions, ReplayReport, Sink, TimeRange};
+use crate::replay::{
+    Progress, Replay, ReplayOptions, ReplayReport, Sink, TimeRange, in_parallel, segments_in_range,
+    views_by_source,
+};
 use crate::{Error, Result};
 
 /// Examples kept per feature.
@@ -245,18 +246,8 @@ pub fn verify(
 ) -> Result<VerifyReport> {
     let offline = OfflineStore::open(&config.store.dir)?;
     let mut jobs = Vec::new();
-    for (source_name, source_views) in views_by_source(views, names)? {
-        let source = catalog
-            .sources
-            .iter()
-            .find(|s| s.name == source_name)
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("unknown source `{source_name}`")))?;
-        let selected: HashSet<PathBuf> =
-            crate::replay::segments_in_range(&handle, &config.store.dir, &source, range)?
-                .into_iter()
-                .map(|s| s.path)
-                .collect();
+    for (source, source_views) in views_by_source(catalog, views, names)? {
+        let selected = segments_in_range(&handle, &config.store.dir, &source, range)?;
         for view in source_views {
             let mut by_partition: BTreeMap<i32, Vec<SegmentFile>> = BTreeMap::new();
             for segment in offline.segments(&view.name)? {
@@ -268,51 +259,35 @@ pub fn verify(
             jobs.push((Arc::clone(&source), view, selected.clone(), by_partition));
         }
     }
-    let results: Vec<Result<(ViewCheck, ReplayReport)>> = std::thread::scope(|scope| {
-        let threads: Vec<_> = jobs
-            .into_iter()
-            .map(|(source, view, selected, logs)| {
-                let handle = handle.clone();
-                scope.spawn(move || {
-                    let mut sink = CompareSink {
-                        handle: handle.clone(),
-                        ctx: crate::session(),
-                        range,
-                        logs: HashMap::from([(view.name.clone(), logs)]),
-                        checks: HashMap::new(),
-                    };
-                    let replayed = Replay::new(
-                        handle,
-                        &config.store.dir,
-                        source,
-                        std::slice::from_ref(&view),
-                        ReplayOptions {
-                            selected: Some(selected),
-                            logged_clocks: true,
-                            sink: &mut sink,
-                            progress,
-                        },
-                    )?
-                    .run()?;
-                    let check = sink.checks.remove(&view.name).unwrap_or_else(|| ViewCheck {
-                        view: view.name.clone(),
-                        ..ViewCheck::default()
-                    });
-                    Ok((check, replayed))
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err(Error::Replay("a verify thread panicked".into())))
-            })
-            .collect()
-    });
+    let results = in_parallel(jobs, |(source, view, selected, logs)| {
+        let mut sink = CompareSink {
+            handle: handle.clone(),
+            ctx: crate::session(),
+            range,
+            logs: HashMap::from([(view.name.clone(), logs)]),
+            checks: HashMap::new(),
+        };
+        let replayed = Replay::new(
+            handle.clone(),
+            &config.store.dir,
+            source,
+            std::slice::from_ref(&view),
+            ReplayOptions {
+                selected: Some(selected),
+                logged_clocks: true,
+                sink: &mut sink,
+                progress,
+            },
+        )?
+        .run()?;
+        let check = sink.checks.remove(&view.name).unwrap_or_else(|| ViewCheck {
+            view: view.name.clone(),
+            ..ViewCheck::default()
+        });
+        Ok((check, replayed))
+    })?;
     let mut report = VerifyReport::default();
-    for result in results {
-        let (check, replayed) = result?;
+    for (check, replayed) in results {
         report.replays.insert(check.view.clone(), replayed);
         report.views.push(check);
     }

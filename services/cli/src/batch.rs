@@ -9,7 +9,7 @@ use quiver_batch::backfill::BackfillOptions;
 use quiver_batch::dataset::DatasetOptions;
 use quiver_batch::replay::{Progress, TimeRange};
 
-use crate::{BackfillArgs, Context, DatasetArgs, VerifyArgs};
+use crate::{BackfillArgs, Context, DatasetArgs, Selection};
 
 /// Parses `--from` / `--to`: RFC 3339 (`2026-11-26T10:00:00Z`) or a date (`2026-11-26`, midnight
 /// UTC), to µs since the epoch.
@@ -25,6 +25,14 @@ pub(crate) fn parse_time(text: &str) -> anyhow::Result<i64> {
     anyhow::bail!(
         "`{text}` is not a time: use RFC 3339 (2026-11-26T10:00:00Z) or a date (2026-11-26)"
     )
+}
+
+/// The views and time range of a selection.
+fn selection(s: &Selection) -> anyhow::Result<(Vec<String>, TimeRange)> {
+    Ok((
+        split_names(&s.view),
+        range(s.from.as_deref(), s.to.as_deref())?,
+    ))
 }
 
 fn range(from: Option<&str>, to: Option<&str>) -> anyhow::Result<TimeRange> {
@@ -53,9 +61,10 @@ fn printer(what: &'static str) -> impl Fn(Progress) + Sync {
 }
 
 pub(crate) async fn backfill(ctx: &Context, args: BackfillArgs) -> anyhow::Result<()> {
+    let (views, range) = selection(&args.selection)?;
     let options = BackfillOptions {
-        views: split_names(&args.view),
-        range: range(args.from.as_deref(), args.to.as_deref())?,
+        views,
+        range,
         materialize: args.materialize,
     };
     let ctx = ctx.clone();
@@ -101,9 +110,8 @@ pub(crate) async fn backfill(ctx: &Context, args: BackfillArgs) -> anyhow::Resul
     Ok(())
 }
 
-pub(crate) async fn verify(ctx: &Context, args: VerifyArgs) -> anyhow::Result<()> {
-    let names = split_names(&args.view);
-    let range = range(args.from.as_deref(), args.to.as_deref())?;
+pub(crate) async fn verify(ctx: &Context, args: Selection) -> anyhow::Result<()> {
+    let (names, range) = selection(&args)?;
     let ctx = ctx.clone();
     let handle = tokio::runtime::Handle::current();
     let report = tokio::task::spawn_blocking(move || {

@@ -52,7 +52,7 @@ pub enum Command {
     /// `--materialize` also rebuilds the online store.
     Backfill(BackfillArgs),
     /// Recompute every event's vector in batch and compare it with the streaming feature log.
-    Verify(VerifyArgs),
+    Verify(Selection),
     /// Training sets.
     #[command(subcommand)]
     Dataset(DatasetCommand),
@@ -88,35 +88,30 @@ pub struct UpArgs {
     pub warmup_secs: u64,
 }
 
+/// Which views and which events (by event time) `backfill` and `verify` cover.
+#[derive(Debug, Clone, Args)]
+pub struct Selection {
+    /// Views (repeat or comma-separate; default: all).
+    #[arg(long, value_name = "VIEW")]
+    pub view: Vec<String>,
+    /// Events at or after this time (RFC 3339 or date). The backfill rewrites every raw
+    /// segment holding such an event whole.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// ... and before this time.
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
 /// `quiver backfill`.
 #[derive(Debug, Clone, Args)]
 pub struct BackfillArgs {
-    /// Views to backfill (repeat or comma-separate; default: all).
-    #[arg(long, value_name = "VIEW")]
-    pub view: Vec<String>,
-    /// Rewrite the log of raw segments with events at or after this time (RFC 3339 or date).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// ... and before this time.
-    #[arg(long)]
-    pub to: Option<String>,
+    /// Views and time range.
+    #[command(flatten)]
+    pub selection: Selection,
     /// Also write the final tiles to Redis (rebuilds the online store; stop ingest first).
     #[arg(long)]
     pub materialize: bool,
-}
-
-/// `quiver verify`.
-#[derive(Debug, Clone, Args)]
-pub struct VerifyArgs {
-    /// Views to verify (repeat or comma-separate; default: all).
-    #[arg(long, value_name = "VIEW")]
-    pub view: Vec<String>,
-    /// Compare events at or after this time (RFC 3339 or date).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// ... and before this time.
-    #[arg(long)]
-    pub to: Option<String>,
 }
 
 /// `quiver dataset ...`.

@@ -42,14 +42,7 @@ fn first_model(ctx: &Context, handle: tokio::runtime::Handle) -> anyhow::Result<
         .dir
         .join("datasets")
         .join(chrono::Utc::now().format("%Y%m%dT%H%M%S").to_string());
-    let options = quiver_batch::dataset::DatasetOptions {
-        labels: "labels".into(),
-        views: Vec::new(),
-        out: dir.clone(),
-        label_column: None,
-        time_column: None,
-        test_fraction: 0.2,
-    };
+    let options = quiver_batch::dataset::DatasetOptions::new("labels", dir.clone());
     quiver_batch::dataset::build(handle, &ctx.config, &ctx.catalog, &ctx.views, &options)?;
     let card = quiver_models::Registry::open(&ctx.config.store.dir)?.train_and_promote(&dir)?;
     Ok((card.id, card.test.roc_auc))

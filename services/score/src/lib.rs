@@ -138,7 +138,7 @@ pub type Shutdown = Arc<AtomicBool>;
 
 /// A view scored for a source.
 struct ViewRt {
-    plan: ViewPlan,
+    plan: Arc<ViewPlan>,
     entity_col: usize,
     inputs: Vec<Option<usize>>,
 }
@@ -396,7 +396,7 @@ pub fn run(
         let mut rts = Vec::new();
         for view in views.views.iter().filter(|v| v.source == schema.name) {
             rts.push(ViewRt {
-                plan: ViewPlan::new(Arc::clone(view)),
+                plan: Arc::new(ViewPlan::new(Arc::clone(view))),
                 entity_col: index(&view.entity)?,
                 inputs: view
                     .aggregations
@@ -645,6 +645,9 @@ impl Scorer<'_> {
         let now = Utc::now();
         let mut claims = Vec::with_capacity(drafts.len());
         let mut rows = Vec::with_capacity(drafts.len());
+        // Fixed for the batch: the deployment and the prediction time.
+        let d = self.models.deployment.clone();
+        let prediction_time = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         for (e, row, features, event_time) in &drafts {
             let source = &self.sources[e.source];
             let schema = &source.schema;
@@ -659,7 +662,6 @@ impl Scorer<'_> {
                 .as_deref()
                 .and_then(column)
                 .unwrap_or_else(|| format!("{}-{}", e.partition, e.offset));
-            let d = self.models.deployment.clone();
             let production = d.production.clone().unwrap_or_default();
             let (decider, variant) = match &d.canary {
                 Some(c) if canary_point(&event_id) < c.fraction => (c.id.clone(), "canary"),
@@ -671,7 +673,8 @@ impl Scorer<'_> {
             let shadow = match &d.shadow {
                 Some(id) => {
                     let m = self.models.get(id)?;
-                    Some((id.clone(), m.score(features)?))
+                    let s = m.score(features)?;
+                    Some((id.clone(), s, m.decide(s)))
                 }
                 None => None,
             };
@@ -699,17 +702,15 @@ impl Scorer<'_> {
                 .iter()
                 .map(|(k, v)| (k.clone(), value_json(v)))
                 .collect();
-            json.insert("features".into(), feature_json.clone().into());
+            let features_value = serde_json::Value::Object(feature_json);
+            let features_text = features_value.to_string();
+            json.insert("features".into(), features_value);
             json.insert("event_time".into(), micros_rfc3339(*event_time).into());
-            json.insert(
-                "prediction_time".into(),
-                now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                    .into(),
-            );
-            if let Some((id, s)) = &shadow {
+            json.insert("prediction_time".into(), prediction_time.clone().into());
+            if let Some((id, s, decision)) = &shadow {
                 json.insert(
                     "shadow".into(),
-                    serde_json::json!({"model_id": id, "score": s, "decision": self.models.get(id)?.decide(*s)}),
+                    serde_json::json!({"model_id": id, "score": s, "decision": decision}),
                 );
             }
             let text = serde_json::Value::Object(json).to_string();
@@ -725,12 +726,12 @@ impl Scorer<'_> {
                 variant: variant.to_string(),
                 score,
                 decision,
-                shadow,
+                shadow: shadow.map(|(id, s, _)| (id, s)),
                 event_time: *event_time,
                 prediction_time: now.timestamp_micros(),
                 offset: e.offset,
                 replayed: false,
-                features: serde_json::Value::Object(feature_json).to_string(),
+                features: features_text,
             });
         }
         let ttl = Duration::from_secs(self.config.score.dedup_ttl_s);
@@ -810,7 +811,7 @@ impl Scorer<'_> {
             .unwrap_or(offset);
         for v in 0..self.sources[s].views.len() {
             let view = &self.sources[s].views[v];
-            let plan = view.plan.clone();
+            let plan = Arc::clone(&view.plan);
             let entity = Column::new(row.column(view.entity_col).as_ref()).key(0);
             let inputs: Vec<Value> = view
                 .inputs
