@@ -42,20 +42,7 @@ fn transactions(seed: u64, n: usize) -> Vec<Transaction> {
 
 /// Produces `txns` (and a label per transaction) and ingests until every event is logged.
 fn stream(t: &TestEnv, txns: &[Transaction]) {
-    let kafka = &services().kafka;
-    let msgs: Vec<(String, Vec<u8>)> = txns
-        .iter()
-        .map(|x| (x.user_id.clone(), x.to_json().into_bytes()))
-        .collect();
-    produce_all(kafka, &t.topic("transactions"), &msgs);
-    let labels: Vec<(String, Vec<u8>)> = txns
-        .iter()
-        .map(|x| {
-            let at = x.event_time + chrono::Duration::minutes(30);
-            (x.user_id.clone(), x.label_json(at).into_bytes())
-        })
-        .collect();
-    produce_all(kafka, &t.topic("labels"), &labels);
+    common::produce_demo(t, txns, Some(chrono::Duration::minutes(30)));
     let ingest = start_in_process(t);
     let n = txns.len() as i64;
     let done = eventually(Duration::from_secs(90), || {
@@ -93,13 +80,7 @@ fn run(t: &TestEnv, args: &[&str], extra: &[(&str, &str)]) -> (bool, String) {
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::run_quiver(cmd)
 }
 
 #[test]

@@ -33,29 +33,12 @@ fn transactions(seed: u64, from: usize, n: usize) -> Vec<Transaction> {
 }
 
 fn produce(t: &TestEnv, txns: &[Transaction], labels: bool) {
-    let kafka = &services().kafka;
-    let msgs: Vec<(String, Vec<u8>)> = txns
-        .iter()
-        .map(|x| (x.user_id.clone(), x.to_json().into_bytes()))
-        .collect();
-    produce_all(kafka, &t.topic("transactions"), &msgs);
-    if labels {
-        let l: Vec<(String, Vec<u8>)> = txns
-            .iter()
-            .map(|x| (x.user_id.clone(), x.label_json(x.event_time).into_bytes()))
-            .collect();
-        produce_all(kafka, &t.topic("labels"), &l);
-    }
+    common::produce_demo(t, txns, labels.then(chrono::Duration::zero));
 }
 
 fn quiver(t: &TestEnv, args: &[&str]) -> String {
-    let out = t.quiver(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "quiver {args:?}: {text}");
+    let (ok, text) = common::run_quiver(t.quiver(args));
+    assert!(ok, "quiver {args:?}: {text}");
     text
 }
 

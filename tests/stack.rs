@@ -24,17 +24,9 @@ fn own_stack(test: &str, extra: &[(&str, &str)]) -> TestEnv {
 
 /// Runs `quiver` with the harness's tansu binary: (success, stdout + stderr).
 fn quiver(t: &TestEnv, args: &[&str]) -> (bool, String) {
-    let out = t
-        .quiver(args)
-        .env("QUIVER_TANSU_BIN", services().tansu.display().to_string())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let mut cmd = t.quiver(args);
+    cmd.env("QUIVER_TANSU_BIN", services().tansu.display().to_string());
+    common::run_quiver(cmd)
 }
 
 #[test]

@@ -514,6 +514,44 @@ pub fn log_query(t: &TestEnv, view: &str, sql: &str) -> Vec<RecordBatch> {
     })
 }
 
+/// Runs a command to its end: (success, stdout followed by stderr).
+pub fn run_quiver(mut cmd: Command) -> (bool, String) {
+    let out = cmd.output().expect("run quiver");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Produces demo transactions keyed by user and, with `label_after`, each one's label observed
+/// that long after the transaction.
+pub fn produce_demo(
+    t: &TestEnv,
+    txns: &[quiver_demo::Transaction],
+    label_after: Option<chrono::Duration>,
+) {
+    let kafka = &services().kafka;
+    let msgs: Vec<(String, Vec<u8>)> = txns
+        .iter()
+        .map(|x| (x.user_id.clone(), x.to_json().into_bytes()))
+        .collect();
+    produce_all(kafka, &t.topic("transactions"), &msgs);
+    if let Some(after) = label_after {
+        let labels: Vec<(String, Vec<u8>)> = txns
+            .iter()
+            .map(|x| {
+                (
+                    x.user_id.clone(),
+                    x.label_json(x.event_time + after).into_bytes(),
+                )
+            })
+            .collect();
+        produce_all(kafka, &t.topic("labels"), &labels);
+    }
+}
+
 /// Rows in a view's feature log so far.
 pub fn log_rows(t: &TestEnv, view: &str) -> i64 {
     log_query(t, view, "SELECT count(*) FROM log")

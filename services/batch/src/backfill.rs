@@ -21,7 +21,7 @@ use quiver_store::{OfflineStore, SegmentFile, SegmentId};
 use tokio::runtime::Handle;
 
 use crate::replay::{
-    Progress, Replay, ReplayOptions, ReplayReport, Sink, TimeRange, in_parallel, segments_in_range,
+    Progress, Replay, ReplayReport, Sink, TimeRange, in_parallel, segments_in_range,
     views_by_source,
 };
 use crate::{Error, Result};
@@ -191,17 +191,14 @@ fn backfill_view(
         offline: offline.clone(),
         written: BTreeMap::new(),
     };
-    let mut replay = Replay::new(
+    let mut replay = Replay::of_view(
         handle,
         &config.store.dir,
         source,
-        std::slice::from_ref(&view),
-        ReplayOptions {
-            selected: Some(selected),
-            logged_clocks: true,
-            sink: &mut sink,
-            progress,
-        },
+        Arc::clone(&view),
+        selected,
+        &mut sink,
+        progress,
     )?;
     let replayed = replay.run()?;
     let states = replay.into_states();

@@ -320,6 +320,31 @@ impl<'a> Replay<'a> {
         })
     }
 
+    /// The replay of one view over the `selected` raw segments, following logged clocks (what
+    /// `backfill` and `verify` run, one per view).
+    pub fn of_view(
+        handle: Handle,
+        store_dir: &std::path::Path,
+        source: Arc<SourceSchema>,
+        view: Arc<FeatureView>,
+        selected: HashSet<PathBuf>,
+        sink: &'a mut dyn Sink,
+        progress: &'a (dyn Fn(Progress) + Sync),
+    ) -> Result<Self> {
+        Self::new(
+            handle,
+            store_dir,
+            source,
+            &[view],
+            ReplayOptions {
+                selected: Some(selected),
+                logged_clocks: true,
+                sink,
+                progress,
+            },
+        )
+    }
+
     /// Replays everything; returns the counters.
     pub fn run(&mut self) -> Result<ReplayReport> {
         self.started = Instant::now();

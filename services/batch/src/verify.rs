@@ -17,7 +17,7 @@ use quiver_store::{OfflineStore, SegmentFile};
 use tokio::runtime::Handle;
 
 use crate::replay::{
-    Progress, Replay, ReplayOptions, ReplayReport, Sink, TimeRange, in_parallel, segments_in_range,
+    Progress, Replay, ReplayReport, Sink, TimeRange, in_parallel, segments_in_range,
     views_by_source,
 };
 use crate::{Error, Result};
@@ -267,17 +267,14 @@ pub fn verify(
             logs: HashMap::from([(view.name.clone(), logs)]),
             checks: HashMap::new(),
         };
-        let replayed = Replay::new(
+        let replayed = Replay::of_view(
             handle.clone(),
             &config.store.dir,
             source,
-            std::slice::from_ref(&view),
-            ReplayOptions {
-                selected: Some(selected),
-                logged_clocks: true,
-                sink: &mut sink,
-                progress,
-            },
+            Arc::clone(&view),
+            selected,
+            &mut sink,
+            progress,
         )?
         .run()?;
         let check = sink.checks.remove(&view.name).unwrap_or_else(|| ViewCheck {
