@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -190,7 +189,7 @@ fn backfill_reproduces_the_streaming_log_and_rebuilds_the_online_store() {
 
     // 4. A changed definition is caught: `verify` names the feature and exits non-zero.
     let schemas = t.dir.join("schemas-changed");
-    copy_dir(&t.config.schemas.dir, &schemas);
+    common::copy_dir(&t.config.schemas.dir, &schemas);
     let user_view = schemas.join("views").join("user_txn.toml");
     let text = std::fs::read_to_string(&user_view).unwrap();
     let changed = text.replacen(
@@ -295,19 +294,6 @@ fn backfill_reproduces_the_streaming_log_and_rebuilds_the_online_store() {
         same, n,
         "training rows differ from the log rows of their events"
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -5,17 +5,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::reference::{self, Ev};
-use common::{
-    TestEnv, committed, eventually, free_port, produce_all, read_topic, services, start_in_process,
+use common::checks::{
+    DUPLICATES, assert_exactly_once, assert_features_exact, assert_segments_never_overlap,
 };
+use common::child::{scrape, sigterm, spawn_worker, wait_at_most};
+use common::{TestEnv, committed, eventually, produce_all, read_topic, services, start_in_process};
 use quiver_demo::{Generator, GeneratorOptions, Transaction};
 
 fn transactions(seed: u64, n: usize) -> Vec<Transaction> {
@@ -38,6 +36,12 @@ fn messages(txns: &[Transaction]) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+fn segments(t: &TestEnv) -> usize {
+    let store =
+        quiver_store::SegmentStore::open(&t.config.store.dir, quiver_store::Table::Raw).unwrap();
+    store.segments("transactions").map(|s| s.len()).unwrap_or(0)
+}
+
 fn end_offsets(deliveries: &[(i32, i64)], partitions: i32) -> Vec<i64> {
     let mut ends = vec![0; partitions as usize];
     for &(p, o) in deliveries {
@@ -45,83 +49,6 @@ fn end_offsets(deliveries: &[(i32, i64)], partitions: i32) -> Vec<i64> {
     }
     ends
 }
-
-/// The online features of every user and merchant equal the reference at the latest event
-/// time (so nothing was applied twice or lost), and each view's feature log has exactly one row
-/// per event.
-fn assert_features_exact(t: &TestEnv, txns: &[Transaction], deliveries: &[(i32, i64)]) {
-    let events: Vec<Ev> = txns
-        .iter()
-        .zip(deliveries)
-        .map(|(x, (partition, offset))| Ev {
-            time: x.event_time.timestamp_micros(),
-            partition: *partition,
-            offset: *offset,
-            user: x.user_id.clone(),
-            merchant: x.merchant_id.clone(),
-            amount: x.amount,
-            country: x.country.clone(),
-        })
-        .collect();
-    let at = events.iter().map(|e| e.time).max().unwrap();
-    for (view_name, column) in [("user_txn", "user"), ("merchant_txn", "merchant")] {
-        let view = t.views.view(view_name).unwrap();
-        let entities: std::collections::BTreeSet<&str> = events
-            .iter()
-            .map(|e| {
-                if column == "user" {
-                    e.user.as_str()
-                } else {
-                    e.merchant.as_str()
-                }
-            })
-            .collect();
-        for entity in entities {
-            let online = common::online_at(t, view_name, entity, at);
-            let problems = reference::diff(
-                &online,
-                &reference::expected(view, &reference::kept(view, &events, entity, None), at),
-            );
-            assert!(problems.is_empty(), "{view_name}/{entity}: {problems:?}");
-        }
-        let rows = common::log_query(
-            t,
-            view_name,
-            "SELECT count(*) AS n, count(DISTINCT _partition * 1000000000 + _offset) AS d FROM log",
-        );
-        let n = rows[0]
-            .column(0)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            .unwrap()
-            .value(0);
-        let d = rows[0]
-            .column(1)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            .unwrap()
-            .value(0);
-        assert_eq!(
-            (n, d),
-            (events.len() as i64, events.len() as i64),
-            "{view_name}: one log row per event"
-        );
-    }
-}
-
-/// The raw store holds `n` transactions, each once: `n` rows, `n` distinct ids, and no
-/// (partition, offset) twice.
-fn assert_exactly_once(t: &TestEnv, n: i64) {
-    assert_eq!(t.raw_scalar("transactions", "SELECT count(*) FROM raw"), n);
-    assert_eq!(
-        t.raw_scalar("transactions", "SELECT count(DISTINCT txn_id) FROM raw"),
-        n
-    );
-    assert_eq!(t.raw_scalar("transactions", DUPLICATES), 0);
-}
-
-const DUPLICATES: &str =
-    "SELECT count(*) FROM (SELECT _partition, _offset FROM raw GROUP BY 1, 2 HAVING count(*) > 1)";
 
 #[test]
 fn valid_events_land_exactly_once_and_bad_ones_reach_the_dlq_with_reasons() {
@@ -223,78 +150,6 @@ fn valid_events_land_exactly_once_and_bad_ones_reach_the_dlq_with_reasons() {
     );
 }
 
-/// A `quiver ingest` child process with its admin listener on a free port.
-struct ChildIngest {
-    child: Child,
-    admin: String,
-}
-
-fn spawn_ingest(t: &TestEnv, extra: &[(&str, &str)]) -> ChildIngest {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut cmd = t.quiver(&["ingest"]);
-    let log = std::fs::File::create(
-        t.dir
-            .join(format!("ingest-{}.log", admin.replace(':', "_"))),
-    )
-    .unwrap();
-    cmd.env("QUIVER__INGEST__ADMIN_LISTEN", &admin)
-        .env("RUST_LOG", "quiver_ingest=debug,info")
-        .env("QUIVER__TELEMETRY__LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(log);
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    ChildIngest {
-        child: cmd.spawn().expect("spawn quiver ingest"),
-        admin,
-    }
-}
-
-fn scrape(addr: &str, metric: &str) -> f64 {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return 0.0;
-    };
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .filter(|l| l.starts_with(metric))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn segments(t: &TestEnv) -> usize {
-    let store = quiver_store::RawStore::open(&t.config.store.dir).unwrap();
-    store.segments("transactions").map(|s| s.len()).unwrap_or(0)
-}
-
-/// Waits for a child, killing it (and failing the test) if it outlives `timeout`.
-fn wait_at_most(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("child did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn sigterm(child: &mut Child) -> std::process::ExitStatus {
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    wait_at_most(child, Duration::from_secs(60))
-}
-
 #[test]
 fn sigkill_mid_stream_neither_loses_nor_duplicates() {
     let t = TestEnv::new(
@@ -326,7 +181,7 @@ fn sigkill_mid_stream_neither_loses_nor_duplicates() {
     // 8th raw segment is durable, before that batch's features reach Redis. So the next member
     // finds both windows: batches fully written but uncommitted (must not be applied twice) and
     // one batch in the raw store only (must still be applied).
-    let mut first = spawn_ingest(
+    let mut first = spawn_worker(
         &t,
         &[
             ("QUIVER__INGEST__COMMIT_INTERVAL_MS", "3600000"),
@@ -348,7 +203,7 @@ fn sigkill_mid_stream_neither_loses_nor_duplicates() {
     assert!(after_first > 0);
 
     // 2nd member: killed in the middle of the stream, after committing some of it.
-    let mut second = spawn_ingest(&t, &[]);
+    let mut second = spawn_worker(&t, &[]);
     assert!(eventually(Duration::from_secs(60), || scrape(
         &second.admin,
         "quiver_ingest_replay_skipped_total"
@@ -363,7 +218,7 @@ fn sigkill_mid_stream_neither_loses_nor_duplicates() {
 
     // 3rd member runs to the end and stops gracefully.
     let deliveries = producer.join().unwrap();
-    let mut third = spawn_ingest(&t, &[]);
+    let mut third = spawn_worker(&t, &[]);
     let complete = eventually(Duration::from_secs(90), || {
         t.raw_scalar("transactions", "SELECT count(*) FROM raw") >= 24_000
     });
@@ -381,24 +236,13 @@ fn sigkill_mid_stream_neither_loses_nor_duplicates() {
         end_offsets(&deliveries, 4)
     );
 
-    // Segments of one partition never overlap: each offset is in exactly one file.
-    let store = quiver_store::RawStore::open(&t.config.store.dir).unwrap();
-    let segs = store.segments("transactions").unwrap();
-    for pair in segs.windows(2) {
-        if pair[0].id.partition == pair[1].id.partition {
-            assert!(
-                pair[0].id.last_offset < pair[1].id.first_offset,
-                "{:?} overlaps {:?}",
-                pair[0].id,
-                pair[1].id
-            );
-        }
-    }
+    // Segments of one partition never overlap, in any table: each offset is in exactly one file.
+    assert_segments_never_overlap(&t);
 
     // A restart after the graceful stop resumes from the commit and takes only new events.
     let more_txns = transactions(22, 2_000);
     let more_deliveries = produce_all(&kafka, &topic, &messages(&more_txns));
-    let mut fourth = spawn_ingest(&t, &[]);
+    let mut fourth = spawn_worker(&t, &[]);
     let caught_up = eventually(Duration::from_secs(60), || {
         t.raw_scalar("transactions", "SELECT count(*) FROM raw") >= 26_000
     });

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use quiver_core::decode::{EventDecoder, RawEvent};
 use quiver_core::{Catalog, Config};
 use quiver_demo::{Generator, GeneratorOptions};
-use quiver_store::{RawStore, SegmentId};
+use quiver_store::{SegmentId, SegmentStore, Table};
 
 /// The DuckDB version the peer runs.
 const DUCKDB_VERSION: &str = "2.0.1";
@@ -72,7 +72,7 @@ fn generate(config: &Config, catalog: &Catalog, args: &BackfillArgs) -> anyhow::
         .cloned()
         .context("no `transactions` source")?;
     let decoder = EventDecoder::new(Arc::clone(&source), 1 << 20);
-    let store = RawStore::open(&config.store.dir)?;
+    let store = SegmentStore::open(&config.store.dir, Table::Raw)?;
     let file = std::fs::File::create(&parquet_path)?;
     let props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::ZSTD(
@@ -118,7 +118,7 @@ fn generate(config: &Config, catalog: &Catalog, args: &BackfillArgs) -> anyhow::
             first_offset: buffer[0].0,
             last_offset: buffer[buffer.len() - 1].0,
         };
-        store.write_segment("transactions", now.date_naive(), id, &outcome.batch)?;
+        store.append("transactions", now.date_naive(), id, &outcome.batch)?;
         parquet.write(&outcome.batch)?;
         buffer.clear();
         Ok(())

@@ -1,23 +1,30 @@
-//! `quiver-loadtest ingest`: how fast `quiver ingest` moves a topic into the raw store, against
-//! how fast a bare librdkafka consumer drains the same topic, in the same run.
+//! `quiver-loadtest`: Quiver's benchmarks, each measured against a limit taken in the same run
+//! (the broker's own round trip, a bare librdkafka consumer, bare Redis, DuckDB), on fresh
+//! topics, stores and key prefixes, printing Markdown rows for `docs/benchmarks.md`.
 //!
-//! 1. produce `--events` demo transactions to a fresh topic (as fast as the broker takes them);
-//! 2. drain it with a bare `BaseConsumer` that only counts messages (the limit);
-//! 3. run the real ingest service (decode, validate, fsynced Arrow segments, commits) from a
-//!    fresh group until every event is durable, and report events/s and the ratio.
+//! - `drain`: backlog drain by the streaming worker vs a bare consumer ([`drain`]);
+//! - `latency`: event → prediction vs the broker's produce → consume ([`latency`]);
+//! - `memory`: the worker's RSS against its state cache bound ([`memory`]);
+//! - `api`: online reads vs bare `HGETALL` ([`api`]);
+//! - `backfill`: the batch replay vs DuckDB ([`backfill`]).
 //!
-//! It needs a running broker (`quiver stack up`, or `--brokers`), and prints a Markdown row.
+//! They need a running broker and Redis (`quiver stack up`, or `--config`), and the release
+//! `quiver` binary next to this one for the benchmarks that run the worker as a process.
 #![allow(clippy::print_stdout)]
 
 mod api;
 mod backfill;
+mod drain;
 mod latency;
+mod memory;
+mod model;
+mod procs;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use quiver_core::{Catalog, Config};
 use quiver_demo::{Generator, GeneratorOptions};
@@ -65,21 +72,10 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         connections: usize,
     },
-    /// Ingest throughput against a bare consumer.
-    Ingest {
-        /// Events to produce and ingest.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-        /// Seconds to wait for either consumer before giving up.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
-        /// Ingest into the raw store only (no feature views, no Redis).
-        #[arg(long)]
-        no_features: bool,
-        /// Reuse the topics of an earlier run (its `bench-<id>.` prefix) instead of producing.
-        #[arg(long)]
-        reuse_prefix: Option<String>,
-    },
+    /// Backlog drain by the streaming worker against a bare consumer.
+    Drain(drain::DrainArgs),
+    /// The worker's memory against its state cache bound.
+    Memory(memory::MemoryArgs),
 }
 
 pub(crate) fn rss_peak_mib() -> f64 {
@@ -94,7 +90,33 @@ pub(crate) fn rss_peak_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-pub(crate) fn produce(config: &Config, topic: &str, events: u64) -> anyhow::Result<f64> {
+/// A configuration whose topics, group, store and key prefix are this run's own:
+/// `<tag>-<UTC time>`.
+pub(crate) fn fresh_config(
+    config_path: Option<&std::path::Path>,
+    tag: &str,
+) -> anyhow::Result<(Config, String)> {
+    let mut config = Config::load(config_path)?;
+    let _ = quiver_telemetry::init_tracing(
+        quiver_telemetry::LogFormat::Pretty,
+        &config.telemetry.log_level,
+    );
+    let run_id = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+    config.kafka.topic_prefix = format!("{tag}-{run_id}.");
+    config.ingest.group_id = format!("{tag}-{run_id}-ingest");
+    config.ingest.admin_listen = String::new();
+    config.store.dir = config.store.dir.join(format!("{tag}-{run_id}"));
+    config.redis.key_prefix = format!("{tag}-{run_id}");
+    Ok((config, run_id))
+}
+
+/// Produces `events` demo transactions over `users` users, as fast as the broker takes them.
+pub(crate) fn produce(
+    config: &Config,
+    topic: &str,
+    events: u64,
+    users: u32,
+) -> anyhow::Result<f64> {
     let producer: ThreadedProducer<_> = quiver_kafka::producer_config(&config.kafka)
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
@@ -103,7 +125,7 @@ pub(crate) fn produce(config: &Config, topic: &str, events: u64) -> anyhow::Resu
     let mut generator = Generator::new(
         7,
         GeneratorOptions {
-            users: 100_000,
+            users,
             ..GeneratorOptions::default()
         },
     );
@@ -130,7 +152,12 @@ pub(crate) fn produce(config: &Config, topic: &str, events: u64) -> anyhow::Resu
     Ok(events as f64 / started.elapsed().as_secs_f64())
 }
 
-fn bare_drain(config: &Config, topic: &str, events: u64, timeout: Duration) -> anyhow::Result<f64> {
+pub(crate) fn bare_drain(
+    config: &Config,
+    topic: &str,
+    events: u64,
+    timeout: Duration,
+) -> anyhow::Result<f64> {
     let consumer: BaseConsumer = quiver_kafka::client_config(&config.kafka)
         .set("group.id", format!("{topic}-bare"))
         .set("auto.offset.reset", "earliest")
@@ -211,79 +238,18 @@ pub(crate) fn ingest(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (events, timeout, no_features, reuse_prefix) = match cli.command {
-        Cmd::Ingest {
-            events,
-            timeout,
-            no_features,
-            reuse_prefix,
-        } => (events, timeout, no_features, reuse_prefix),
+    let config = cli.config.as_deref();
+    match cli.command {
         Cmd::Api {
             events,
             rate,
             seconds,
             connections,
-        } => {
-            return api::run(cli.config.as_deref(), events, rate, seconds, connections);
-        }
-        Cmd::Backfill(args) => return backfill::run(cli.config.as_deref(), args),
-        Cmd::Latency(args) => return latency::run(cli.config.as_deref(), args),
-        Cmd::BackfillChild { dir } => return backfill::child(cli.config.as_deref(), &dir),
-    };
-    let mut config = Config::load(cli.config.as_deref())?;
-    let run_id = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
-    config.kafka.topic_prefix = reuse_prefix
-        .clone()
-        .unwrap_or_else(|| format!("bench-{run_id}."));
-    config.ingest.group_id = format!("bench-{run_id}-ingest");
-    config.ingest.admin_listen = String::new();
-    config.store.dir = config.store.dir.join(format!("bench-{run_id}"));
-    config.redis.key_prefix = format!("bench-{run_id}");
-    let catalog = Catalog::load(&config.schemas.dir)?;
-    let views = if no_features {
-        ViewCatalog::default()
-    } else {
-        ViewCatalog::load(&config.schemas.dir, &catalog)?
-    };
-    let what = if no_features {
-        "raw store only"
-    } else {
-        "raw store + features (tiles to Redis, feature log to Parquet)"
-    };
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(quiver_kafka::create_topics(
-        &config.kafka,
-        &quiver_stack::declared_topics(&config, &catalog),
-    ))?;
-    let topic = config.kafka.topic("transactions");
-    let timeout = Duration::from_secs(timeout);
-
-    let produce_rate = if reuse_prefix.is_some() {
-        eprintln!("reusing {topic}");
-        f64::NAN
-    } else {
-        eprintln!("producing {events} events to {topic} ...");
-        let rate = produce(&config, &topic, events).context("produce")?;
-        eprintln!("  produced at {rate:.0} events/s");
-        rate
-    };
-    eprintln!("bare librdkafka consumer draining ...");
-    let bare = bare_drain(&config, &topic, events, timeout).context("bare consumer")?;
-    eprintln!("  {bare:.0} events/s");
-    eprintln!("quiver ingest: {what} ...");
-    let (rate, bytes) = ingest(&config, &catalog, &views, events, timeout).context("ingest")?;
-    eprintln!("  {rate:.0} events/s");
-
-    println!(
-        "| ingest | events | produce (ev/s) | bare consumer (ev/s) | quiver ingest (ev/s) | ratio | raw store | peak RSS |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| {what} | {events} | {produce_rate:.0} | {bare:.0} | {rate:.0} | {:.0} % | {:.1} MiB | {:.0} MiB |",
-        100.0 * rate / bare,
-        bytes as f64 / 1_048_576.0,
-        rss_peak_mib()
-    );
-    let _ = std::fs::remove_dir_all(&config.store.dir);
-    Ok(())
+        } => api::run(config, events, rate, seconds, connections),
+        Cmd::Backfill(args) => backfill::run(config, args),
+        Cmd::Latency(args) => latency::run(config, args),
+        Cmd::Drain(args) => drain::run(config, args),
+        Cmd::Memory(args) => memory::run(config, args),
+        Cmd::BackfillChild { dir } => backfill::child(config, &dir),
+    }
 }

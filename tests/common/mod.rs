@@ -7,6 +7,8 @@
 //! (`deploy/local/stack.sh install`), run here if tansu is not installed yet.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod checks;
+pub mod child;
 pub mod reference;
 
 use std::io::{Read, Write};
@@ -474,7 +476,7 @@ pub fn online_at(
     at: i64,
 ) -> serde_json::Map<String, serde_json::Value> {
     let plan = quiver_features::ViewPlan::new(std::sync::Arc::clone(t.views.view(view).unwrap()));
-    let shards = runtime().block_on(async {
+    let mut shards = runtime().block_on(async {
         let reader = quiver_online::OnlineReader::connect(
             &t.config.redis.url,
             &t.config.redis.key_prefix,
@@ -484,10 +486,10 @@ pub fn online_at(
         .unwrap();
         reader.fetch(view, entity).await.unwrap()
     });
-    let (states, _) = quiver_online::usable_shards(&plan, &shards);
+    shards.retain_fitting(&plan);
     plan.view()
         .feature_names()
-        .zip(plan.read_shards(&states, at))
+        .zip(shards.read_at(&plan, at))
         .map(|(n, v)| (n.to_string(), quiver_serve::to_json(v)))
         .collect()
 }
@@ -621,4 +623,126 @@ async fn collect(ctx: SessionContext, sql: &str) -> Vec<RecordBatch> {
         .collect()
         .await
         .expect("run")
+}
+
+/// Every view's feature-log rows, by event id: feature → value as JSON.
+pub fn log_rows_by_id(
+    t: &TestEnv,
+    view: &str,
+) -> std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>> {
+    let def = t.views.view(view).unwrap();
+    let mut out = std::collections::HashMap::new();
+    for b in log_query(t, view, "SELECT * FROM log") {
+        let id = quiver_features::log::Column::new(b.column_by_name("txn_id").unwrap().as_ref());
+        let columns: Vec<(String, quiver_features::log::Column<'_>)> = def
+            .feature_names()
+            .map(|f| {
+                (
+                    format!("{view}__{f}"),
+                    quiver_features::log::Column::new(b.column_by_name(f).unwrap().as_ref()),
+                )
+            })
+            .collect();
+        for r in 0..b.num_rows() {
+            let row = columns
+                .iter()
+                .map(|(name, c)| (name.clone(), quiver_serve::to_json(c.value(r))))
+                .collect();
+            assert!(
+                out.insert(id.key(r), row).is_none(),
+                "{view}: two log rows for {}",
+                id.key(r)
+            );
+        }
+    }
+    out
+}
+
+/// Each prediction's `features` are exactly its event's feature-log rows, for every view.
+pub fn assert_features_are_log_rows(t: &TestEnv, predictions: &[serde_json::Value]) {
+    for view in &t.views.views {
+        let rows = log_rows_by_id(t, &view.name);
+        for p in predictions {
+            let id = p["txn_id"].as_str().unwrap();
+            let row = rows
+                .get(id)
+                .unwrap_or_else(|| panic!("{}: no log row for {id}", view.name));
+            for (name, logged) in row {
+                assert_eq!(
+                    &p["features"][name], logged,
+                    "{name} of {id}: prediction {p} vs log"
+                );
+            }
+        }
+    }
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A model registry with one logistic regression trained on demo data and promoted, built once
+/// per test binary; [`TestEnv::deploy_model`] copies it into a test's store.
+pub fn trained_registry() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let t = TestEnv::new("registry", &[]);
+        t.create_topics();
+        let mut g = quiver_demo::Generator::new(
+            1,
+            quiver_demo::GeneratorOptions {
+                users: 300,
+                fraud_rate: 0.03,
+                ..quiver_demo::GeneratorOptions::default()
+            },
+        );
+        let start = chrono::DateTime::<chrono::Utc>::from_timestamp(1_795_600_000, 0).unwrap();
+        let txns: Vec<quiver_demo::Transaction> = (0..2_000)
+            .map(|i| g.next_transaction(start + chrono::Duration::milliseconds(i * 2_000)))
+            .collect();
+        produce_demo(&t, &txns, Some(chrono::Duration::zero()));
+        let worker = start_in_process(&t);
+        assert!(eventually(Duration::from_secs(90), || {
+            t.raw_scalar("labels", "SELECT count(*) FROM raw") >= 2_000
+                && log_rows(&t, "user_txn") >= 2_000
+        }));
+        worker.stop();
+        let ds = t.dir.join("dataset");
+        let ds = ds.to_str().unwrap();
+        for args in [
+            &["dataset", "build", "--labels", "labels", "--out", ds][..],
+            &["train", "--dataset", ds, "--promote"][..],
+        ] {
+            let (ok, text) = run_quiver(t.quiver(args));
+            assert!(ok, "quiver {args:?}: {text}");
+        }
+        t.config.store.dir.join("models")
+    })
+}
+
+impl TestEnv {
+    /// Puts the shared trained registry in this test's store: its model is production.
+    pub fn deploy_model(&self) {
+        copy_dir(trained_registry(), &self.config.store.dir.join("models"));
+    }
+
+    /// The production model's id.
+    pub fn production_model(&self) -> String {
+        quiver_models::Registry::open(&self.config.store.dir)
+            .unwrap()
+            .deployment()
+            .unwrap()
+            .production
+            .unwrap()
+    }
 }

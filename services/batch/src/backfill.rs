@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use quiver_core::{Catalog, Config};
+use quiver_features::Shard;
 use quiver_features::{FeatureView, ViewCatalog};
-use quiver_online::{OnlineWriter, Shard};
-use quiver_store::{OfflineStore, SegmentFile, SegmentId};
+use quiver_online::OnlineStore;
+use quiver_store::{SegmentFile, SegmentId, SegmentStore, Table};
 use tokio::runtime::Handle;
 
 use crate::replay::{
@@ -51,7 +52,7 @@ pub struct BackfillReport {
 }
 
 struct WriteSink {
-    offline: OfflineStore,
+    offline: SegmentStore,
     written: BTreeMap<String, Vec<(SegmentId, PathBuf)>>,
 }
 
@@ -68,9 +69,7 @@ impl Sink for WriteSink {
                 segment.path.display()
             ))
         })?;
-        let written = self
-            .offline
-            .replace_segment(&view.name, date, segment.id, &rows)?;
+        let written = self.offline.replace(&view.name, date, segment.id, &rows)?;
         self.written
             .entry(view.name.clone())
             .or_default()
@@ -106,19 +105,9 @@ fn close_selection(raw: &[SegmentFile], logs: &[SegmentFile], selected: &mut Has
     }
 }
 
-/// Whether `id` is covered by the union of `ranges` (same partition, sorted by first offset).
+/// Whether `id` is covered by the union of `ranges`.
 fn covered(id: &SegmentId, ranges: &[SegmentId]) -> bool {
-    let mut next = id.first_offset;
-    for r in ranges.iter().filter(|r| r.partition == id.partition) {
-        if r.first_offset > next {
-            break;
-        }
-        next = next.max(r.last_offset + 1);
-        if next > id.last_offset {
-            return true;
-        }
-    }
-    false
+    id.uncovered(ranges).is_empty()
 }
 
 /// Runs a backfill: one replay per view, in parallel threads. Call from a blocking thread of a
@@ -132,8 +121,8 @@ pub fn backfill(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<BackfillReport> {
     let mut report = BackfillReport::default();
-    let offline = OfflineStore::open(&config.store.dir)?;
-    let raw_store = quiver_store::RawStore::open(&config.store.dir)?;
+    let offline = SegmentStore::open(&config.store.dir, Table::FeatureLog)?;
+    let raw_store = SegmentStore::open(&config.store.dir, Table::Raw)?;
     let mut jobs = Vec::new();
     for (source, source_views) in views_by_source(catalog, views, &options.views)? {
         let raw = raw_store.segments(&source.name)?;
@@ -180,7 +169,7 @@ struct ViewOutcome {
 fn backfill_view(
     handle: Handle,
     config: &Config,
-    offline: OfflineStore,
+    offline: SegmentStore,
     source: Arc<quiver_core::schema::SourceSchema>,
     view: Arc<FeatureView>,
     selected: HashSet<PathBuf>,
@@ -211,17 +200,18 @@ fn backfill_view(
     let mut removed = 0;
     for old in offline.segments(&view.name)? {
         if !paths.contains(&old.path) && covered(&old.id, &ranges) {
-            offline.remove_segment(&old)?;
+            offline.remove(&old)?;
             removed += 1;
         }
     }
 
     let mut materialized = None;
     if options.materialize {
-        let mut online = OnlineWriter::connect(
+        let mut online = OnlineStore::connect(
             &config.redis.url,
             &config.redis.key_prefix,
             Duration::from_millis(config.redis.connect_timeout_ms),
+            Duration::from_millis(config.redis.command_timeout_ms),
         )?;
         for (view, entities) in states {
             materialized = Some(materialize(&mut online, &view, &entities)?);
@@ -236,21 +226,33 @@ fn backfill_view(
     })
 }
 
-/// Writes every entity's shards of `view` to Redis, in pipelined chunks.
+/// Writes every entity's shards of `view` to Redis, partition by partition, in pipelined
+/// chunks; a shard Redis holds at a later offset is left as it is. Returns the shards written.
 fn materialize(
-    online: &mut OnlineWriter,
+    online: &mut OnlineStore,
     view: &FeatureView,
-    entities: &crate::replay::EntityShards,
+    entities: &crate::replay::FinalShards,
 ) -> Result<usize> {
     let ttl = Duration::from_micros(view.ttl.max(1) as u64);
-    let all: Vec<(&str, i32, &Shard)> = entities
-        .iter()
-        .flat_map(|(k, shards)| shards.iter().map(move |(p, s)| (k.as_str(), *p, s)))
-        .collect();
-    for chunk in all.chunks(2000) {
-        online.write(&view.name, ttl, chunk)?;
+    let mut by_partition: std::collections::BTreeMap<i32, Vec<(&str, &Shard)>> =
+        std::collections::BTreeMap::new();
+    for (key, shards) in entities {
+        for (p, shard) in shards {
+            by_partition
+                .entry(*p)
+                .or_default()
+                .push((key.as_str(), shard));
+        }
     }
-    Ok(all.len())
+    let mut written = 0;
+    for (partition, shards) in by_partition {
+        for chunk in shards.chunks(2000) {
+            written += online
+                .write_shards(&view.name, partition, ttl, chunk)?
+                .written;
+        }
+    }
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -268,7 +270,7 @@ mod tests {
     fn file(id: SegmentId) -> SegmentFile {
         SegmentFile {
             id,
-            path: PathBuf::from(id.file_name()),
+            path: PathBuf::from(id.file_name("parquet")),
         }
     }
 

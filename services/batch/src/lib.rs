@@ -15,6 +15,7 @@ use datafusion::execution::options::ArrowReadOptions;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
 use quiver_core::{Catalog, Config};
 use quiver_features::ViewCatalog;
+use quiver_store::{SegmentStore, Table};
 
 pub mod backfill;
 pub mod dataset;
@@ -91,13 +92,13 @@ pub struct Stores {
 pub async fn open(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Result<Stores> {
     let ctx = session().enable_url_table();
     let date = || vec![("date".to_string(), DataType::Utf8)];
-    let raw = quiver_store::RawStore::open(&config.store.dir)?;
-    let offline = quiver_store::OfflineStore::open(&config.store.dir)?;
+    let raw = SegmentStore::open(&config.store.dir, Table::Raw)?;
+    let offline = SegmentStore::open(&config.store.dir, Table::FeatureLog)?;
     let mut tables = Vec::new();
     let mut empty = Vec::new();
     for source in &catalog.sources {
         let name = format!("raw_{}", source.name);
-        let dir = config.store.dir.join("raw").join(&source.name);
+        let dir = raw.stream_dir(&source.name);
         if !raw.segments(&source.name)?.is_empty() {
             let options = ArrowReadOptions::default().table_partition_cols(date());
             ctx.register_arrow(&name, format!("{}/", dir.display()), options)
@@ -109,7 +110,7 @@ pub async fn open(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Re
     }
     for view in &views.views {
         let name = format!("features_{}", view.name);
-        let dir = config.store.dir.join("offline").join(&view.name);
+        let dir = offline.stream_dir(&view.name);
         if !offline.segments(&view.name)?.is_empty() {
             let options = ParquetReadOptions::default().table_partition_cols(date());
             ctx.register_parquet(&name, format!("{}/", dir.display()), options)
@@ -120,13 +121,13 @@ pub async fn open(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Re
         }
     }
     // The score store: `scores_<source>`, and `scores` for the first scoreable source.
-    let scores = quiver_store::ScoreStore::open(&config.store.dir)?;
+    let scores = SegmentStore::open(&config.store.dir, Table::Scores)?;
     let mut first = true;
     for source in &catalog.sources {
         if scores.segments(&source.name)?.is_empty() {
             continue;
         }
-        let dir = config.store.dir.join("scores").join(&source.name);
+        let dir = scores.stream_dir(&source.name);
         let mut names = vec![format!("scores_{}", source.name)];
         if first {
             names.push("scores".to_string());

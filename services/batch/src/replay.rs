@@ -29,12 +29,9 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::execution::options::ArrowReadOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use quiver_core::schema::{INGEST_TIME_COLUMN, OFFSET_COLUMN, SourceSchema};
-use quiver_features::log::{
-    CLOCK_COLUMN, Column, LogBuilder, LogRow, clock_json, log_schema, parse_clock,
-};
-use quiver_features::{Applied, EntityState, FeatureView, ReadCache, Value, ViewPlan};
-use quiver_online::Shard;
-use quiver_store::{OfflineStore, RawStore, SegmentFile};
+use quiver_features::log::{CLOCK_COLUMN, Column, LogBuilder, LogRow, clock_json, parse_clock};
+use quiver_features::{Applied, BoundView, Clock, EntityShards, FeatureView, Shard, ViewPlan};
+use quiver_store::{SegmentFile, SegmentStore, Table};
 use tokio::runtime::Handle;
 
 use crate::{Error, Result};
@@ -129,26 +126,15 @@ pub struct ReplayReport {
     pub elapsed: Duration,
 }
 
-/// Every entity's shards of one view, in partition order.
-pub type EntityShards = HashMap<String, Vec<(i32, Shard)>>;
-
-/// One entity's shards (partition order) and its read memo.
-#[derive(Debug)]
-struct EntityRt {
-    shards: Vec<(i32, Shard)>,
-    cache: ReadCache,
-    /// The partitions the memo was computed over (a different set invalidates it).
-    cache_set: Vec<i32>,
-}
+/// Every entity's final shards of one view, in partition order (for `--materialize`).
+pub type FinalShards = HashMap<String, Vec<(i32, Shard)>>;
 
 struct ViewJob {
-    plan: ViewPlan,
-    /// Index of the entity column in the projected raw batch.
-    entity: usize,
-    /// Index of each aggregation's input column (None for `count`).
-    inputs: Vec<Option<usize>>,
-    log_schema: datafusion::arrow::datatypes::SchemaRef,
-    entities: HashMap<String, EntityRt>,
+    view: BoundView,
+    entities: HashMap<String, EntityShards>,
+    /// Whether logged vectors merged other partitions' shards: the replay then keeps the
+    /// versions of each shard at its segments' ends, which those clocks may name.
+    versions: bool,
     /// Logged clocks per partition (present when the view has a log and clocks are used).
     logs: BTreeMap<i32, LogCursor>,
     late: u64,
@@ -177,6 +163,8 @@ struct Cursor {
     segments: VecDeque<SegmentFile>,
     loaded: Option<Loaded>,
     busy: bool,
+    /// Segments of the partition finished so far (what its shards' versions are kept at).
+    seal: u64,
 }
 
 /// The replay of one source.
@@ -238,8 +226,8 @@ impl<'a> Replay<'a> {
         views: &[Arc<FeatureView>],
         options: ReplayOptions<'a>,
     ) -> Result<Self> {
-        let raw = RawStore::open(store_dir)?;
-        let offline = OfflineStore::open(store_dir)?;
+        let raw = SegmentStore::open(store_dir, Table::Raw)?;
+        let offline = SegmentStore::open(store_dir, Table::FeatureLog)?;
         let mut by_partition: BTreeMap<i32, VecDeque<SegmentFile>> = BTreeMap::new();
         let mut total = 0u64;
         for segment in raw.segments(&source.name)? {
@@ -254,20 +242,18 @@ impl<'a> Replay<'a> {
             INGEST_TIME_COLUMN.to_string(),
             source.event_time.clone(),
         ];
-        if let Some(id) = &source.id {
-            columns.push(id.clone());
-        }
         let mut jobs = Vec::with_capacity(views.len());
         for view in views {
-            for c in std::iter::once(&view.entity)
-                .chain(view.aggregations.iter().filter_map(|a| a.column.as_ref()))
-            {
-                if !columns.contains(c) {
-                    columns.push(c.clone());
+            let bound = ViewPlan::new(Arc::clone(view)).bind(&source)?;
+            for c in bound.columns() {
+                if !columns.iter().any(|x| x == c) {
+                    columns.push(c.to_string());
                 }
             }
             let mut logs = BTreeMap::new();
+            let mut versions = false;
             if options.logged_clocks {
+                versions = log_crosses_partitions(&handle, &offline, &view.name)?;
                 for segment in offline.segments(&view.name)? {
                     logs.entry(segment.id.partition)
                         .or_insert_with(|| LogCursor {
@@ -278,17 +264,10 @@ impl<'a> Replay<'a> {
                         .push_back(segment);
                 }
             }
-            let index = |name: &str| columns.iter().position(|c| c == name).unwrap_or(0);
             jobs.push(ViewJob {
-                plan: ViewPlan::new(Arc::clone(view)),
-                entity: index(&view.entity),
-                inputs: view
-                    .aggregations
-                    .iter()
-                    .map(|a| a.column.as_deref().map(index))
-                    .collect(),
-                log_schema: log_schema(view, &source),
+                view: bound,
                 entities: HashMap::new(),
+                versions,
                 logs,
                 late: 0,
             });
@@ -300,6 +279,7 @@ impl<'a> Replay<'a> {
                 segments,
                 loaded: None,
                 busy: false,
+                seal: 0,
             })
             .collect();
         Ok(Self {
@@ -370,7 +350,7 @@ impl<'a> Replay<'a> {
         for v in &self.views {
             self.report
                 .entities
-                .insert(v.plan.view().name.clone(), v.entities.len());
+                .insert(v.view.view().name.clone(), v.entities.len());
         }
         (self.progress)(Progress {
             label: self.label(),
@@ -382,12 +362,16 @@ impl<'a> Replay<'a> {
     }
 
     /// The final shards of every entity of each view (for `--materialize`).
-    pub fn into_states(self) -> Vec<(Arc<FeatureView>, EntityShards)> {
+    pub fn into_states(self) -> Vec<(Arc<FeatureView>, FinalShards)> {
         self.views
             .into_iter()
             .map(|v| {
-                let view = Arc::clone(v.plan.view());
-                let states = v.entities.into_iter().map(|(k, e)| (k, e.shards)).collect();
+                let view = Arc::clone(v.view.view());
+                let states = v
+                    .entities
+                    .into_iter()
+                    .map(|(k, e)| (k, e.iter().map(|(p, s)| (p, s.clone())).collect()))
+                    .collect();
                 (view, states)
             })
             .collect()
@@ -397,7 +381,7 @@ impl<'a> Replay<'a> {
         let names: Vec<&str> = self
             .views
             .iter()
-            .map(|v| v.plan.view().name.as_str())
+            .map(|v| v.view.view().name.as_str())
             .collect();
         names.join(",")
     }
@@ -439,7 +423,7 @@ impl<'a> Replay<'a> {
                 .views
                 .iter()
                 .map(|v| {
-                    LogBuilder::new(v.plan.view().aggregations.len(), self.source.id.is_some())
+                    LogBuilder::new(v.view.view().aggregations.len(), self.source.id.is_some())
                 })
                 .collect();
             self.report.segments += 1;
@@ -470,13 +454,13 @@ impl<'a> Replay<'a> {
         };
         let partition = self.cursors[i].partition;
         // Logged clocks of this event, per view (None: no log row).
-        let mut clocks: Vec<Option<BTreeMap<i32, i64>>> = Vec::with_capacity(self.views.len());
+        let mut clocks: Vec<Option<Clock>> = Vec::with_capacity(self.views.len());
         for v in 0..self.views.len() {
             let clock = self.logged_clock(v, partition, offset)?;
             clocks.push(clock);
         }
         // Dependencies: every partition a clock names must have passed its offset.
-        let mut deps: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut deps: Clock = BTreeMap::new();
         for clock in clocks.iter().flatten() {
             for (&q, &o) in clock {
                 if q != partition {
@@ -501,12 +485,7 @@ impl<'a> Replay<'a> {
         self.advance(i)
     }
 
-    fn logged_clock(
-        &mut self,
-        v: usize,
-        partition: i32,
-        offset: i64,
-    ) -> Result<Option<BTreeMap<i32, i64>>> {
+    fn logged_clock(&mut self, v: usize, partition: i32, offset: i64) -> Result<Option<Clock>> {
         let ctx = self.ctx.clone();
         let handle = self.handle.clone();
         let Some(cursor) = self.views[v].logs.get_mut(&partition) else {
@@ -542,109 +521,61 @@ impl<'a> Replay<'a> {
     }
 
     /// Applies the head event of cursor `i` to every view and records its rows.
-    fn apply_head(&mut self, i: usize, clocks: &[Option<BTreeMap<i32, i64>>]) -> Result<()> {
+    fn apply_head(&mut self, i: usize, clocks: &[Option<Clock>]) -> Result<()> {
         let partition = self.cursors[i].partition;
+        let seal = self.cursors[i].seal;
         let Some(loaded) = self.cursors[i].loaded.as_mut() else {
             return Ok(());
         };
         let row = loaded.row;
         let offset = loaded.offsets.value(row);
         let time = loaded.times.value(row);
-        let column = |c: usize| Column::new(loaded.batch.column(c).as_ref());
-        // The id is projected right after the three fixed columns.
-        let id = self.source.id.as_ref().map(|_| column(3).value(row));
+        let mut inputs = Vec::new();
         for (v, job) in self.views.iter_mut().enumerate() {
-            let key = column(job.entity).key(row);
-            let inputs: Vec<Value> = job
-                .inputs
-                .iter()
-                .map(|c| c.map_or(Value::Null, |c| column(c).value(row)))
-                .collect();
-            let ent = match job.entities.get_mut(key.as_str()) {
+            let rows = job.view.rows(&loaded.batch)?;
+            let key = rows.entity(row);
+            rows.inputs(row, &mut inputs);
+            let entity = match job.entities.get_mut(key.as_str()) {
                 Some(e) => e,
-                None => job.entities.entry(key.clone()).or_insert_with(|| EntityRt {
-                    shards: Vec::new(),
-                    cache: ReadCache::default(),
-                    cache_set: Vec::new(),
-                }),
+                None => job.entities.entry(key.clone()).or_default(),
             };
-            let at = match ent.shards.binary_search_by_key(&partition, |(p, _)| *p) {
-                Ok(at) => at,
-                Err(at) => {
-                    ent.shards.insert(
-                        at,
-                        (
-                            partition,
-                            Shard {
-                                applied_offset: -1,
-                                state: job.plan.new_state(),
-                            },
-                        ),
-                    );
-                    at
-                }
-            };
-            let shard = &mut ent.shards[at].1;
-            let outcome = job.plan.apply(
-                &mut shard.state,
-                time,
-                (partition, offset),
+            let plan = job.view.plan();
+            let seal = if job.versions { seal } else { 0 };
+            let outcome = entity.apply_sealed(
+                plan,
+                partition,
+                (offset, time),
                 &inputs,
                 &mut self.scratch,
+                seal,
             );
-            shard.applied_offset = offset;
-            ent.cache.invalidate(time);
-            if outcome == Applied::Late {
+            let late = outcome == Some(Applied::Late);
+            if late {
                 job.late += 1;
             }
             if !loaded.selected {
                 continue;
             }
             // The clock: as logged (exact reproduction), else the other shards as they are.
-            let live: BTreeMap<i32, i64> = ent
-                .shards
-                .iter()
-                .filter(|(p, _)| *p != partition)
-                .map(|(p, s)| (*p, s.applied_offset))
-                .collect();
             let clock = match &clocks[v] {
                 Some(logged) => {
-                    if logged
-                        .iter()
-                        .any(|(p, o)| live.get(p).copied().unwrap_or(-1) != *o)
-                    {
+                    if !entity.meets(partition, logged) {
                         self.report.clock_divergences += 1;
                     }
                     logged.clone()
                 }
-                None => live,
+                None => entity.clock(partition),
             };
-            let set: Vec<i32> = ent
-                .shards
-                .iter()
-                .map(|(p, _)| *p)
-                .filter(|p| *p == partition || clock.contains_key(p))
-                .collect();
-            if set != ent.cache_set {
-                ent.cache = ReadCache::default();
-                ent.cache_set.clone_from(&set);
-            }
-            let states: Vec<&EntityState> = ent
-                .shards
-                .iter()
-                .filter(|(p, _)| set.contains(p))
-                .map(|(_, s)| &s.state)
-                .collect();
-            let (as_of, values) = job.plan.vector_as_of(&states, time, &mut ent.cache);
+            let (as_of, values) = entity.vector_as_of(plan, partition, time, Some(&clock));
             loaded.outputs[v].push(
                 LogRow {
                     entity: &key,
-                    id: id.as_ref(),
+                    id: rows.id(row).as_ref(),
                     time,
                     partition,
                     offset,
                     as_of,
-                    late: outcome == Applied::Late,
+                    late,
                     clock: &clock_json(&clock),
                 },
                 values,
@@ -674,10 +605,11 @@ impl<'a> Replay<'a> {
             None => false,
         };
         if done && let Some(l) = self.cursors[i].loaded.take() {
+            self.cursors[i].seal += 1;
             if l.selected {
                 for (job, out) in self.views.iter().zip(l.outputs) {
-                    let rows = out.finish(&job.log_schema)?;
-                    self.sink.segment(job.plan.view(), &l.segment, rows)?;
+                    let rows = out.finish(job.view.log_schema())?;
+                    self.sink.segment(job.view.view(), &l.segment, rows)?;
                 }
             }
             self.ensure_loaded(i)?;
@@ -725,6 +657,30 @@ pub(crate) fn read_segment(
     Ok(concat_batches(&schema, &batches)?)
 }
 
+/// Whether any row of a view's feature log merged another partition's shard (a clock that is
+/// not empty).
+fn log_crosses_partitions(handle: &Handle, log: &SegmentStore, view: &str) -> Result<bool> {
+    let dir = log.stream_dir(view);
+    if log.segments(view)?.is_empty() {
+        return Ok(false);
+    }
+    let path = format!("{}/", dir.display());
+    let found = handle.block_on(async move {
+        let ctx = crate::session();
+        ctx.register_parquet("log", &path, ParquetReadOptions::default())
+            .await?;
+        let rows = ctx
+            .sql(&format!(
+                "SELECT 1 FROM log WHERE {CLOCK_COLUMN} <> '{{}}' LIMIT 1"
+            ))
+            .await?
+            .collect()
+            .await?;
+        Ok::<_, datafusion::error::DataFusionError>(rows.iter().any(|b| b.num_rows() > 0))
+    })?;
+    Ok(found)
+}
+
 /// The raw segments of `source` holding at least one event with an event time in `range`
 /// (read with DataFusion, event-time column only), by path.
 pub fn segments_in_range(
@@ -733,7 +689,7 @@ pub fn segments_in_range(
     source: &SourceSchema,
     range: TimeRange,
 ) -> Result<HashSet<PathBuf>> {
-    let raw = RawStore::open(store_dir)?;
+    let raw = SegmentStore::open(store_dir, Table::Raw)?;
     let ctx = crate::session();
     let mut out = HashSet::new();
     for segment in raw.segments(&source.name)? {

@@ -13,7 +13,7 @@ use quiver_core::schema::OFFSET_COLUMN;
 use quiver_core::{Catalog, Config};
 use quiver_features::log::{Column, EVENT_TIME_COLUMN, values_agree};
 use quiver_features::{FeatureView, ViewCatalog};
-use quiver_store::{OfflineStore, SegmentFile};
+use quiver_store::{SegmentFile, SegmentStore, Table};
 use tokio::runtime::Handle;
 
 use crate::replay::{
@@ -244,7 +244,7 @@ pub fn verify(
     range: TimeRange,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<VerifyReport> {
-    let offline = OfflineStore::open(&config.store.dir)?;
+    let offline = SegmentStore::open(&config.store.dir, Table::FeatureLog)?;
     let mut jobs = Vec::new();
     for (source, source_views) in views_by_source(catalog, views, names)? {
         let selected = segments_in_range(&handle, &config.store.dir, &source, range)?;

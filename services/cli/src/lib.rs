@@ -33,10 +33,12 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole pipeline locally with demo data: stack up, ingest, API, scorer, demo
-    /// producer, and a first model trained and promoted after a warm-up.
+    /// Run the whole pipeline locally with demo data: stack up, the streaming worker, the API,
+    /// the demo producer, and a first model trained and promoted after a warm-up.
     Up(UpArgs),
-    /// Consume the declared sources: raw store, online features (Redis), feature log (Parquet).
+    /// The streaming worker: consume the declared sources into the raw store, the online
+    /// features (Redis) and the feature log (Parquet), and score each event with the deployed
+    /// model to the predictions topic.
     Ingest,
     /// Serve online features over HTTP (`api.listen`).
     Serve,
@@ -61,8 +63,6 @@ pub enum Command {
     /// The model registry: list, show, promote, rollback, canary, shadow.
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Score events with the production model (and canary / shadow) to the predictions topic.
-    Score,
     /// Demo data.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -186,7 +186,7 @@ pub enum ModelsCommand {
         /// Model id.
         id: String,
     },
-    /// Make a model production (running scorers switch within `score.reload_interval_ms`).
+    /// Make a model production (running workers switch within `score.reload_interval_ms`).
     Promote {
         /// Model id.
         id: String,
@@ -318,7 +318,6 @@ pub fn run(cli: Cli, ctx: Context) -> anyhow::Result<()> {
             Command::Dataset(DatasetCommand::Build(args)) => batch::dataset(&ctx, args).await,
             Command::Train(args) => models::train(&ctx, args),
             Command::Models(cmd) => models::models(&ctx, cmd),
-            Command::Score => commands::score(&ctx).await,
             Command::Demo(DemoCommand::Produce(args)) => commands::produce(&ctx, args).await,
             Command::Stack(cmd) => commands::stack(&ctx, cmd).await,
             Command::Config(ConfigCommand::Show) => {

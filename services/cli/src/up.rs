@@ -1,7 +1,7 @@
 //! `quiver up`: the whole local pipeline with demo data, narrated.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -9,8 +9,7 @@ use quiver_ingest::{IngestStats, Shutdown};
 use quiver_telemetry::Health;
 
 use crate::commands::{
-    produce_options, progress_line, spawn_ingest, spawn_score, start_admin, stop_on_signal,
-    stopped, topic_line,
+    produce_options, progress_line, spawn_ingest, start_admin, stop_on_signal, stopped, topic_line,
 };
 use crate::{Context, UpArgs};
 
@@ -21,15 +20,16 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1_048_576.0
 }
 
-fn score_line(s: &quiver_score::ScoreStats, since: Instant, model: &str) -> String {
+fn score_line(s: &IngestStats, since: Instant, model: &str) -> String {
     let predictions = s.predictions.load(Ordering::Relaxed);
     let latency = s
         .latency_percentiles()
         .map(|(p50, p99)| format!(", latency p50 {:.1} ms p99 {:.1} ms", p50 * 1e3, p99 * 1e3))
         .unwrap_or_default();
     format!(
-        "{predictions} predictions ({:.0}/s){latency}, model {model}",
-        predictions as f64 / since.elapsed().as_secs_f64().max(0.001)
+        "{predictions} predictions ({:.0}/s){latency}, {} events before a model, model {model}",
+        predictions as f64 / since.elapsed().as_secs_f64().max(0.001),
+        s.unscored.load(Ordering::Relaxed)
     )
 }
 
@@ -61,13 +61,84 @@ fn ingest_line(s: &IngestStats, since: Instant) -> String {
     )
 }
 
+/// Runs the demo producer on a blocking thread, printing a status line every second.
+async fn demo(
+    ctx: &Context,
+    options: quiver_demo::ProduceOptions,
+    shutdown: Shutdown,
+    stats: Arc<IngestStats>,
+    started: Instant,
+    model: Arc<std::sync::Mutex<String>>,
+) -> anyhow::Result<quiver_demo::ProduceReport> {
+    let (config, catalog) = (ctx.config.clone(), ctx.catalog.clone());
+    let report = tokio::task::spawn_blocking(move || {
+        quiver_demo::produce(
+            &config,
+            &catalog,
+            &options,
+            &|| shutdown.is_triggered(),
+            &mut |p| {
+                let current = model.lock().map(|m| m.clone()).unwrap_or_default();
+                println!(
+                    "      produced {} | ingested {} | {}",
+                    progress_line(p),
+                    ingest_line(&stats, started),
+                    score_line(&stats, started, &current)
+                );
+            },
+        )
+    })
+    .await
+    .context("producer thread panicked")??;
+    Ok(report)
+}
+
+/// Waits until the worker wrote `total` events (valid or dead letters), at most a minute.
+async fn ingested(stats: &IngestStats, total: u64, shutdown: &Shutdown) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !shutdown.is_triggered() && Instant::now() < deadline {
+        let done =
+            stats.events.load(Ordering::Relaxed) + stats.dead_letters.load(Ordering::Relaxed);
+        if done >= total {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Trains and promotes the first model from the labels gathered, retrying (10 s apart) while
+/// they are too few; the model's description, or `None`.
+async fn train_first_model(ctx: &Context, shutdown: &Shutdown) -> Option<String> {
+    for _ in 0..FIRST_MODEL_ATTEMPTS {
+        if shutdown.is_triggered() {
+            return None;
+        }
+        let (c, handle) = (ctx.clone(), tokio::runtime::Handle::current());
+        match tokio::task::spawn_blocking(move || first_model(&c, handle)).await {
+            Ok(Ok((id, auc))) => {
+                println!(
+                    "      model: trained and promoted {id} (test ROC AUC {auc:.4}); every event from now on is scored"
+                );
+                return Some(format!("{id} (AUC {auc:.3})"));
+            }
+            Ok(Err(e)) => println!("      model: not yet ({e:#}); retrying in 10 s"),
+            Err(e) => println!("      model: training panicked ({e}); retrying in 10 s"),
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    println!(
+        "      model: none trained; train one with `quiver dataset build` + `quiver train --promote`"
+    );
+    None
+}
+
 pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     let config = &ctx.config;
     let shutdown = Shutdown::default();
     stop_on_signal(shutdown.clone());
 
     println!(
-        "[1/3] local stack: tansu on {}, redis at {}",
+        "[1/4] local stack: tansu on {}, redis at {}",
         config.first_broker(),
         config.redis.url
     );
@@ -81,15 +152,16 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let ingest = spawn_ingest(ctx, shutdown.clone(), health, stats.clone());
     println!(
-        "[2/3] ingest: group `{}` → raw store {}, features → Redis + {}{}",
+        "[2/4] worker: group `{}` → raw store {}, features → Redis + {}, predictions → topic {} + {}{}",
         config.ingest.group_id,
         config.store.dir.join("raw").display(),
         config.store.dir.join("offline").display(),
+        config.kafka.topic(&config.score.predictions_topic),
+        config.store.dir.join("scores").display(),
         admin
             .map(|a| format!(", metrics at http://{a}/metrics"))
             .unwrap_or_default()
     );
-
     let api = {
         let (config, views, shutdown) = (config.clone(), ctx.views.clone(), shutdown.clone());
         tokio::spawn(async move { quiver_serve::serve(&config, &views, stopped(shutdown)).await })
@@ -105,131 +177,101 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
             .join(", ")
     );
 
-    let scored = Arc::new(quiver_score::ScoreStats::default());
-    let stop_scorer = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let scorer = spawn_score(ctx, stop_scorer.clone(), scored.clone());
+    // Warm-up: the first transactions and their labels, then a first model trained on them.
+    let live = produce_options(&args.demo);
+    let warmup = (live.rate.max(1) * args.warmup_secs).max(1);
+    let history = if live.count == 0 {
+        warmup
+    } else {
+        warmup.min(live.count)
+    };
     println!(
-        "      scorer: group `{}` → topic {} + score store {} (waits for a first model)",
-        config.score.group_id,
-        config.kafka.topic(&config.score.predictions_topic),
-        config.store.dir.join("scores").display()
+        "[3/4] warm-up: {history} transactions at {}/s (seed {}) and their labels ({} s later), then a first model",
+        live.rate,
+        live.seed,
+        live.label_delay.as_secs_f64()
     );
-    // After a warm-up, the first model: training set from the labels so far, trained, promoted.
     let model = Arc::new(std::sync::Mutex::new(String::from("none yet")));
-    let trainer = {
-        let (ctx, model, shutdown) = (ctx.clone(), model.clone(), shutdown.clone());
-        let warmup = Duration::from_secs(args.warmup_secs);
-        tokio::spawn(async move {
-            tokio::time::sleep(warmup).await;
-            // Retried while labels are too few (e.g. no fraud yet); bounded so that
-            // `--exit-when-done` always ends.
-            for _ in 0..FIRST_MODEL_ATTEMPTS {
-                if shutdown.is_triggered() {
-                    return;
-                }
-                let (c, handle) = (ctx.clone(), tokio::runtime::Handle::current());
-                match tokio::task::spawn_blocking(move || first_model(&c, handle)).await {
-                    Ok(Ok((id, auc))) => {
-                        println!(
-                            "      model: trained and promoted {id} (test ROC AUC {auc:.4}); scoring live"
-                        );
-                        if let Ok(mut m) = model.lock() {
-                            *m = format!("{id} (AUC {auc:.3})");
-                        }
-                        return;
-                    }
-                    Ok(Err(e)) => println!("      model: not yet ({e:#}); retrying in 10 s"),
-                    Err(e) => println!("      model: training panicked ({e}); retrying in 10 s"),
-                }
-                tokio::time::sleep(Duration::from_secs(10)).await;
-            }
-            println!(
-                "      model: none trained; train one with `quiver dataset build` + `quiver train --promote`"
-            );
-        })
+    let warm = quiver_demo::ProduceOptions {
+        count: history,
+        ..live.clone()
     };
+    let mut produced = demo(
+        ctx,
+        warm,
+        shutdown.clone(),
+        stats.clone(),
+        started,
+        model.clone(),
+    )
+    .await
+    .inspect_err(|_| shutdown.trigger())?
+    .progress;
+    ingested(&stats, produced.transactions + produced.labels, &shutdown).await;
+    if let Some(m) = train_first_model(ctx, &shutdown).await
+        && let Ok(mut current) = model.lock()
+    {
+        *current = m;
+    }
+    // The model is picked up within score.reload_interval_ms.
+    tokio::time::sleep(Duration::from_millis(2 * config.score.reload_interval_ms)).await;
 
-    let options = produce_options(&args.demo);
-    println!(
-        "[3/3] demo producer: {} transactions at {}/s (seed {}), labels {} s later, {:.1}% malformed",
-        if options.count == 0 {
-            "unbounded".to_string()
-        } else {
-            options.count.to_string()
-        },
-        options.rate,
-        options.seed,
-        options.label_delay.as_secs_f64(),
-        options.malformed_ratio * 100.0
-    );
-    let produced = Arc::new(AtomicU64::new(0));
-    let producer = {
-        let config = config.clone();
-        let catalog = ctx.catalog.clone();
-        let shutdown = shutdown.clone();
-        let produced = produced.clone();
-        let stats = stats.clone();
-        let (scored, model) = (scored.clone(), model.clone());
-        tokio::task::spawn_blocking(move || {
-            quiver_demo::produce(
-                &config,
-                &catalog,
-                &options,
-                &|| shutdown.is_triggered(),
-                &mut |p| {
-                    produced.store(p.transactions + p.labels, Ordering::Relaxed);
-                    let current = model.lock().map(|m| m.clone()).unwrap_or_default();
-                    println!(
-                        "      produced {} | ingested {} | {}",
-                        progress_line(p),
-                        ingest_line(&stats, started),
-                        score_line(&scored, started, &current)
-                    );
-                },
-            )
-        })
+    // Live: the rest of the demo, each transaction scored as it is ingested.
+    let rest = if live.count == 0 {
+        0
+    } else {
+        live.count.saturating_sub(history)
     };
-    let report = producer.await.context("producer thread panicked")?;
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => {
-            shutdown.trigger();
-            let _ = ingest.await;
-            return Err(e.into());
-        }
-    };
-
-    // Wait for ingest to catch up with everything produced.
-    let total = report.progress.transactions + report.progress.labels;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !shutdown.is_triggered() && Instant::now() < deadline {
-        let done =
-            stats.events.load(Ordering::Relaxed) + stats.dead_letters.load(Ordering::Relaxed);
-        if done >= total {
+    if (rest > 0 || live.count == 0) && !shutdown.is_triggered() {
+        println!(
+            "[4/4] live: {} transactions at {}/s, {:.1}% malformed, each scored with the vector computed for it",
+            if rest == 0 {
+                "unbounded".to_string()
+            } else {
+                rest.to_string()
+            },
+            live.rate,
+            live.malformed_ratio * 100.0
+        );
+        let options = quiver_demo::ProduceOptions {
+            count: rest,
+            seed: live.seed.wrapping_add(1),
+            ..live
+        };
+        let report = demo(
+            ctx,
+            options,
+            shutdown.clone(),
+            stats.clone(),
+            started,
+            model.clone(),
+        )
+        .await
+        .inspect_err(|_| shutdown.trigger())?
+        .progress;
+        produced.transactions += report.transactions;
+        produced.labels += report.labels;
+    }
+    let total = produced.transactions + produced.labels;
+    ingested(&stats, total, &shutdown).await;
+    // And for the predictions of everything scored to be acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (u64::MAX, Instant::now());
+    while !shutdown.is_triggered() && Instant::now() < deadline && !ingest.is_finished() {
+        let now =
+            stats.predictions.load(Ordering::Relaxed) + stats.unscored.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() >= Duration::from_secs(1) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if ingest.is_finished() {
-            break;
-        }
-    }
-    // And for the scorer (once the first model exists) to catch up.
-    let _ = trainer.await;
-    let scoreable = report.progress.transactions;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !shutdown.is_triggered() && Instant::now() < deadline {
-        let done =
-            scored.predictions.load(Ordering::Relaxed) + scored.malformed.load(Ordering::Relaxed);
-        if done >= scoreable || scorer.is_finished() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let current = model.lock().map(|m| m.clone()).unwrap_or_default();
     println!(
         "done: produced {total} events; {}; {}",
         ingest_line(&stats, started),
-        score_line(&scored, started, &current)
+        score_line(&stats, started, &current)
     );
     println!(
         "      predictions: topic {} (JSON per transaction); `quiver sql \"SELECT decision, count(*) FROM scores GROUP BY 1\"`; `quiver models list`",
@@ -252,10 +294,8 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
         shutdown.trigger();
     }
     stopped(shutdown.clone()).await;
-    stop_scorer.store(true, Ordering::Relaxed);
-    let result = ingest.await.context("ingest thread panicked")?;
+    let result = ingest.await.context("worker thread panicked")?;
     result?;
-    scorer.await.context("scorer thread panicked")??;
     api.await.context("API task panicked")??;
     println!("stopped: {}", ingest_line(&stats, started));
     Ok(())

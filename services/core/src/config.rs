@@ -34,9 +34,9 @@ pub struct Config {
     pub store: StoreConfig,
     /// Where schemas live.
     pub schemas: SchemasConfig,
-    /// The ingest service.
+    /// The streaming worker.
     pub ingest: IngestConfig,
-    /// `[score]`.
+    /// Scoring in the streaming worker.
     pub score: ScoreConfig,
     /// The HTTP API.
     pub api: ApiConfig,
@@ -84,6 +84,8 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Start-up connection timeout.
     pub connect_timeout_ms: u64,
+    /// How long a command may wait for its reply.
+    pub command_timeout_ms: u64,
 }
 
 /// `[store]`.
@@ -122,28 +124,22 @@ pub struct IngestConfig {
     pub max_event_bytes: usize,
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`); empty disables it.
     pub admin_listen: String,
+    /// Entities kept in memory per view.
+    pub state_cache_entities: usize,
 }
 
-/// `[score]`.
+/// `[score]`: scoring in the streaming worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreConfig {
-    /// Consumer group of the scoring worker.
-    pub group_id: String,
     /// Sources to score (empty: every source with a feature view).
     pub sources: Vec<String>,
     /// Predictions topic (logical name; the topic prefix applies).
     pub predictions_topic: String,
     /// Registry poll period.
     pub reload_interval_ms: u64,
-    /// Offset commit period.
-    pub commit_interval_ms: u64,
-    /// How long an event id's prediction is remembered (replays re-emit it).
-    pub dedup_ttl_s: u64,
-    /// How long to wait for ingest when the scorer cannot assemble a vector itself.
-    pub wait_for_ingest_ms: u64,
-    /// Admin listener; empty disables it.
-    pub admin_listen: String,
+    /// How long an uncommitted claim survives.
+    pub claim_ttl_s: u64,
 }
 
 /// `[api]`.
@@ -293,8 +289,12 @@ impl Config {
             ("ingest.segment_max_age_ms", self.ingest.segment_max_age_ms),
             ("ingest.commit_interval_ms", self.ingest.commit_interval_ms),
             ("score.reload_interval_ms", self.score.reload_interval_ms),
-            ("score.commit_interval_ms", self.score.commit_interval_ms),
-            ("score.dedup_ttl_s", self.score.dedup_ttl_s),
+            ("score.claim_ttl_s", self.score.claim_ttl_s),
+            (
+                "ingest.state_cache_entities",
+                self.ingest.state_cache_entities as u64,
+            ),
+            ("redis.command_timeout_ms", self.redis.command_timeout_ms),
             ("ingest.max_event_bytes", self.ingest.max_event_bytes as u64),
             ("kafka.connect_timeout_ms", self.kafka.connect_timeout_ms),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
@@ -311,11 +311,8 @@ impl Config {
             );
         }
         check_listen("api.listen", &self.api.listen, &mut errors);
-        if !self.score.admin_listen.is_empty() {
-            check_listen("score.admin_listen", &self.score.admin_listen, &mut errors);
-        }
-        if self.score.group_id.trim().is_empty() || self.score.predictions_topic.trim().is_empty() {
-            errors.push("score.group_id, score.predictions_topic: must not be empty".to_string());
+        if self.score.predictions_topic.trim().is_empty() {
+            errors.push("score.predictions_topic: must not be empty".to_string());
         }
         if !matches!(self.telemetry.log_format.as_str(), "pretty" | "json") {
             errors.push(format!(
@@ -334,6 +331,19 @@ impl Config {
     /// The first broker's `host:port`.
     pub fn first_broker(&self) -> &str {
         self.kafka.brokers.split(',').next().unwrap_or("").trim()
+    }
+}
+
+/// A URL fit for logs and error messages: credentials (`user:password@`) are replaced by
+/// `***@`.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
     }
 }
 
@@ -677,5 +687,19 @@ mod tests {
             config.kafka.dlq_topic("transactions"),
             "staging.transactions.dlq"
         );
+    }
+
+    #[test]
+    fn credentials_never_reach_a_message() {
+        assert_eq!(
+            redacted_url("redis://user:s3cret@10.0.0.1:6379/2"),
+            "redis://***@10.0.0.1:6379/2"
+        );
+        assert_eq!(redacted_url("rediss://:pw@host"), "rediss://***@host");
+        assert_eq!(
+            redacted_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redacted_url("redis://h/a@b"), "redis://h/a@b");
     }
 }

@@ -29,3 +29,24 @@ pub enum Error {
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
 }
+
+/// Whether an operation that failed may succeed if retried: the classification every Quiver
+/// error carries, so callers back off on what can heal (a broker or Redis that comes back) and
+/// stop with a clear message on what cannot (a schema mismatch, corrupt data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A dependency is unavailable or busy: retry with backoff.
+    Transient,
+    /// Retrying the same input cannot succeed.
+    Permanent,
+}
+
+impl Error {
+    /// How to treat this error: loading and decoding problems are permanent, except file reads.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Io { .. } => Retry::Transient,
+            Error::Config(_) | Error::Schema(_) | Error::Arrow(_) => Retry::Permanent,
+        }
+    }
+}

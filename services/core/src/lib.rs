@@ -12,5 +12,5 @@ pub mod schema;
 
 pub use config::Config;
 pub use decode::{DecodeOutcome, EventDecoder, RejectReason, Rejection};
-pub use error::{Error, Result};
+pub use error::{Error, Result, Retry};
 pub use schema::{Catalog, FieldType, SourceSchema};

@@ -10,19 +10,29 @@
 //!   against the source schemas;
 //! - [`partial`]: per-operation partial aggregates (`count`, `sum`, `mean`, `min`, `max`, `last`,
 //!   `distinct_count` via [`hll`], `stddev`);
-//! - [`state`]: one entity's tiles, [`state::EntityState::apply`] and
-//!   [`state::EntityState::read`].
+//! - [`state`]: one entity's tiles, [`state::ViewPlan::apply`] and [`state::ViewPlan::read`];
+//! - [`shards`]: an entity's state split per source partition, and the one vector-as-of-an-event
+//!   ([`shards::EntityShards::vector_as_of`]) the streaming worker, the batch replay and the API
+//!   all compute through;
+//! - [`bind`]: a view bound to its source's columns ([`bind::BoundView`]);
+//! - [`log`]: the feature log's Arrow layout.
 
+pub mod bind;
 pub mod definition;
 pub mod duration;
 pub mod hll;
 pub mod log;
+pub mod order;
 pub mod partial;
+pub mod shards;
 pub mod state;
 pub mod value;
 
+pub use bind::{BoundRows, BoundView};
 pub use definition::{Aggregation, FeatureView, Op, ViewCatalog, Window};
-pub use state::{Applied, EntityState, ReadCache, Seq, ViewPlan};
+pub use order::{Clock, Seq};
+pub use shards::{EntityShards, Shard};
+pub use state::{Applied, EntityState, ReadCache, ViewPlan};
 pub use value::Value;
 
 /// Result alias used across `quiver-features`.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::definition::Op;
 use crate::hll::{self, Hll};
-use crate::state::Seq;
+use crate::order::Seq;
 use crate::value::Value;
 
 /// The latest value seen, with what orders it: event time, then arrival order.

@@ -18,11 +18,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::definition::{FeatureView, Op, Window};
+use crate::order::Seq;
 use crate::partial::Partial;
 use crate::value::Value;
-
-/// Arrival order of an event: (partition, offset).
-pub type Seq = (i32, i64);
 
 /// Where an aggregation's partial lives.
 #[derive(Debug, Clone, Copy)]
@@ -304,49 +302,9 @@ impl ViewPlan {
             .collect()
     }
 
-    /// The vector as of an event: the entity's `shards` (in partition order, the event's own
-    /// shard among them) read at their greatest event time (`fallback` if none has one).
-    /// Returns the read time and the values. The streaming feature log, the backfill and
-    /// `quiver verify` all compute rows through this one call.
-    pub fn vector_as_of(
-        &self,
-        shards: &[&EntityState],
-        fallback: i64,
-        cache: &mut ReadCache,
-    ) -> (i64, Vec<Value>) {
-        let as_of = Self::event_time_max(shards).unwrap_or(fallback);
-        (as_of, self.read_shards_cached(shards, as_of, cache))
-    }
-
     /// The greatest event time over shards.
     pub fn event_time_max(shards: &[&EntityState]) -> Option<i64> {
         shards.iter().filter_map(|s| s.event_time_max).max()
-    }
-
-    /// Merges `other` (another partition's shard of the same entity) into `state`. Shards are
-    /// merged in partition order, so the result does not depend on who reads.
-    pub fn merge(&self, state: &mut EntityState, other: &EntityState) {
-        state.event_time_max = match (state.event_time_max, other.event_time_max) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        state.events += other.events;
-        for (mine, theirs) in state.lifetime.iter_mut().zip(&other.lifetime) {
-            mine.merge(theirs);
-        }
-        for (g, tiles) in other.tiles.iter().enumerate() {
-            let Some(group) = self.groups.get(g) else {
-                continue;
-            };
-            for (start, partials) in tiles {
-                let mine = state.tiles[g]
-                    .entry(*start)
-                    .or_insert_with(|| group.ops.iter().map(|op| Partial::new(*op)).collect());
-                for (m, t) in mine.iter_mut().zip(partials) {
-                    m.merge(t);
-                }
-            }
-        }
     }
 
     /// Whether a state was built by this plan (same aggregations and groups); a state written
@@ -434,7 +392,7 @@ mod tests {
             .collect();
         let mut scratch = Vec::new();
         let mut whole = p.new_state();
-        let mut shards = vec![p.new_state(), p.new_state(), p.new_state()];
+        let mut shards = [p.new_state(), p.new_state(), p.new_state()];
         for (i, (time, partition, input)) in events.iter().enumerate() {
             p.apply(
                 &mut whole,
@@ -451,16 +409,11 @@ mod tests {
                 &mut scratch,
             );
         }
-        let mut merged = p.new_state();
-        for shard in &shards {
-            p.merge(&mut merged, shard);
-        }
         let t = base + 5 * HOUR_US;
-        assert_eq!(p.read(&merged, t), p.read(&whole, t));
         let refs: Vec<&EntityState> = shards.iter().collect();
         assert_eq!(p.read_shards(&refs, t), p.read(&whole, t));
         assert_eq!(ViewPlan::event_time_max(&refs), whole.event_time_max);
-        assert!(p.fits(&merged));
+        assert!(p.fits(&shards[0]));
     }
 
     #[test]

@@ -1,46 +1,65 @@
-//! Internal events: each logs and counts in one place, with the names from
-//! `quiver_telemetry::names`.
+//! Internal events: each one logs and counts in one place, with the names from
+//! `quiver_telemetry::names`. Nothing else in the worker touches a metric.
+#![allow(clippy::disallowed_macros)]
 
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
+use quiver_core::Retry;
 use quiver_telemetry::names;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-pub(crate) fn segment_written(
-    source: &str,
-    partition: i32,
-    first: i64,
-    last: i64,
-    rows: usize,
-    bytes: u64,
-    took: Duration,
-) {
-    counter!(names::INGEST_EVENTS, "source" => source.to_string()).increment(rows as u64);
-    counter!(names::INGEST_BYTES, "source" => source.to_string()).increment(bytes);
-    counter!(names::INGEST_SEGMENTS, "source" => source.to_string()).increment(1);
-    histogram!(names::INGEST_FLUSH_SECONDS, "source" => source.to_string())
-        .record(took.as_secs_f64());
+use crate::prediction::Variant;
+
+/// One durable flush of a partition finished.
+pub(crate) struct Flushed<'a> {
+    pub(crate) source: &'a str,
+    pub(crate) partition: i32,
+    pub(crate) first: i64,
+    pub(crate) last: i64,
+    pub(crate) raw_rows: usize,
+    pub(crate) raw_bytes: u64,
+    pub(crate) raw_segments: usize,
+    pub(crate) took: Duration,
+}
+
+pub(crate) fn flushed(f: &Flushed<'_>) {
+    let source = f.source.to_string();
+    counter!(names::INGEST_EVENTS, "source" => source.clone()).increment(f.raw_rows as u64);
+    counter!(names::INGEST_BYTES, "source" => source.clone()).increment(f.raw_bytes);
+    counter!(names::INGEST_SEGMENTS, "source" => source.clone()).increment(f.raw_segments as u64);
+    histogram!(names::INGEST_FLUSH_SECONDS, "source" => source).record(f.took.as_secs_f64());
     debug!(
-        source,
-        partition,
-        first,
-        last,
-        rows,
-        bytes,
-        took_ms = took.as_millis() as u64,
-        "segment written"
+        source = f.source,
+        partition = f.partition,
+        first = f.first,
+        last = f.last,
+        rows = f.raw_rows,
+        bytes = f.raw_bytes,
+        took_ms = f.took.as_millis() as u64,
+        "durable flush"
     );
 }
 
-pub(crate) fn dead_letter(
-    source: &str,
-    partition: i32,
-    offset: i64,
-    reason: &'static str,
-    detail: &str,
-) {
-    counter!(names::INGEST_DEAD_LETTERS, "source" => source.to_string(), "reason" => reason)
+pub(crate) fn log_rows(view: &str, rows: usize) {
+    counter!(names::FEATURES_LOG_ROWS, "view" => view.to_string()).increment(rows as u64);
+}
+
+pub(crate) fn shard_writes(view: &str, written: usize, refused: usize) {
+    counter!(names::SHARD_WRITES, "view" => view.to_string(), "result" => "written")
+        .increment(written as u64);
+    if refused > 0 {
+        counter!(names::SHARD_WRITES, "view" => view.to_string(), "result" => "refused")
+            .increment(refused as u64);
+        warn!(
+            view,
+            refused, "Redis held later shards (another member owns the partition now)"
+        );
+    }
+}
+
+pub(crate) fn dead_letter(source: &str, partition: i32, offset: i64, reason: &str, detail: &str) {
+    counter!(names::INGEST_DEAD_LETTERS, "source" => source.to_string(), "reason" => reason.to_string())
         .increment(1);
     debug!(source, partition, offset, reason, detail, "dead letter");
 }
@@ -49,14 +68,100 @@ pub(crate) fn replay_skipped(source: &str, count: u64) {
     counter!(names::INGEST_REPLAY_SKIPPED, "source" => source.to_string()).increment(count);
 }
 
-pub(crate) fn flush_failed(
+pub(crate) fn features_applied(view: &str, applied: u64, late: u64, replayed: u64) {
+    let view = view.to_string();
+    counter!(names::FEATURES_APPLIED, "view" => view.clone()).increment(applied);
+    if late > 0 {
+        counter!(names::FEATURES_LATE, "view" => view.clone()).increment(late);
+    }
+    if replayed > 0 {
+        counter!(names::FEATURES_REPLAY_SKIPPED, "view" => view).increment(replayed);
+    }
+}
+
+pub(crate) fn prediction_acked(model_id: &str, variant: Variant, decision: bool, latency: f64) {
+    counter!(
+        names::PREDICTIONS,
+        "model_id" => model_id.to_string(),
+        "variant" => variant.as_str(),
+        "decision" => if decision { "true" } else { "false" }
+    )
+    .increment(1);
+    histogram!(names::PREDICTION_LATENCY_SECONDS, "stage" => "total").record(latency);
+}
+
+/// Stage latencies of one hot batch (seconds from the oldest event's broker timestamp).
+pub(crate) fn hot_batch(features: f64, score: f64, produce: f64) {
+    histogram!(names::PREDICTION_LATENCY_SECONDS, "stage" => "features").record(features);
+    histogram!(names::PREDICTION_LATENCY_SECONDS, "stage" => "score").record(score);
+    histogram!(names::PREDICTION_LATENCY_SECONDS, "stage" => "produce").record(produce);
+}
+
+pub(crate) fn predictions_replayed(count: u64) {
+    counter!(names::PREDICTIONS_REPLAYED).increment(count);
+}
+
+pub(crate) fn unscored(reason: &'static str, count: u64) {
+    counter!(names::EVENTS_UNSCORED, "reason" => reason).increment(count);
+}
+
+pub(crate) fn claims_adopted(source: &str, partition: i32, count: usize) {
+    counter!(names::CLAIMS_ADOPTED, "source" => source.to_string()).increment(count as u64);
+    warn!(
+        source,
+        partition, count, "another member claimed these events first; repeating its decisions"
+    );
+}
+
+pub(crate) fn deployment_loaded(production: &str, canary: &str, shadow: &str) {
+    counter!(names::MODEL_RELOADS).increment(1);
+    info!(production, canary, shadow, "deployment loaded");
+}
+
+pub(crate) fn cache_size(view: &str, entities: usize) {
+    gauge!(names::STATE_CACHE_ENTITIES, "view" => view.to_string()).set(entities as f64);
+}
+
+pub(crate) fn cache_loads(view: &str, count: usize) {
+    counter!(names::STATE_CACHE_LOADS, "view" => view.to_string()).increment(count as u64);
+}
+
+pub(crate) fn cache_evictions(view: &str, count: usize) {
+    counter!(names::STATE_CACHE_EVICTIONS, "view" => view.to_string()).increment(count as u64);
+}
+
+pub(crate) fn partition_failed(
     source: &str,
     partition: i32,
     error: &dyn std::fmt::Display,
+    retry: Retry,
     retry_in: Duration,
 ) {
-    counter!(names::INGEST_FLUSH_ERRORS, "source" => source.to_string()).increment(1);
-    warn!(source, partition, error = %error, retry_in_ms = retry_in.as_millis() as u64, "segment flush failed; partition paused");
+    let kind = match retry {
+        Retry::Transient => "transient",
+        Retry::Permanent => "permanent",
+    };
+    counter!(names::PARTITION_FAILURES, "source" => source.to_string(), "retry" => kind)
+        .increment(1);
+    match retry {
+        Retry::Transient => warn!(
+            source,
+            partition,
+            error = %error,
+            retry_in_ms = retry_in.as_millis() as u64,
+            "partition paused; it resumes from its last commit"
+        ),
+        Retry::Permanent => error!(
+            source,
+            partition,
+            error = %error,
+            "partition stopped: this cannot heal by retrying; fix the cause and restart the worker"
+        ),
+    }
+}
+
+pub(crate) fn partition_resumed(source: &str, partition: i32, from: i64) {
+    info!(source, partition, from, "partition resumed");
 }
 
 pub(crate) fn committed(ok: bool, partitions: usize, error: Option<&dyn std::fmt::Display>) {

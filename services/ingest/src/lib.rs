@@ -1,32 +1,53 @@
-//! `quiver ingest`: Kafka → Arrow raw store, with dead letters and durable-then-commit offsets.
+//! `quiver ingest`: the one streaming worker. For every event of its partitions it writes the
+//! raw store, folds the event into the feature state, computes the vector as of the event
+//! (including it), scores that very vector with the deployed model(s) and emits the prediction —
+//! in one pass, at two speeds:
 //!
-//! One consumer-group member per process, run on a dedicated blocking thread ([`run`]):
+//! - **the hot path** ([`hot`]), per poll batch of a partition and without waiting for any
+//!   fsync: decode → apply to the in-memory state ([`cache`]) → vectors → scores → the claim
+//!   ([`claims`]) → predictions produced ([`delivery`]);
+//! - **the durable path** ([`flusher`], its own thread), on the segment thresholds: the raw
+//!   segment, the feature-log segments, the score-store segment and the Redis shards of the
+//!   entities touched, in that order.
 //!
-//! 1. messages are copied into a per-partition buffer;
-//! 2. a buffer is flushed when it reaches `ingest.segment_max_events` / `segment_max_bytes` or
-//!    its oldest message is `segment_max_age_ms` old: decoded in one vectorised pass, rejected
-//!    events sent to `<topic>.dlq` and acknowledged, the valid ones written as one fsynced raw
-//!    segment named by the partition and offset range;
-//! 3. only then does the partition's committable offset advance (to last + 1); commits go out
-//!    every `commit_interval_ms`, and synchronously on revoke and shutdown.
+//! A partition's offset is committed only once the durable path and every produced message
+//! (predictions, dead letters) cover it ([`partition`]). A crash replays from the commit: each
+//! store keeps what it already has, the state resumes from Redis, and a claim recorded before a
+//! prediction left the process makes the replay re-emit exactly that prediction. A member that
+//! lost its partitions never writes for them again: its pending flushes are fenced, Redis refuses
+//! shard writes that would move an applied offset backwards, and the stores refuse segments
+//! overlapping existing ones.
 //!
-//! The consumer's rebalance callback runs inside `poll` on the same thread; it shares the
-//! pipeline state through a mutex that the loop never holds across `poll`, so on revoke it can
-//! drain the revoked partitions and commit before they move. On assignment it reads the last
-//! durable offset of each partition from the raw store; anything at or below it is a replay and
-//! is skipped, which is what makes a crash between write and commit harmless.
+//! Files by concern: [`worker`] (the state the poll loop and the rebalance callbacks share),
+//! [`consumer`] (client set-up, callbacks, the poll loop), [`sources`] (sources and views bound
+//! to their columns), [`deploy`] (models and deployment), [`prediction`] (what goes on the
+//! predictions topic), [`events`] (every metric and log line of the worker).
 
+mod cache;
+mod claims;
+mod consumer;
+mod delivery;
+mod deploy;
 mod events;
-mod features;
-mod pipeline;
-mod service;
+mod failpoint;
+mod flusher;
+mod hot;
+mod partition;
+mod prediction;
+mod scores;
+mod sources;
+mod worker;
 
-pub use service::{IngestReport, IngestStats, Shutdown, run};
+pub use consumer::run;
+pub use prediction::Variant;
+pub use worker::{IngestReport, IngestStats, Shutdown};
+
+use quiver_core::Retry;
 
 /// Result alias used across `quiver-ingest`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Errors of the ingest service.
+/// Errors of the streaming worker.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Configuration or schemas are unusable.
@@ -43,24 +64,63 @@ pub enum Error {
         /// The client error.
         source: rdkafka::error::KafkaError,
     },
-    /// The raw store failed.
+    /// A file store failed.
     #[error(transparent)]
     Store(#[from] quiver_store::Error),
-    /// A feature-log batch could not be built.
+    /// Feature definitions or a feature-log batch are unusable.
     #[error(transparent)]
     Features(#[from] quiver_features::Error),
-    /// Redis (the online store) failed or is unreachable.
-    #[error("{0}")]
-    Redis(String),
-    /// Dead letters could not be delivered.
-    #[error("dead-letter delivery to {topic} failed: {detail}")]
-    DeadLetter {
-        /// Dead-letter topic.
+    /// The online store failed.
+    #[error(transparent)]
+    Online(#[from] quiver_online::Error),
+    /// Redis does not answer at start-up.
+    #[error("cannot reach Redis at {url}: {source}")]
+    Unreachable {
+        /// `redis.url`, credentials redacted.
+        url: String,
+        /// Cause.
+        source: quiver_online::Error,
+    },
+    /// The model registry failed.
+    #[error(transparent)]
+    Models(#[from] quiver_models::Error),
+    /// A message to the broker (prediction or dead letter) was not delivered.
+    #[error("delivery to {topic} failed: {detail}")]
+    Delivery {
+        /// Topic.
         topic: String,
         /// Cause.
         detail: String,
     },
-    /// An unrecoverable condition that stopped the loop.
+    /// A claim recorded in Redis does not decode.
+    #[error("claim of {source_name}/{partition}: {detail}")]
+    Claim {
+        /// Source.
+        source_name: String,
+        /// Partition.
+        partition: i32,
+        /// Cause.
+        detail: String,
+    },
+    /// An unrecoverable condition that stopped the worker.
     #[error("ingest stopped: {0}")]
     Fatal(String),
+}
+
+impl Error {
+    /// How the worker treats the error: transient ones (a broker or Redis away, a delivery
+    /// that timed out, a disk that may free up) pause the partition and retry with backoff;
+    /// permanent ones stop the partition with this message.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Core(e) => e.retry(),
+            Error::Store(e) => e.retry(),
+            Error::Online(e) | Error::Unreachable { source: e, .. } => e.retry(),
+            Error::Kafka(_) | Error::Client { .. } | Error::Delivery { .. } => Retry::Transient,
+            Error::Models(quiver_models::Error::Io { .. }) => Retry::Transient,
+            Error::Models(_) | Error::Features(_) | Error::Claim { .. } | Error::Fatal(_) => {
+                Retry::Permanent
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@ pub mod registry;
 pub mod train;
 
 pub use metrics::Metrics;
-pub use model::Model;
+pub use model::{FeatureLookup, Model, Rejection};
 pub use registry::{Canary, Deployment, ModelCard, Registry};
 pub use train::{Dataset, Kind, Params, Trained};
 
@@ -38,4 +38,12 @@ pub enum Error {
     /// Arrow failed on a dataset batch.
     #[error(transparent)]
     Arrow(#[from] arrow::error::ArrowError),
+    /// A vector that cannot be scored.
+    #[error("{}: {detail}", reason.code())]
+    Rejected {
+        /// Why.
+        reason: Rejection,
+        /// What exactly.
+        detail: String,
+    },
 }

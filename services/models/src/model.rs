@@ -124,8 +124,9 @@ impl Encoding {
         }
     }
 
-    /// The standardised row of one feature vector (missing or null features → 0).
-    pub fn row(&self, features: &BTreeMap<String, Value>) -> Vec<f64> {
+    /// The standardised row of one feature vector (null features → 0, the train mean). A
+    /// feature the vector lacks rejects it: the model was trained on other views.
+    pub fn row<F: FeatureLookup + ?Sized>(&self, features: &F) -> Result<Vec<f64>> {
         self.inputs
             .iter()
             .enumerate()
@@ -133,12 +134,50 @@ impl Encoding {
                 let feature = match input {
                     Input::Numeric { feature } | Input::OneHot { feature, .. } => feature,
                 };
-                match features.get(feature).and_then(|v| raw(input, v)) {
+                let value = features.feature(feature).ok_or_else(|| Error::Rejected {
+                    reason: Rejection::VectorRejected,
+                    detail: format!("the vector has no feature `{feature}`"),
+                })?;
+                Ok(match raw(input, value) {
                     Some(x) if x.is_finite() => (x - self.mean[i]) / self.scale[i],
                     _ => 0.0,
-                }
+                })
             })
             .collect()
+    }
+}
+
+/// Where a model reads an event's features from, by column name (`<view>__<feature>`).
+pub trait FeatureLookup {
+    /// The value of a feature, or `None` if the vector has no such feature.
+    fn feature(&self, name: &str) -> Option<&Value>;
+}
+
+impl FeatureLookup for BTreeMap<String, Value> {
+    fn feature(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+}
+
+/// Why an event could not be scored (the dead-letter reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The model produced NaN or an infinity.
+    ScoreNotFinite,
+    /// The vector lacks a feature the model reads, or the estimator refused it.
+    VectorRejected,
+    /// The deployed model cannot be loaded.
+    ModelUnavailable,
+}
+
+impl Rejection {
+    /// The stable code (dead-letter header `quiver.reason`).
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejection::ScoreNotFinite => "score_not_finite",
+            Rejection::VectorRejected => "vector_rejected",
+            Rejection::ModelUnavailable => "model_unavailable",
+        }
     }
 }
 
@@ -212,16 +251,21 @@ pub struct Model {
 }
 
 impl Model {
-    /// Score of one feature vector (`<view>__<feature>` → value).
-    pub fn score(&self, features: &BTreeMap<String, Value>) -> Result<f64> {
-        let score = self.estimator.score(&self.encoding.row(features))?;
+    /// Score of one feature vector (`<view>__<feature>` → value). A vector it cannot score is
+    /// [`Error::Rejected`].
+    pub fn score<F: FeatureLookup + ?Sized>(&self, features: &F) -> Result<f64> {
+        let row = self.encoding.row(features)?;
+        let score = self.estimator.score(&row).map_err(|e| Error::Rejected {
+            reason: Rejection::VectorRejected,
+            detail: format!("model {}: {e}", self.id),
+        })?;
         if score.is_finite() {
             Ok(score)
         } else {
-            Err(Error::Model(format!(
-                "model {} produced a non-finite score",
-                self.id
-            )))
+            Err(Error::Rejected {
+                reason: Rejection::ScoreNotFinite,
+                detail: format!("model {} produced the score {score}", self.id),
+            })
         }
     }
 
@@ -249,16 +293,29 @@ mod tests {
         let e = Encoding::fit(&features, &columns);
         assert_eq!(e.inputs.len(), 3);
         assert_eq!(e.mean[0], 2.0);
-        let row = e.row(&BTreeMap::from([
-            ("v__amount".to_string(), Value::Float(3.0)),
-            ("v__country".to_string(), Value::Str("DE".into())),
-        ]));
+        let row = e
+            .row(&BTreeMap::from([
+                ("v__amount".to_string(), Value::Float(3.0)),
+                ("v__country".to_string(), Value::Str("DE".into())),
+            ]))
+            .unwrap();
         assert_eq!(row[0], 1.0);
         // FR is the most frequent value, so it comes first.
         assert!(matches!(&e.inputs[1], Input::OneHot { value, .. } if value == "FR"));
         assert!(row[1] < 0.0 && row[2] > 0.0);
-        // Missing features are the train mean.
-        assert_eq!(e.row(&BTreeMap::new()), vec![0.0, 0.0, 0.0]);
+        // A null number is the train mean; a vector without the features is rejected.
+        let nulls = BTreeMap::from([
+            ("v__amount".to_string(), Value::Null),
+            ("v__country".to_string(), Value::Null),
+        ]);
+        assert_eq!(e.row(&nulls).unwrap()[0], 0.0);
+        assert!(matches!(
+            e.row(&BTreeMap::new()),
+            Err(Error::Rejected {
+                reason: Rejection::VectorRejected,
+                ..
+            })
+        ));
     }
 
     #[test]

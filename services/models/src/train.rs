@@ -302,7 +302,7 @@ pub fn train(dataset: &Dataset, kind: Kind, params: Params, id: String) -> Resul
     let encoding = Encoding::fit(&dataset.features, &dataset.train.columns);
     let rows: Vec<Vec<f64>> = (0..dataset.train.len())
         .map(|r| encoding.row(&dataset.train.row(&dataset.features, r)))
-        .collect();
+        .collect::<Result<_>>()?;
     let estimator = fit(kind, &params, &rows, &dataset.train.labels)?;
     let train_scores: Vec<f64> = rows
         .iter()

@@ -24,14 +24,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
-use metrics::{counter, histogram};
 use quiver_core::Config;
-use quiver_features::{ViewCatalog, ViewPlan};
-use quiver_online::{OnlineReader, Shards, usable_shards};
-use quiver_telemetry::{Health, names};
+use quiver_features::{EntityShards, ViewCatalog, ViewPlan};
+use quiver_online::OnlineReader;
+use quiver_telemetry::Health;
 use serde::Deserialize;
 use serde_json::{Map, Value as Json_, json};
 use tracing::{info, warn};
+
+mod events;
 
 /// Result alias used across `quiver-serve`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -107,9 +108,7 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 }
 
 fn record(route: &'static str, started: Instant, response: Response) -> Response {
-    histogram!(names::API_LATENCY_SECONDS, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    counter!(names::API_REQUESTS, "route" => route, "status" => response.status().as_u16().to_string()).increment(1);
+    events::request(route, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -171,18 +170,19 @@ impl Api {
         view: &str,
         plan: &ViewPlan,
         entity: &str,
-        shards: &Shards,
+        mut shards: EntityShards,
         now: i64,
     ) -> Json_ {
-        let (states, stale) = usable_shards(plan, shards);
+        let found = !shards.is_empty();
+        let stale = shards.retain_fitting(plan);
         if stale > 0 {
             warn!(
                 view,
                 entity, stale, "ignoring shards written under another definition of the view"
             );
         }
-        let values = plan.read_shards(&states, now);
-        let event_time_max = ViewPlan::event_time_max(&states);
+        let values = shards.read_at(plan, now);
+        let event_time_max = shards.event_time_max();
         let features: Map<String, Json_> = plan
             .view()
             .feature_names()
@@ -196,9 +196,7 @@ impl Api {
             "as_of": rfc3339(now),
             "event_time_max": event_time_max.map(rfc3339),
         });
-        if shards.is_empty()
-            && let Some(map) = out.as_object_mut()
-        {
+        if !found && let Some(map) = out.as_object_mut() {
             map.insert("found".to_string(), Json_::Bool(false));
         }
         out
@@ -223,7 +221,7 @@ impl Api {
             );
         }
         let now = Utc::now().timestamp_micros();
-        Json(self.answer(view, plan, entity, &shards, now)).into_response()
+        Json(self.answer(view, plan, entity, shards, now)).into_response()
     }
 
     async fn get_many(&self, headers: &HeaderMap, body: &[u8]) -> Response {
@@ -277,7 +275,7 @@ impl Api {
         let now = Utc::now().timestamp_micros();
         let out: Vec<Json_> = entities
             .iter()
-            .zip(&fetched)
+            .zip(fetched)
             .map(|(entity, shards)| self.answer(&batch.view, plan, entity, shards, now))
             .collect();
         Json(out).into_response()

@@ -12,6 +12,7 @@ use std::process::Command;
 use quiver_core::{Catalog, Config};
 use quiver_features::ViewCatalog;
 use quiver_kafka::TopicOutcome;
+use quiver_store::{SegmentStore, Table};
 
 /// The stack script, as shipped in `deploy/local/stack.sh`.
 pub const SCRIPT: &str = include_str!("../../../deploy/local/stack.sh");
@@ -197,7 +198,7 @@ pub async fn up(
     stack.run("up")?;
     let topics = declared_topics(config, catalog);
     let outcomes = quiver_kafka::create_topics(&config.kafka, &topics).await?;
-    let store = quiver_store::RawStore::open(&config.store.dir)?;
+    let store = SegmentStore::open(&config.store.dir, Table::Raw)?;
     let mut out = Vec::with_capacity(topics.len());
     for (name, partitions) in topics {
         let outcome = outcomes
@@ -214,20 +215,25 @@ pub async fn up(
         if let (TopicOutcome::Created, Some(source)) = (&outcome, source)
             && !store.segments(&source.name)?.is_empty()
         {
-            moved_stale_store = Some(store.retire_source(&source.name)?);
-            // The views of the source were built from the old topic's offsets too.
-            let offline = quiver_store::OfflineStore::open(&config.store.dir)?;
-            let mut online = quiver_online::OnlineWriter::connect(
+            moved_stale_store = Some(store.retire(&source.name)?);
+            // The views, claims and scores of the source were built from the old topic's
+            // offsets too.
+            let log = SegmentStore::open(&config.store.dir, Table::FeatureLog)?;
+            let scores = SegmentStore::open(&config.store.dir, Table::Scores)?;
+            let mut online = quiver_online::OnlineStore::connect(
                 &config.redis.url,
                 &config.redis.key_prefix,
                 std::time::Duration::from_millis(config.redis.connect_timeout_ms),
+                std::time::Duration::from_millis(config.redis.command_timeout_ms),
             )?;
-            // Recorded predictions are keyed by the old topic's offsets.
-            online.clear_view(&format!("prediction:{}", source.name))?;
+            online.clear_claims(&source.name)?;
+            if !scores.segments(&source.name)?.is_empty() {
+                scores.retire(&source.name)?;
+            }
             for view in views.views.iter().filter(|v| v.source == source.name) {
                 online.clear_view(&view.name)?;
-                if !offline.segments(&view.name)?.is_empty() {
-                    offline.retire_view(&view.name)?;
+                if !log.segments(&view.name)?.is_empty() {
+                    log.retire(&view.name)?;
                 }
                 cleared_views.push(view.name.clone());
             }

@@ -12,7 +12,8 @@ pub const INGEST_SEGMENTS: &str = "quiver_ingest_segments_total";
 pub const INGEST_DEAD_LETTERS: &str = "quiver_ingest_dead_letters_total";
 /// Events skipped because the raw store already holds them (replays). Labels: `source`.
 pub const INGEST_REPLAY_SKIPPED: &str = "quiver_ingest_replay_skipped_total";
-/// Seconds to decode, dead-letter and durably write one segment. Labels: `source`.
+/// Seconds of one durable flush of a partition (raw, feature-log and score segments, Redis
+/// shards). Labels: `source`.
 pub const INGEST_FLUSH_SECONDS: &str = "quiver_ingest_segment_flush_seconds";
 /// Events consumed but not yet covered by a committed offset. Labels: `source`, `partition`.
 pub const INGEST_COMMIT_LAG: &str = "quiver_ingest_commit_lag_events";
@@ -29,28 +30,40 @@ pub const FEATURES_APPLIED: &str = "quiver_features_applied_total";
 pub const FEATURES_LATE: &str = "quiver_features_late_events_total";
 /// Replayed events already in an entity's online state, skipped. Labels: `view`.
 pub const FEATURES_REPLAY_SKIPPED: &str = "quiver_features_replay_skipped_total";
-/// Rows written to the offline feature log. Labels: `view`.
+/// Rows written to the feature log. Labels: `view`.
 pub const FEATURES_LOG_ROWS: &str = "quiver_features_log_rows_total";
-/// Seconds to compute one micro-batch's features and write Redis + the feature log. Labels: `view`.
-pub const FEATURES_BATCH_SECONDS: &str = "quiver_features_batch_seconds";
 /// Online feature requests. Labels: `route`, `status`.
 pub const API_REQUESTS: &str = "quiver_api_requests_total";
 /// Online feature request latency (seconds). Labels: `route`.
 pub const API_LATENCY_SECONDS: &str = "quiver_api_request_seconds";
-/// Predictions emitted (acknowledged by the broker). Labels: `model`, `variant`.
-pub const SCORE_PREDICTIONS: &str = "quiver_score_predictions_total";
-/// Events whose prediction was already made (a replay): the stored one is re-emitted.
-pub const SCORE_REPLAYED: &str = "quiver_score_replayed_total";
-/// Events the scorer could not decode (they reach the dead-letter topic through ingest).
-pub const SCORE_MALFORMED: &str = "quiver_score_malformed_total";
-/// Vectors read back from the feature log (the scorer was behind ingest). Labels: `view`.
-pub const SCORE_FROM_LOG: &str = "quiver_score_vectors_from_log_total";
-/// Vectors assembled without a guarantee (ingest did not catch up in time). Labels: `view`.
-pub const SCORE_FALLBACK: &str = "quiver_score_vector_fallbacks_total";
-/// Event (broker timestamp) to prediction produced, in seconds.
-pub const SCORE_LATENCY_SECONDS: &str = "quiver_score_latency_seconds";
+/// Predictions acknowledged by the broker. Labels: `model_id`, `variant`, `decision`.
+pub const PREDICTIONS: &str = "quiver_predictions_total";
+/// Predictions re-emitted from a claim (a replay repeats the recorded decision).
+pub const PREDICTIONS_REPLAYED: &str = "quiver_predictions_replayed_total";
+/// Events of scored sources that got no prediction. Labels: `reason` (`no_model`: none is
+/// deployed; `replayed`: a replay past the state, with no claim recorded).
+pub const EVENTS_UNSCORED: &str = "quiver_events_unscored_total";
+/// Seconds from the event's broker timestamp to its prediction, by `stage`: `features` (decode,
+/// state, vector), `score`, `produce` (claim recorded and handed to the producer), `total`
+/// (acknowledged by the broker).
+pub const PREDICTION_LATENCY_SECONDS: &str = "quiver_prediction_latency_seconds";
 /// Deployment changes picked up from the registry.
-pub const SCORE_MODEL_RELOADS: &str = "quiver_score_model_reloads_total";
+pub const MODEL_RELOADS: &str = "quiver_model_reloads_total";
+/// Entities held in the worker's state cache. Labels: `view`.
+pub const STATE_CACHE_ENTITIES: &str = "quiver_state_cache_entities";
+/// Entities read from Redis into the state cache (misses, refreshes). Labels: `view`.
+pub const STATE_CACHE_LOADS: &str = "quiver_state_cache_loads_total";
+/// Entities evicted from the state cache. Labels: `view`.
+pub const STATE_CACHE_EVICTIONS: &str = "quiver_state_cache_evictions_total";
+/// Shard writes to Redis. Labels: `view`, `result` (`written`, or `refused`: Redis held a later
+/// state, written by the member that owns the partition now).
+pub const SHARD_WRITES: &str = "quiver_shard_writes_total";
+/// Claims another member recorded first, adopted instead of this member's decision. Labels:
+/// `source`.
+pub const CLAIMS_ADOPTED: &str = "quiver_claims_adopted_total";
+/// Partitions stopped by a failure. Labels: `source`, `retry` (`transient`: retried with
+/// backoff; `permanent`: stopped until restart).
+pub const PARTITION_FAILURES: &str = "quiver_partition_failures_total";
 
 /// Histogram buckets (seconds) for latencies.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -60,35 +73,51 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// Registers help texts.
 pub(crate) fn describe() {
     describe_counter!(
-        SCORE_PREDICTIONS,
+        PREDICTIONS,
         Unit::Count,
         "Predictions acknowledged by the broker"
     );
-    describe_counter!(SCORE_REPLAYED, Unit::Count, "Replayed events re-emitted");
     describe_counter!(
-        SCORE_MALFORMED,
+        PREDICTIONS_REPLAYED,
         Unit::Count,
-        "Events the scorer skipped as malformed"
+        "Predictions re-emitted from a claim"
     );
     describe_counter!(
-        SCORE_FROM_LOG,
+        EVENTS_UNSCORED,
         Unit::Count,
-        "Vectors read from the feature log"
-    );
-    describe_counter!(
-        SCORE_FALLBACK,
-        Unit::Count,
-        "Vectors assembled without a guarantee"
+        "Events of scored sources without a prediction"
     );
     describe_histogram!(
-        SCORE_LATENCY_SECONDS,
+        PREDICTION_LATENCY_SECONDS,
         Unit::Seconds,
-        "Event timestamp to prediction produced"
+        "Event broker timestamp to prediction, by stage"
+    );
+    describe_counter!(MODEL_RELOADS, Unit::Count, "Deployment changes picked up");
+    describe_gauge!(
+        STATE_CACHE_ENTITIES,
+        Unit::Count,
+        "Entities in the state cache"
     );
     describe_counter!(
-        SCORE_MODEL_RELOADS,
+        STATE_CACHE_LOADS,
         Unit::Count,
-        "Deployment changes picked up"
+        "Entities read from Redis into the state cache"
+    );
+    describe_counter!(
+        STATE_CACHE_EVICTIONS,
+        Unit::Count,
+        "Entities evicted from the state cache"
+    );
+    describe_counter!(SHARD_WRITES, Unit::Count, "Shard writes to Redis by result");
+    describe_counter!(
+        CLAIMS_ADOPTED,
+        Unit::Count,
+        "Claims of another member adopted"
+    );
+    describe_counter!(
+        PARTITION_FAILURES,
+        Unit::Count,
+        "Partitions stopped by a failure"
     );
     describe_counter!(
         INGEST_EVENTS,

@@ -1,0 +1,383 @@
+//! An entity's state split in shards, one per source partition, and the one "vector as of an
+//! event" every path computes through ([`EntityShards::vector_as_of`]).
+//!
+//! Events of one source partition are applied, in offset order, to that partition's shard only;
+//! a shard records the offset of the last event it applied, which makes a replay a no-op
+//! ([`EntityShards::apply`] returns `None`). An entity whose events span partitions (a merchant
+//! when events are keyed by user) has several shards; a read merges them in partition order. The
+//! vector as of an event of partition `p` is its own shard right after the event merged with
+//! other shards; which offsets of the other partitions it included is its **clock**
+//! ([`EntityShards::clock`]), recorded in the feature log so the batch replay can reproduce the
+//! vector exactly by advancing those partitions to those offsets first.
+//!
+//! A shard can also have a **published** version ([`EntityShards::publish`]): what reads from
+//! the *other* partitions see instead of the shard itself. The streaming worker publishes the
+//! version of each shard that is durable (flushed), so a clock never names an offset that a crash
+//! could make it process again — which keeps clocks acyclic, and every logged vector
+//! reproducible by the batch replay.
+//!
+//! The streaming worker, the batch replay and the online API all read through this type; nothing
+//! else merges shards.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::order::Clock;
+use crate::state::{Applied, EntityState, ReadCache, ViewPlan};
+use crate::value::Value;
+
+/// One partition's share of an entity's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    /// Offset of the last source event applied (replays at or below it are skipped).
+    pub applied_offset: i64,
+    /// The tiles.
+    pub state: EntityState,
+}
+
+impl Shard {
+    /// A shard with no event.
+    pub fn empty(plan: &ViewPlan) -> Self {
+        Self {
+            applied_offset: -1,
+            state: plan.new_state(),
+        }
+    }
+}
+
+/// How many earlier versions of a shard a versioned replay keeps.
+const HISTORY: usize = 8;
+
+/// One partition's share of an entity, and the versions of it other partitions' reads see.
+#[derive(Debug, Clone)]
+struct Slot {
+    partition: i32,
+    shard: Shard,
+    /// What other partitions' reads see instead of `shard` (`Some(None)`: nothing).
+    published: Option<Option<Shard>>,
+    /// Earlier versions, oldest first (kept by [`EntityShards::apply_sealed`]).
+    history: VecDeque<Shard>,
+    /// The seal `history` last saved a version for.
+    sealed: u64,
+}
+
+impl Slot {
+    fn new(partition: i32, shard: Shard) -> Self {
+        Self {
+            partition,
+            shard,
+            published: None,
+            history: VecDeque::new(),
+            sealed: 0,
+        }
+    }
+
+    /// What a read for another partition's event sees now.
+    fn seen(&self) -> Option<&Shard> {
+        match &self.published {
+            Some(version) => version.as_ref(),
+            None => Some(&self.shard),
+        }
+    }
+
+    /// The version whose applied offset is `offset`, if kept.
+    fn version_at(&self, offset: i64) -> Option<&Shard> {
+        std::iter::once(&self.shard)
+            .chain(self.published.iter().flatten())
+            .chain(self.history.iter().rev())
+            .find(|s| s.applied_offset == offset)
+    }
+}
+
+/// An entity's shards in partition order, their published versions, and the memos of its
+/// repeated reads.
+#[derive(Debug, Clone, Default)]
+pub struct EntityShards {
+    slots: Vec<Slot>,
+    /// One memo per reading partition.
+    memos: Vec<Memo>,
+}
+
+/// The memo of the reads made for events of one partition.
+#[derive(Debug, Clone)]
+struct Memo {
+    reader: i32,
+    /// What the memo was computed over: the reader's partition (offset -1) and each other
+    /// partition with the applied offset of the version read. Reading anything else starts a
+    /// new memo.
+    key: Vec<(i32, i64)>,
+    cache: ReadCache,
+}
+
+impl EntityShards {
+    /// No shard.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// From `(partition, shard)` pairs in any order.
+    pub fn from_shards(shards: impl IntoIterator<Item = (i32, Shard)>) -> Self {
+        let mut slots: Vec<Slot> = shards.into_iter().map(|(p, s)| Slot::new(p, s)).collect();
+        slots.sort_by_key(|s| s.partition);
+        slots.dedup_by_key(|s| s.partition);
+        Self {
+            slots,
+            memos: Vec::new(),
+        }
+    }
+
+    fn position(&self, partition: i32) -> Result<usize, usize> {
+        self.slots.binary_search_by_key(&partition, |s| s.partition)
+    }
+
+    fn slot(&self, partition: i32) -> Option<&Slot> {
+        self.position(partition).ok().map(|i| &self.slots[i])
+    }
+
+    /// Whether the entity has no shard.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// How many partitions have a shard.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The shards, in partition order.
+    pub fn iter(&self) -> impl Iterator<Item = (i32, &Shard)> {
+        self.slots.iter().map(|s| (s.partition, &s.shard))
+    }
+
+    /// The shard of `partition`.
+    pub fn get(&self, partition: i32) -> Option<&Shard> {
+        self.slot(partition).map(|s| &s.shard)
+    }
+
+    /// The offset of the last event of `partition` applied (-1: none).
+    pub fn applied_offset(&self, partition: i32) -> i64 {
+        self.get(partition).map_or(-1, |s| s.applied_offset)
+    }
+
+    /// Sets the shard of `partition` (e.g. as read from the online store); its published
+    /// version and history are dropped.
+    pub fn insert(&mut self, partition: i32, shard: Shard) {
+        match self.position(partition) {
+            Ok(i) => self.slots[i] = Slot::new(partition, shard),
+            Err(i) => self.slots.insert(i, Slot::new(partition, shard)),
+        }
+        self.memos.clear();
+    }
+
+    /// Removes the shard of `partition` (with its published version and history).
+    pub fn remove(&mut self, partition: i32) -> Option<Shard> {
+        let i = self.position(partition).ok()?;
+        self.memos.clear();
+        Some(self.slots.remove(i).shard)
+    }
+
+    /// Makes reads for the other partitions' events see `version` of `partition`'s shard
+    /// (`None`: no shard) instead of the shard itself. No-op without a shard of `partition`.
+    pub fn publish(&mut self, partition: i32, version: Option<Shard>) {
+        if let Ok(i) = self.position(partition) {
+            self.slots[i].published = Some(version);
+        }
+    }
+
+    /// Reads for the other partitions see `partition`'s shard itself again.
+    pub fn unpublish(&mut self, partition: i32) {
+        if let Ok(i) = self.position(partition) {
+            self.slots[i].published = None;
+        }
+    }
+
+    /// Whether `partition`'s shard has a published version.
+    pub fn is_published(&self, partition: i32) -> bool {
+        self.slot(partition).is_some_and(|s| s.published.is_some())
+    }
+
+    /// Drops the shards `plan` cannot read (written under another definition of the view);
+    /// returns how many.
+    pub fn retain_fitting(&mut self, plan: &ViewPlan) -> usize {
+        let before = self.slots.len();
+        self.slots.retain(|s| plan.fits(&s.shard.state));
+        for slot in &mut self.slots {
+            if slot
+                .published
+                .as_ref()
+                .is_some_and(|v| v.as_ref().is_some_and(|v| !plan.fits(&v.state)))
+            {
+                slot.published = None;
+            }
+        }
+        let dropped = before - self.slots.len();
+        if dropped > 0 {
+            self.memos.clear();
+        }
+        dropped
+    }
+
+    /// Applies an event of `partition` at `offset` to that partition's shard (created empty if
+    /// missing). `None` when the shard already holds the offset (a replay).
+    pub fn apply(
+        &mut self,
+        plan: &ViewPlan,
+        partition: i32,
+        offset: i64,
+        time: i64,
+        inputs: &[Value],
+        scratch: &mut Vec<u8>,
+    ) -> Option<Applied> {
+        self.apply_sealed(plan, partition, (offset, time), inputs, scratch, 0)
+    }
+
+    /// [`EntityShards::apply`] that first keeps the shard's version as of `seal` when this is
+    /// the first change since (the batch replay seals a partition at the end of each of its
+    /// segments, so the versions other partitions' reads may name stay available).
+    pub fn apply_sealed(
+        &mut self,
+        plan: &ViewPlan,
+        partition: i32,
+        (offset, time): (i64, i64),
+        inputs: &[Value],
+        scratch: &mut Vec<u8>,
+        seal: u64,
+    ) -> Option<Applied> {
+        let i = match self.position(partition) {
+            Ok(i) => i,
+            Err(i) => {
+                let mut slot = Slot::new(partition, Shard::empty(plan));
+                slot.sealed = seal;
+                self.slots.insert(i, slot);
+                i
+            }
+        };
+        let slot = &mut self.slots[i];
+        if offset <= slot.shard.applied_offset {
+            return None;
+        }
+        if slot.sealed < seal {
+            slot.sealed = seal;
+            slot.history.push_back(slot.shard.clone());
+            if slot.history.len() > HISTORY {
+                slot.history.pop_front();
+            }
+        }
+        let applied = plan.apply(
+            &mut slot.shard.state,
+            time,
+            (partition, offset),
+            inputs,
+            scratch,
+        );
+        slot.shard.applied_offset = offset;
+        // Reads of this partition's events see the shard itself: forget what the event may
+        // change. Other partitions' memos name the version they read and notice by themselves.
+        for memo in self.memos.iter_mut().filter(|m| m.reader == partition) {
+            memo.cache.invalidate(time);
+        }
+        Some(applied)
+    }
+
+    /// The clock of a vector as of an event of `partition` read now: the applied offset of
+    /// what it sees of every other partition.
+    pub fn clock(&self, partition: i32) -> Clock {
+        self.slots
+            .iter()
+            .filter(|s| s.partition != partition)
+            .filter_map(|s| Some((s.partition, s.seen()?.applied_offset)))
+            .collect()
+    }
+
+    /// Whether every version `clock` names is held (the shard itself, its published version or
+    /// a kept earlier one), so a read with it reproduces the vector exactly.
+    pub fn meets(&self, partition: i32, clock: &Clock) -> bool {
+        clock.iter().all(|(q, o)| {
+            *q == partition || self.slot(*q).is_some_and(|s| s.version_at(*o).is_some())
+        })
+    }
+
+    /// The vector as of an event of `partition`: that partition's shard merged, in partition
+    /// order, with what the read sees of the other partitions — with `clock`, exactly the
+    /// versions it names (where held: see [`EntityShards::meets`]); without, the published
+    /// versions (or the shards themselves). Read at their greatest event time (`fallback` if
+    /// none has one). Returns the read time and the values, in the view's feature order.
+    pub fn vector_as_of(
+        &mut self,
+        plan: &ViewPlan,
+        partition: i32,
+        fallback: i64,
+        clock: Option<&Clock>,
+    ) -> (i64, Vec<Value>) {
+        let mut key = Vec::with_capacity(self.slots.len());
+        let mut states: Vec<&EntityState> = Vec::with_capacity(self.slots.len());
+        for slot in &self.slots {
+            let seen = if slot.partition == partition {
+                Some(&slot.shard)
+            } else {
+                match clock {
+                    None => slot.seen(),
+                    Some(c) => c
+                        .get(&slot.partition)
+                        .and_then(|o| slot.version_at(*o).or_else(|| slot.seen())),
+                }
+            };
+            if let Some(shard) = seen {
+                let offset = if slot.partition == partition {
+                    -1
+                } else {
+                    shard.applied_offset
+                };
+                key.push((slot.partition, offset));
+                states.push(&shard.state);
+            }
+        }
+        let memo = match self.memos.iter().position(|m| m.reader == partition) {
+            Some(i) => &mut self.memos[i],
+            None => {
+                self.memos.push(Memo {
+                    reader: partition,
+                    key: Vec::new(),
+                    cache: ReadCache::default(),
+                });
+                let last = self.memos.len() - 1;
+                &mut self.memos[last]
+            }
+        };
+        if memo.key != key {
+            memo.cache = ReadCache::default();
+            memo.key = key;
+        }
+        let as_of = ViewPlan::event_time_max(&states).unwrap_or(fallback);
+        (
+            as_of,
+            plan.read_shards_cached(&states, as_of, &mut memo.cache),
+        )
+    }
+
+    /// The values at time `t` over every shard (the online API's read).
+    pub fn read_at(&self, plan: &ViewPlan, t: i64) -> Vec<Value> {
+        plan.read_shards(&self.states(), t)
+    }
+
+    /// The greatest event time over every shard.
+    pub fn event_time_max(&self) -> Option<i64> {
+        ViewPlan::event_time_max(&self.states())
+    }
+
+    fn states(&self) -> Vec<&EntityState> {
+        self.slots.iter().map(|s| &s.shard.state).collect()
+    }
+
+    /// Tiles held over every shard (for memory accounting).
+    pub fn tile_count(&self, plan: &ViewPlan) -> usize {
+        self.slots
+            .iter()
+            .map(|s| plan.tile_count(&s.shard.state))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,710 @@
+//! The hot path: one poll batch of one partition, from bytes to predictions on the wire,
+//! without waiting for any fsync.
+//!
+//! 1. **decode** the batch in one vectorised pass; malformed events go to the dead-letter topic;
+//! 2. **apply** each event to its entities' shards in the state cache (read from Redis on a
+//!    miss) and read the **vector as of the event** for every view
+//!    (`EntityShards::vector_as_of`: its own shard right after the event, merged with the
+//!    entity's other partitions' shards as they stand, whose offsets make the row's clock);
+//! 3. **score** that vector with the deployed model(s) — unless a claim of the event exists, in
+//!    which case its recorded vector and verdict are repeated;
+//! 4. **claim** the batch's new decisions in Redis (one round trip; a range another member
+//!    claimed first is adopted instead);
+//! 5. **produce** the predictions (and scoring dead letters), and add the batch to the
+//!    partition's durable window: raw rows, feature-log rows, score rows, touched entities.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use chrono::Utc;
+use quiver_core::decode::RawEvent;
+use quiver_features::log::LogRow;
+use quiver_features::{Applied, Value};
+use quiver_models::FeatureLookup;
+
+use crate::claims::{ClaimBatch, ClaimRecord, LookupVector, ViewVector, runs};
+use crate::delivery::{Acked, Acks, Origin};
+use crate::partition::Buffer;
+use crate::prediction::{Features, Fields, Outcome, Prediction, rfc3339_millis};
+use crate::scores::ScoreRow;
+use crate::worker::Worker;
+use crate::{Error, Result, events};
+
+/// One valid event on its way through the hot path.
+#[derive(Debug)]
+struct Draft {
+    /// Its span in the polled buffer.
+    span: usize,
+    offset: i64,
+    time: i64,
+    event_id: String,
+    /// The source's entity keys, in declaration order.
+    keys: Vec<String>,
+    /// Per view; `None` when the state is already past the event (a replay with no claim).
+    vectors: Vec<Option<ViewVector>>,
+    lookups: Vec<LookupVector>,
+    outcome: Option<Outcome>,
+    prediction_time: i64,
+    /// Recorded in Redis (by this member or another).
+    claimed: bool,
+    /// Repeated from another member's claim (a replay or a race).
+    repeated: bool,
+}
+
+/// A draft's features as a model reads them.
+struct DraftFeatures<'a> {
+    names: &'a [Vec<String>],
+    draft: &'a Draft,
+}
+
+impl FeatureLookup for DraftFeatures<'_> {
+    fn feature(&self, name: &str) -> Option<&Value> {
+        for (names, values) in self.names.iter().zip(self.values()) {
+            if let Some(i) = names.iter().position(|n| n == name) {
+                return values.get(i);
+            }
+        }
+        None
+    }
+}
+
+impl DraftFeatures<'_> {
+    /// Each view's values, then each lookup's, in the order of `names`.
+    fn values(&self) -> impl Iterator<Item = &[Value]> {
+        self.draft
+            .vectors
+            .iter()
+            .map(|v| v.as_ref().map_or(&[][..], |v| v.values.as_slice()))
+            .chain(self.draft.lookups.iter().map(|l| l.values.as_slice()))
+    }
+}
+
+impl Worker {
+    /// Runs the hot path over every partition with polled messages; a partition that fails is
+    /// paused (and retried or stopped, by the error's classification).
+    pub(crate) fn hot(&mut self) {
+        let ready: Vec<(usize, i32)> = self
+            .partitions
+            .iter()
+            .filter(|(_, s)| !s.incoming.is_empty() && s.failure.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        for (s, p) in ready {
+            if let Err(error) = self.hot_replay_aware(s, p) {
+                self.fail(s, p, error);
+            }
+        }
+    }
+
+    /// Runs the hot path over a partition's polled messages; where they cross the end of a raw
+    /// segment a replay goes through, the window is cut right there.
+    fn hot_replay_aware(&mut self, s: usize, p: i32) -> Result<()> {
+        loop {
+            let Some(state) = self.partitions.get_mut(&(s, p)) else {
+                return Ok(());
+            };
+            let last = state.incoming.spans.last().map(|x| x.offset);
+            while state
+                .boundaries
+                .front()
+                .is_some_and(|b| *b < state.processed_through + 1)
+            {
+                state.boundaries.pop_front();
+            }
+            let boundary = state.boundaries.front().copied();
+            let (Some(last), Some(boundary)) = (last, boundary) else {
+                return self.hot_partition(s, p);
+            };
+            if last < boundary {
+                return self.hot_partition(s, p);
+            }
+            let rest = state.incoming.split_after(boundary);
+            if !state.incoming.is_empty() {
+                self.hot_partition(s, p)?;
+            }
+            let Some(state) = self.partitions.get_mut(&(s, p)) else {
+                return Ok(());
+            };
+            state.processed_through = state.processed_through.max(boundary);
+            state.boundaries.pop_front();
+            state.incoming = rest;
+            self.cut(s, p, true)?;
+            let Some(state) = self.partitions.get(&(s, p)) else {
+                return Ok(());
+            };
+            if state.incoming.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn hot_partition(&mut self, s: usize, p: i32) -> Result<()> {
+        let started = Instant::now();
+        let Some(state) = self.partitions.get_mut(&(s, p)) else {
+            return Ok(());
+        };
+        let buffer = std::mem::take(&mut state.incoming);
+        let (Some(first), Some(last)) = (
+            buffer.spans.first().map(|x| x.offset),
+            buffer.spans.last().map(|x| x.offset),
+        ) else {
+            return Ok(());
+        };
+        let oldest_ms = buffer.spans.iter().filter_map(|x| x.timestamp_ms).min();
+        let source = &self.sources[s];
+        let raw: Vec<RawEvent<'_>> = buffer
+            .spans
+            .iter()
+            .map(|x| RawEvent {
+                offset: x.offset,
+                payload: buffer.payload(x),
+            })
+            .collect();
+        let decoded = source
+            .decoder
+            .decode(p, &raw, Utc::now().timestamp_millis())?;
+        let acks = Arc::new(Acks::default());
+
+        // Malformed events: dead letters, once (those the raw store holds were sent before).
+        let replayed = buffer
+            .spans
+            .iter()
+            .take_while(|x| x.offset <= state.raw_durable)
+            .count() as u64;
+        if replayed > 0 {
+            events::replay_skipped(&source.schema.name, replayed);
+            self.stats.replayed(replayed);
+        }
+        let mut valid = Vec::with_capacity(decoded.batch.num_rows());
+        let mut rejected = decoded.rejected.iter().peekable();
+        for (i, span) in buffer.spans.iter().enumerate() {
+            match rejected.peek() {
+                Some(r) if r.index == i => {
+                    if span.offset > state.raw_durable {
+                        self.producer.dead_letter(
+                            &source.dlq_topic,
+                            Origin {
+                                topic: &source.topic,
+                                partition: p,
+                                offset: span.offset,
+                            },
+                            buffer.key(span),
+                            buffer.payload(span),
+                            r.reason.code(),
+                            &r.detail,
+                            &acks,
+                        )?;
+                        events::dead_letter(
+                            &source.schema.name,
+                            p,
+                            span.offset,
+                            r.reason.code(),
+                            &r.detail,
+                        );
+                        self.stats.dead_letter();
+                    }
+                    rejected.next();
+                }
+                _ => valid.push(i),
+            }
+        }
+        let batch = decoded.batch;
+        state
+            .window
+            .extend(first, last, buffer.spans.len(), buffer.bytes());
+        state.window.raw.push(batch.clone());
+
+        let mut drafts = self.drafts(s, p, &batch, &valid, &buffer)?;
+        let keys = self.apply_views(s, p, &batch, &mut drafts)?;
+        let features_done = started.elapsed();
+        self.lookups(s, &mut drafts)?;
+        self.score(s, &mut drafts);
+        let score_done = started.elapsed();
+        self.claim(s, p, &mut drafts)?;
+        self.emit(s, p, &drafts, &buffer, &acks)?;
+        self.log(s, p, &batch, &keys, &drafts)?;
+        let produced = started.elapsed();
+
+        let Some(state) = self.partitions.get_mut(&(s, p)) else {
+            return Ok(());
+        };
+        state.processed_through = last;
+        state.acks.push(last, acks);
+        if let Some(ts) = oldest_ms {
+            let waited =
+                (Utc::now().timestamp_millis() - ts).max(0) as f64 / 1e3 - produced.as_secs_f64();
+            events::hot_batch(
+                waited + features_done.as_secs_f64(),
+                waited + score_done.as_secs_f64(),
+                waited + produced.as_secs_f64(),
+            );
+        }
+        Ok(())
+    }
+
+    /// One draft per valid event, with claims another member recorded attached.
+    fn drafts(
+        &mut self,
+        s: usize,
+        p: i32,
+        batch: &RecordBatch,
+        valid: &[usize],
+        buffer: &Buffer,
+    ) -> Result<Vec<Draft>> {
+        let source = &self.sources[s];
+        let schema = &source.schema;
+        let column = |name: &str| {
+            batch
+                .schema()
+                .index_of(name)
+                .ok()
+                .map(|i| quiver_features::log::Column::new(batch.column(i).as_ref()))
+        };
+        let id_col = schema.id.as_deref().and_then(column);
+        let key_cols: Vec<_> = schema.keys.iter().map(|k| column(k)).collect();
+        let time_col = column(&schema.event_time)
+            .ok_or_else(|| Error::Fatal("the event time column is missing".into()))?;
+        let state = self
+            .partitions
+            .get_mut(&(s, p))
+            .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
+        let mut drafts = Vec::with_capacity(valid.len());
+        for (row, &span) in valid.iter().enumerate() {
+            let offset = buffer.spans[span].offset;
+            let claim = state.claims.take(offset);
+            let mut draft = Draft {
+                span,
+                offset,
+                time: time_col.int(row).unwrap_or_default(),
+                event_id: id_col
+                    .map(|c| c.key(row))
+                    .unwrap_or_else(|| format!("{p}-{offset}")),
+                keys: key_cols
+                    .iter()
+                    .map(|c| c.map(|c| c.key(row)).unwrap_or_default())
+                    .collect(),
+                vectors: vec![None; source.views.len()],
+                lookups: Vec::new(),
+                outcome: None,
+                prediction_time: 0,
+                claimed: false,
+                repeated: false,
+            };
+            if let Some(claim) = claim {
+                adopt(&mut draft, claim);
+            }
+            drafts.push(draft);
+        }
+        Ok(drafts)
+    }
+
+    /// Applies the batch to every view's state and reads each event's vectors (a draft with a
+    /// claim keeps the claimed ones). Returns each view's entity keys, by row.
+    fn apply_views(
+        &mut self,
+        s: usize,
+        p: i32,
+        batch: &RecordBatch,
+        drafts: &mut [Draft],
+    ) -> Result<Vec<Vec<String>>> {
+        let mut inputs = Vec::new();
+        let mut all_keys = Vec::with_capacity(self.sources[s].views.len());
+        for v in 0..self.sources[s].views.len() {
+            let view = &self.sources[s].views[v];
+            let plan = Arc::clone(view.plan());
+            let name = view.view().name.clone();
+            let rows = view.rows(batch)?;
+            let keys: Vec<String> = (0..rows.len()).map(|r| rows.entity(r)).collect();
+            self.load(s, p, v, &keys)?;
+            let (mut applied, mut late, mut replayed) = (0u64, 0u64, 0u64);
+            let cache = &mut self.caches[s][v];
+            let state = self
+                .partitions
+                .get_mut(&(s, p))
+                .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
+            let touched = &mut state.window.touched[v];
+            for (row, draft) in drafts.iter_mut().enumerate() {
+                let key = &keys[row];
+                let entry = cache
+                    .get_mut(key)
+                    .ok_or_else(|| Error::Fatal("an entity was not loaded".into()))?;
+                rows.inputs(row, &mut inputs);
+                let outcome = entry.shards.apply(
+                    &plan,
+                    p,
+                    draft.offset,
+                    draft.time,
+                    &inputs,
+                    &mut self.scratch,
+                );
+                let Some(outcome) = outcome else {
+                    replayed += 1;
+                    continue;
+                };
+                if !touched.contains(key) {
+                    touched.insert(key.clone());
+                }
+                match outcome {
+                    Applied::Applied => applied += 1,
+                    Applied::Late => late += 1,
+                }
+                if draft.vectors[v].is_none() {
+                    let clock = entry.shards.clock(p);
+                    let (as_of, values) = entry.shards.vector_as_of(&plan, p, draft.time, None);
+                    draft.vectors[v] = Some(ViewVector {
+                        as_of,
+                        late: outcome == Applied::Late,
+                        clock,
+                        values,
+                    });
+                }
+            }
+            events::features_applied(&name, applied, late, replayed);
+            self.stats.features(applied, late);
+            all_keys.push(keys);
+        }
+        Ok(all_keys)
+    }
+
+    /// Adds the batch's feature-log rows to the window: each event's vector per view, as
+    /// scored (or as claimed).
+    fn log(
+        &mut self,
+        s: usize,
+        p: i32,
+        batch: &RecordBatch,
+        keys: &[Vec<String>],
+        drafts: &[Draft],
+    ) -> Result<()> {
+        let state = self
+            .partitions
+            .get_mut(&(s, p))
+            .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
+        for (v, view) in self.sources[s].views.iter().enumerate() {
+            let rows = view.rows(batch)?;
+            let log = &mut state.window.logs[v];
+            for (row, draft) in drafts.iter().enumerate() {
+                let Some(vector) = &draft.vectors[v] else {
+                    continue;
+                };
+                log.push(
+                    LogRow {
+                        entity: &keys[v][row],
+                        id: rows.id(row).as_ref(),
+                        time: draft.time,
+                        partition: p,
+                        offset: draft.offset,
+                        as_of: vector.as_of,
+                        late: vector.late,
+                        clock: &quiver_features::log::clock_json(&vector.clock),
+                    },
+                    vector.values.clone(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what a view's cache misses for a batch of partition `p` from Redis, in one
+    /// round trip.
+    fn load(&mut self, s: usize, p: i32, v: usize, keys: &[String]) -> Result<()> {
+        let now = Instant::now();
+        let own = &self.ownership[s];
+        let cache = &self.caches[s][v];
+        let partitions = &self.partitions;
+        let durable = |q: i32| partitions.get(&(s, q)).map_or(-1, |st| st.flushed_through);
+        let missing: Vec<&str> =
+            cache.to_read(keys.iter().map(String::as_str), own, now, p, durable);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let view = &self.sources[s].views[v];
+        let fetched = self.online.fetch(&view.view().name, &missing)?;
+        events::cache_loads(&view.view().name, missing.len());
+        let plan = Arc::clone(view.plan());
+        let cache = &mut self.caches[s][v];
+        let partitions = &self.partitions;
+        let durable = |q: i32| partitions.get(&(s, q)).map_or(-1, |st| st.flushed_through);
+        for (key, shards) in missing.iter().zip(fetched) {
+            cache.load(&plan, key, shards, &self.ownership[s], now, durable);
+        }
+        Ok(())
+    }
+
+    /// Reads the other sources' views of the events to be scored, at scoring time.
+    fn lookups(&mut self, s: usize, drafts: &mut [Draft]) -> Result<()> {
+        let source = &self.sources[s];
+        if !source.scored || source.lookups.is_empty() || self.models.production().is_none() {
+            return Ok(());
+        }
+        let now = Utc::now().timestamp_micros();
+        for lookup in &source.lookups {
+            let k = source.schema.keys.iter().position(|k| *k == lookup.key);
+            let keys: Vec<&str> = drafts
+                .iter()
+                .map(|d| k.map_or("", |k| d.keys[k].as_str()))
+                .collect();
+            let fetched = self.online.fetch(&lookup.view().name, &keys)?;
+            for (draft, shards) in drafts.iter_mut().zip(fetched) {
+                if draft.claimed {
+                    continue;
+                }
+                let mut entity = quiver_features::EntityShards::from_shards(shards);
+                entity.retain_fitting(&lookup.plan);
+                draft.lookups.push(LookupVector {
+                    event_time_max: entity.event_time_max(),
+                    values: entity.read_at(&lookup.plan, now),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Scores the drafts that have every vector and no claim.
+    fn score(&mut self, s: usize, drafts: &mut [Draft]) {
+        let source = &self.sources[s];
+        if !source.scored {
+            return;
+        }
+        let names = &self.feature_names[s];
+        let now = Utc::now().timestamp_micros();
+        let (mut no_model, mut past_state) = (0, 0);
+        for draft in drafts.iter_mut().filter(|d| !d.claimed) {
+            if draft.vectors.iter().any(Option::is_none) {
+                past_state += 1;
+                continue;
+            }
+            let features = DraftFeatures { names, draft };
+            match self.models.decide(&features, &draft.event_id) {
+                Some(outcome) => {
+                    draft.outcome = Some(outcome);
+                    draft.prediction_time = now;
+                }
+                None => no_model += 1,
+            }
+        }
+        if no_model > 0 {
+            events::unscored("no_model", no_model);
+        }
+        if past_state > 0 {
+            events::unscored("replayed", past_state);
+        }
+        self.stats
+            .unscored
+            .fetch_add(no_model + past_state, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records the new decisions of the batch; ranges another member recorded first are
+    /// adopted (their vectors and verdicts replace this member's). An event inside another
+    /// member's range that it recorded no decision for gets none here either.
+    fn claim(&mut self, s: usize, p: i32, drafts: &mut [Draft]) -> Result<()> {
+        let name = self.sources[s].schema.name.clone();
+        let ttl = self.settings.claim_ttl;
+        loop {
+            let state = self
+                .partitions
+                .get_mut(&(s, p))
+                .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
+            let known: Vec<(i64, i64)> = state.claims.ranges().copied().collect();
+            let mut fresh = Vec::new();
+            for (i, draft) in drafts.iter_mut().enumerate() {
+                if draft.claimed || draft.outcome.is_none() {
+                    continue;
+                }
+                if known
+                    .iter()
+                    .any(|(a, b)| *a <= draft.offset && draft.offset <= *b)
+                {
+                    draft.outcome = None;
+                } else {
+                    fresh.push(i);
+                }
+            }
+            if fresh.is_empty() {
+                return Ok(());
+            }
+            let offsets: Vec<i64> = fresh.iter().map(|&i| drafts[i].offset).collect();
+            let mut adopted = 0;
+            for run in runs(&offsets, &known) {
+                let members = &fresh[run];
+                let batch = ClaimBatch {
+                    first: drafts[members[0]].offset,
+                    last: drafts[members[members.len() - 1]].offset,
+                    records: members.iter().map(|&i| record(&drafts[i])).collect(),
+                };
+                let theirs =
+                    self.online
+                        .claim(&name, p, (batch.first, batch.last), &batch.encode(), ttl)?;
+                let state = self
+                    .partitions
+                    .get_mut(&(s, p))
+                    .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
+                if theirs.is_empty() {
+                    state.claims.recorded(batch.first, batch.last);
+                    for &i in members {
+                        drafts[i].claimed = true;
+                    }
+                    continue;
+                }
+                for bytes in theirs {
+                    let other = ClaimBatch::decode(&bytes).map_err(|detail| Error::Claim {
+                        source_name: name.clone(),
+                        partition: p,
+                        detail,
+                    })?;
+                    state.claims.adopt(other);
+                }
+                for &i in members {
+                    if let Some(claim) = state.claims.take(drafts[i].offset) {
+                        adopt(&mut drafts[i], claim);
+                        adopted += 1;
+                    }
+                }
+            }
+            if adopted > 0 {
+                events::claims_adopted(&name, p, adopted);
+            }
+        }
+    }
+
+    /// Produces the batch's predictions and scoring dead letters; adds its score rows.
+    fn emit(
+        &mut self,
+        s: usize,
+        p: i32,
+        drafts: &[Draft],
+        buffer: &Buffer,
+        acks: &Arc<Acks>,
+    ) -> Result<()> {
+        let source = &self.sources[s];
+        let names = &self.feature_names[s];
+        let lookup_names: Vec<&str> = source
+            .lookups
+            .iter()
+            .map(|l| l.view().name.as_str())
+            .collect();
+        let state = self
+            .partitions
+            .get_mut(&(s, p))
+            .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
+        let mut replays = 0;
+        for draft in drafts {
+            let Some(outcome) = &draft.outcome else {
+                continue;
+            };
+            let verdict = match outcome {
+                Outcome::Scored(v) => v,
+                Outcome::Rejected { reason, detail } => {
+                    let span = &buffer.spans[draft.span];
+                    self.producer.dead_letter(
+                        &source.dlq_topic,
+                        Origin {
+                            topic: &source.topic,
+                            partition: p,
+                            offset: draft.offset,
+                        },
+                        buffer.key(span),
+                        buffer.payload(span),
+                        reason,
+                        detail,
+                        acks,
+                    )?;
+                    events::dead_letter(&source.schema.name, p, draft.offset, reason, detail);
+                    self.stats.scoring_dead_letter();
+                    continue;
+                }
+            };
+            let features = DraftFeatures { names, draft };
+            let pairs: Vec<(&str, &Value)> = names
+                .iter()
+                .zip(features.values())
+                .flat_map(|(n, vals)| n.iter().map(String::as_str).zip(vals))
+                .collect();
+            let mut ids = Vec::with_capacity(1 + source.schema.keys.len());
+            ids.push((
+                source.schema.id.as_deref().unwrap_or("event_id"),
+                draft.event_id.clone(),
+            ));
+            ids.extend(
+                source
+                    .schema
+                    .keys
+                    .iter()
+                    .map(String::as_str)
+                    .zip(draft.keys.iter().cloned()),
+            );
+            let freshness: Vec<(&str, String)> = lookup_names
+                .iter()
+                .zip(&draft.lookups)
+                .filter_map(|(n, l)| Some((*n, rfc3339_millis(l.event_time_max?))))
+                .collect();
+            let feature_json = Features(&pairs);
+            let prediction = Prediction {
+                ids: Fields(&ids),
+                model_id: &verdict.model_id,
+                variant: verdict.variant,
+                score: verdict.score,
+                decision: verdict.decision,
+                features: Features(&pairs),
+                event_time_max: Fields(&freshness),
+                event_time: rfc3339_millis(draft.time),
+                prediction_time: rfc3339_millis(draft.prediction_time),
+                shadow: verdict.shadow.as_ref(),
+            };
+            let payload = prediction.to_json();
+            let span = &buffer.spans[draft.span];
+            self.producer.prediction(
+                &self.settings.predictions_topic,
+                draft.keys.first().map_or("", String::as_str),
+                &payload,
+                acks,
+                Acked {
+                    model_id: Arc::from(verdict.model_id.as_str()),
+                    variant: verdict.variant,
+                    decision: verdict.decision,
+                    event_timestamp_ms: span.timestamp_ms,
+                },
+            )?;
+            replays += u64::from(draft.repeated);
+            state.window.scores.push(ScoreRow {
+                event_id: draft.event_id.clone(),
+                keys: draft.keys.clone(),
+                verdict: verdict.clone(),
+                event_time: draft.time,
+                prediction_time: draft.prediction_time,
+                offset: draft.offset,
+                replayed: draft.repeated,
+                features: serde_json::to_string(&feature_json).unwrap_or_default(),
+            });
+        }
+        if replays > 0 {
+            events::predictions_replayed(replays);
+        }
+        Ok(())
+    }
+}
+
+/// Replaces a draft's vectors and verdict with a claim's.
+fn adopt(draft: &mut Draft, claim: ClaimRecord) {
+    draft.vectors = claim.views.into_iter().map(Some).collect();
+    draft.lookups = claim.lookups;
+    draft.outcome = Some(claim.outcome);
+    draft.prediction_time = claim.prediction_time;
+    draft.claimed = true;
+    draft.repeated = true;
+}
+
+/// The claim of a draft with an outcome.
+fn record(draft: &Draft) -> ClaimRecord {
+    ClaimRecord {
+        offset: draft.offset,
+        prediction_time: draft.prediction_time,
+        outcome: draft.outcome.clone().unwrap_or(Outcome::Rejected {
+            reason: String::new(),
+            detail: String::new(),
+        }),
+        views: draft.vectors.iter().flatten().cloned().collect(),
+        lookups: draft.lookups.clone(),
+    }
+}

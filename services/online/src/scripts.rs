@@ -1,0 +1,61 @@
+//! The Lua scripts that make Quiver's writes conditional, so that a member which lost its
+//! partitions can never undo the work of the member that has them now.
+//!
+//! Both are loaded once per connection (`SCRIPT LOAD`) and sent as `EVALSHA` in pipelines; a
+//! Redis that restarted (and forgot them) answers `NOSCRIPT`, on which they are loaded again.
+
+/// Writes one partition's shard of many entities, each unless its stored applied offset
+/// (`o<partition>`) is greater (equal is a harmless rewrite), and refreshes the TTL.
+///
+/// `KEYS`: entity hashes. `ARGV[1]`: TTL (ms), `ARGV[2]`: partition, then per key its applied
+/// offset and its encoded shard. Returns the 1-based indexes of the keys refused.
+pub const WRITE_SHARDS: &str = r"
+local ttl = ARGV[1]
+local field = 'p' .. ARGV[2]
+local ofield = 'o' .. ARGV[2]
+local refused = {}
+for i, key in ipairs(KEYS) do
+  local offset = ARGV[1 + 2 * i]
+  local current = tonumber(redis.call('HGET', key, ofield) or '-1')
+  if tonumber(offset) < current then
+    refused[#refused + 1] = i
+  else
+    redis.call('HSET', key, field, ARGV[2 + 2 * i], ofield, offset)
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+return refused
+";
+
+/// Records the claim of an offset range unless a recorded one overlaps it.
+///
+/// `KEYS[1]`: the claims hash of a source partition (fields `<first>:<last>`, plus `through`,
+/// the highest offset claimed). `ARGV`: first, last, the claim's bytes, TTL (ms). Returns the
+/// bytes of the overlapping claims (nothing recorded then), or an empty list once recorded.
+/// Claims past `through` cannot overlap anything: the common case costs no scan.
+pub const CLAIM: &str = r"
+local first = tonumber(ARGV[1])
+local last = tonumber(ARGV[2])
+local name = ARGV[1] .. ':' .. ARGV[2]
+local through = tonumber(redis.call('HGET', KEYS[1], 'through') or '-1')
+if first > through then
+  redis.call('HSET', KEYS[1], name, ARGV[3], 'through', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {}
+end
+local clash = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local a, b = string.match(f, '^(%d+):(%d+)$')
+  if a and tonumber(a) <= last and tonumber(b) >= first then
+    clash[#clash + 1] = redis.call('HGET', KEYS[1], f)
+  end
+end
+if #clash == 0 then
+  redis.call('HSET', KEYS[1], name, ARGV[3])
+  if last > through then
+    redis.call('HSET', KEYS[1], 'through', ARGV[2])
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return clash
+";

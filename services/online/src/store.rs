@@ -1,0 +1,307 @@
+//! The synchronous client of the streaming worker: shard reads and conditional writes, and
+//! claims. It reconnects by itself: a failed connection is dropped and the next call opens a
+//! new one (and loads the scripts again), so a Redis restart costs the calls made while it was
+//! down, which fail with a transient error the caller retries.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use quiver_features::Shard;
+use redis::{Connection, RedisResult};
+
+use crate::encoding::{encode, parse_hash};
+use crate::keys::Keys;
+use crate::scripts::{CLAIM, WRITE_SHARDS};
+use crate::{Result, offset_field};
+
+/// Keys per `EVALSHA` of a shard write (the rest go in more calls of the same pipeline).
+const KEYS_PER_SCRIPT: usize = 512;
+
+/// What a shard write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardWrites {
+    /// Shards written.
+    pub written: usize,
+    /// Shards refused because Redis already held a later one (a newer owner wrote it).
+    pub refused: usize,
+}
+
+/// One recorded claim: an offset range and its opaque bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedRange {
+    /// First offset.
+    pub first: i64,
+    /// Last offset (inclusive).
+    pub last: i64,
+    /// What was recorded.
+    pub bytes: Vec<u8>,
+}
+
+/// The worker's Redis client.
+pub struct OnlineStore {
+    client: redis::Client,
+    conn: Option<Connection>,
+    keys: Keys,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    write_shards: redis::Script,
+    claim: redis::Script,
+}
+
+impl std::fmt::Debug for OnlineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnlineStore")
+            .field("keys", &self.keys)
+            .field("connected", &self.conn.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnlineStore {
+    /// Connects (failing after `connect_timeout`); every command then waits at most
+    /// `command_timeout` for its reply.
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Self> {
+        let mut store = Self {
+            client: redis::Client::open(url)?,
+            conn: None,
+            keys: Keys::new(prefix),
+            connect_timeout,
+            command_timeout,
+            write_shards: redis::Script::new(WRITE_SHARDS),
+            claim: redis::Script::new(CLAIM),
+        };
+        store.ping()?;
+        Ok(store)
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    fn open(&self) -> RedisResult<Connection> {
+        let mut conn = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)?;
+        conn.set_read_timeout(Some(self.command_timeout))?;
+        conn.set_write_timeout(Some(self.command_timeout))?;
+        self.write_shards.load(&mut conn)?;
+        self.claim.load(&mut conn)?;
+        Ok(conn)
+    }
+
+    /// Runs `op` on a live connection: opens one if needed, reloads the scripts once if Redis
+    /// forgot them, and drops the connection on any error that may have left it unusable.
+    fn run<T>(&mut self, mut op: impl FnMut(&mut Connection) -> RedisResult<T>) -> Result<T> {
+        let mut reloaded = false;
+        loop {
+            let conn = match self.conn.take() {
+                Some(conn) => conn,
+                None => self.open()?,
+            };
+            let mut conn = conn;
+            match op(&mut conn) {
+                Ok(v) => {
+                    self.conn = Some(conn);
+                    return Ok(v);
+                }
+                Err(e) if e.kind() == redis::ErrorKind::NoScriptError && !reloaded => {
+                    reloaded = true;
+                    self.write_shards.load(&mut conn)?;
+                    self.claim.load(&mut conn)?;
+                    self.conn = Some(conn);
+                }
+                Err(e) => {
+                    // A reply error leaves the connection in sync; anything else may not.
+                    if e.kind() == redis::ErrorKind::ResponseError && !e.is_timeout() {
+                        self.conn = Some(conn);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// `PING`.
+    pub fn ping(&mut self) -> Result<()> {
+        self.run(|c| redis::cmd("PING").query::<String>(c))?;
+        Ok(())
+    }
+
+    /// The shards of many entities of a view, in one round trip, each in partition order.
+    pub fn fetch(&mut self, view: &str, entities: &[&str]) -> Result<Vec<Vec<(i32, Shard)>>> {
+        if entities.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = entities.iter().map(|e| self.keys.entity(view, e)).collect();
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.hgetall(key);
+        }
+        let raw: Vec<BTreeMap<String, Vec<u8>>> = self.run(|c| pipe.query(c))?;
+        keys.iter()
+            .zip(raw)
+            .map(|(key, hash)| parse_hash(key, hash))
+            .collect()
+    }
+
+    /// Writes one partition's shard of many entities with the view's TTL, in one round trip;
+    /// a shard whose stored applied offset is later is left as it is (see
+    /// [`crate::scripts::WRITE_SHARDS`]).
+    pub fn write_shards(
+        &mut self,
+        view: &str,
+        partition: i32,
+        ttl: Duration,
+        shards: &[(&str, &Shard)],
+    ) -> Result<ShardWrites> {
+        if shards.is_empty() {
+            return Ok(ShardWrites::default());
+        }
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        for chunk in shards.chunks(KEYS_PER_SCRIPT) {
+            let cmd = pipe.cmd("EVALSHA");
+            cmd.arg(self.write_shards.get_hash())
+                .arg(chunk.len())
+                .arg(
+                    chunk
+                        .iter()
+                        .map(|(e, _)| self.keys.entity(view, e))
+                        .collect::<Vec<_>>(),
+                )
+                .arg(ttl_ms)
+                .arg(partition);
+            for (_, shard) in chunk {
+                cmd.arg(shard.applied_offset).arg(encode(shard));
+            }
+        }
+        let refused: Vec<Vec<i64>> = self.run(|c| pipe.query(c))?;
+        let refused: usize = refused.iter().map(Vec::len).sum();
+        Ok(ShardWrites {
+            written: shards.len() - refused,
+            refused,
+        })
+    }
+
+    /// Records `bytes` as the claim of offsets `first..=last` of a source partition, unless a
+    /// recorded claim overlaps the range: then nothing is recorded and the overlapping claims'
+    /// bytes are returned.
+    pub fn claim(
+        &mut self,
+        source: &str,
+        partition: i32,
+        (first, last): (i64, i64),
+        bytes: &[u8],
+        ttl: Duration,
+    ) -> Result<Vec<Vec<u8>>> {
+        let key = self.keys.claims(source, partition);
+        let hash = self.claim.get_hash().to_string();
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        self.run(|c| {
+            redis::cmd("EVALSHA")
+                .arg(&hash)
+                .arg(1)
+                .arg(&key)
+                .arg(first)
+                .arg(last)
+                .arg(bytes)
+                .arg(ttl_ms)
+                .query(c)
+        })
+    }
+
+    /// Every claim recorded for a source partition, by first offset.
+    pub fn claims(&mut self, source: &str, partition: i32) -> Result<Vec<ClaimedRange>> {
+        let key = self.keys.claims(source, partition);
+        let raw: BTreeMap<String, Vec<u8>> =
+            self.run(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
+        let mut out: Vec<ClaimedRange> = raw
+            .into_iter()
+            .filter_map(|(field, bytes)| {
+                let (first, last) = field.split_once(':')?;
+                Some(ClaimedRange {
+                    first: first.parse().ok()?,
+                    last: last.parse().ok()?,
+                    bytes,
+                })
+            })
+            .collect();
+        out.sort_by_key(|c| c.first);
+        Ok(out)
+    }
+
+    /// Deletes claims of a source partition (their offsets are committed).
+    pub fn release_claims(
+        &mut self,
+        source: &str,
+        partition: i32,
+        ranges: &[(i64, i64)],
+    ) -> Result<()> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.claims(source, partition);
+        let fields: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}:{b}")).collect();
+        self.run(|c| redis::cmd("HDEL").arg(&key).arg(&fields).query::<i64>(c))?;
+        Ok(())
+    }
+
+    /// The applied offsets Redis holds for one partition's shard of `entities` (-1: none).
+    pub fn applied_offsets(
+        &mut self,
+        view: &str,
+        partition: i32,
+        entities: &[&str],
+    ) -> Result<Vec<i64>> {
+        let field = offset_field(partition);
+        let mut pipe = redis::pipe();
+        for e in entities {
+            pipe.hget(self.keys.entity(view, e), &field);
+        }
+        let raw: Vec<Option<i64>> = self.run(|c| pipe.query(c))?;
+        Ok(raw.into_iter().map(|o| o.unwrap_or(-1)).collect())
+    }
+
+    /// Deletes every key matching `pattern`; returns how many.
+    fn clear(&mut self, pattern: &str) -> Result<u64> {
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self.run(|c| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)
+            })?;
+            if !keys.is_empty() {
+                removed += self.run(|c| redis::cmd("UNLINK").arg(&keys).query::<u64>(c))?;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Deletes every entity of a view (its source topic was re-created, so the offsets its
+    /// shards recorded mean nothing any more). Returns how many keys were removed.
+    pub fn clear_view(&mut self, view: &str) -> Result<u64> {
+        let pattern = self.keys.view_pattern(view);
+        self.clear(&pattern)
+    }
+
+    /// Deletes every claim of a source (same reason).
+    pub fn clear_claims(&mut self, source: &str) -> Result<u64> {
+        let pattern = self.keys.claims_pattern(source);
+        self.clear(&pattern)
+    }
+}

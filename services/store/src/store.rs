@@ -1,0 +1,298 @@
+//! One table of offset-named segments: listing, durable offsets, and exclusive atomic writes.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::ipc::writer::FileWriter;
+use chrono::NaiveDate;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use quiver_core::schema::OFFSET_COLUMN;
+
+use crate::segment::{SegmentFile, SegmentId};
+use crate::{Error, Result, Table, io};
+
+/// What a segment write did.
+#[derive(Debug, Clone)]
+pub struct WrittenSegment {
+    /// Its identity (a part of the range asked for when other segments held the rest).
+    pub id: SegmentId,
+    /// Path of the segment.
+    pub path: PathBuf,
+    /// Rows written.
+    pub rows: usize,
+    /// Bytes on disk.
+    pub bytes: u64,
+}
+
+/// A directory of offset-named segments of one [`Table`], one sub-directory per stream.
+#[derive(Debug, Clone)]
+pub struct SegmentStore {
+    root: PathBuf,
+    table: Table,
+}
+
+impl SegmentStore {
+    /// Opens (creating if needed) `table` under the store dir.
+    pub fn open(store_dir: &Path, table: Table) -> Result<Self> {
+        let root = store_dir.join(table.dir_name());
+        std::fs::create_dir_all(&root).map_err(io("create", &root))?;
+        Ok(Self { root, table })
+    }
+
+    /// The table.
+    pub fn table(&self) -> Table {
+        self.table
+    }
+
+    /// The directory of a stream (a source or a view).
+    pub fn stream_dir(&self, stream: &str) -> PathBuf {
+        self.root.join(stream)
+    }
+
+    /// Every segment of a stream, sorted by (partition, first offset). Temporary files left by
+    /// a writer that has exited are removed on the way.
+    pub fn segments(&self, stream: &str) -> Result<Vec<SegmentFile>> {
+        let dir = self.stream_dir(stream);
+        let ext = self.table.extension();
+        let mut out = Vec::new();
+        let dates = match std::fs::read_dir(&dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io("list", &dir)(e)),
+        };
+        for date in dates {
+            let date = date.map_err(io("list", &dir))?.path();
+            if !date.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(&date).map_err(io("list", &date))? {
+                let path = entry.map_err(io("list", &date))?.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                if name.starts_with('.') && name.contains(".tmp-") {
+                    // A write that never reached its rename. Another process (or another
+                    // member in this one) may be writing it right now, so only a file whose
+                    // writer is gone is removed.
+                    if writer_gone(name) {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    continue;
+                }
+                if let Some(id) = SegmentId::parse(name, ext) {
+                    out.push(SegmentFile { id, path });
+                }
+            }
+        }
+        out.sort_by_key(|a| a.id);
+        Ok(out)
+    }
+
+    /// The last durable offset of each partition of a stream.
+    pub fn durable_offsets(&self, stream: &str) -> Result<BTreeMap<i32, i64>> {
+        let mut out = BTreeMap::new();
+        for segment in self.segments(stream)? {
+            let last = out
+                .entry(segment.id.partition)
+                .or_insert(segment.id.last_offset);
+            *last = (*last).max(segment.id.last_offset);
+        }
+        Ok(out)
+    }
+
+    /// Moves a stream's segments aside to `<stream>.stale-<UTC time>` (they belong to an
+    /// earlier incarnation of its topic) and returns the new location.
+    pub fn retire(&self, stream: &str) -> Result<PathBuf> {
+        let from = self.stream_dir(stream);
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let to = self.root.join(format!("{stream}.stale-{stamp}"));
+        std::fs::rename(&from, &to).map_err(io("rename", &from))?;
+        sync_dir(&self.root)?;
+        Ok(to)
+    }
+
+    /// Writes the rows of `batch` (offsets `id.first_offset..=id.last_offset` of one partition,
+    /// in an `_offset` column) durably and atomically, except offsets another segment of the
+    /// stream already covers: each uncovered part of the range becomes a segment of its own
+    /// (possibly empty, when every event of it was rejected), and a range wholly covered (a
+    /// replay) writes nothing. The check and the writes hold the stream's lock, so concurrent
+    /// writers never produce overlapping segments.
+    pub fn append(
+        &self,
+        stream: &str,
+        date: NaiveDate,
+        id: SegmentId,
+        batch: &RecordBatch,
+    ) -> Result<Vec<WrittenSegment>> {
+        let _lock = self.lock(stream)?;
+        let existing: Vec<SegmentId> = self
+            .segments(stream)?
+            .into_iter()
+            .map(|s| s.id)
+            .filter(|s| s.overlaps(&id))
+            .collect();
+        let parts = id.uncovered(&existing);
+        if parts == [id] {
+            return Ok(vec![self.write(stream, date, id, batch)?]);
+        }
+        let mut out = Vec::with_capacity(parts.len());
+        for part in parts {
+            let rows = self.rows_within(stream, batch, part)?;
+            out.push(self.write(stream, date, part, &rows)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes one segment, atomically replacing a segment of the same name (the backfill
+    /// rewrites the feature log segment by segment).
+    pub fn replace(
+        &self,
+        stream: &str,
+        date: NaiveDate,
+        id: SegmentId,
+        batch: &RecordBatch,
+    ) -> Result<WrittenSegment> {
+        let _lock = self.lock(stream)?;
+        self.write(stream, date, id, batch)
+    }
+
+    /// Removes a segment (one a backfill's rewrite superseded).
+    pub fn remove(&self, segment: &SegmentFile) -> Result<()> {
+        match std::fs::remove_file(&segment.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", &segment.path)(e)),
+        }
+        if let Some(dir) = segment.path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The stream's lock: held while a writer checks for overlaps and renames into place.
+    fn lock(&self, stream: &str) -> Result<File> {
+        let dir = self.stream_dir(stream);
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let path = dir.join(".lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        file.lock().map_err(io("lock", &path))?;
+        Ok(file)
+    }
+
+    fn rows_within(
+        &self,
+        stream: &str,
+        batch: &RecordBatch,
+        part: SegmentId,
+    ) -> Result<RecordBatch> {
+        let offsets = batch
+            .column_by_name(OFFSET_COLUMN)
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .ok_or_else(|| Error::NoOffsets(self.stream_dir(stream)))?;
+        let keep: BooleanArray = offsets
+            .iter()
+            .map(|o| o.map(|o| part.first_offset <= o && o <= part.last_offset))
+            .collect();
+        Ok(filter_record_batch(batch, &keep)?)
+    }
+
+    /// Encodes and renames one segment into place (the caller holds the stream's lock).
+    fn write(
+        &self,
+        stream: &str,
+        date: NaiveDate,
+        id: SegmentId,
+        batch: &RecordBatch,
+    ) -> Result<WrittenSegment> {
+        let dir = self
+            .stream_dir(stream)
+            .join(format!("date={}", date.format("%Y-%m-%d")));
+        let name = id.file_name(self.table.extension());
+        let path = dir.join(&name);
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        let file = match self.table {
+            Table::Raw => encode_ipc(file, batch)?,
+            Table::FeatureLog | Table::Scores => encode_parquet(file, batch)?,
+        };
+        file.sync_all().map_err(io("fsync", &tmp))?;
+        let bytes = file.metadata().map_err(io("stat", &tmp))?.len();
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+        sync_dir(&dir)?;
+        Ok(WrittenSegment {
+            id,
+            path,
+            rows: batch.num_rows(),
+            bytes,
+        })
+    }
+}
+
+fn encode_ipc(file: File, batch: &RecordBatch) -> Result<File> {
+    let mut writer = FileWriter::try_new(file, &batch.schema())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+fn encode_parquet(file: File, batch: &RecordBatch) -> Result<File> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    Ok(writer.into_inner()?)
+}
+
+/// Whether the process that wrote temporary file `name` (`.<segment>.tmp-<pid>`) has exited.
+/// Unknown (no `/proc`, or a name without a pid) counts as alive: the file is then left alone.
+fn writer_gone(name: &str) -> bool {
+    let Some(pid) = name
+        .rsplit_once(".tmp-")
+        .and_then(|(_, pid)| pid.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id()
+        && Path::new("/proc/self").exists()
+        && !Path::new("/proc").join(pid.to_string()).exists()
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_files_of_live_or_unknown_writers_are_kept() {
+        // This process is alive: another member in it may be writing the file right now.
+        let mine = format!(
+            ".part-00001-00000000000000000000-00000000000000000009.arrow.tmp-{}",
+            std::process::id()
+        );
+        assert!(!writer_gone(&mine));
+        assert!(!writer_gone(".part-1-2-3.arrow.tmp-notapid"));
+    }
+}
