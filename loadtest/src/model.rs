@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 use quiver_core::{Catalog, Config};
 use quiver_demo::{Generator, GeneratorOptions};
 use quiver_features::ViewCatalog;
@@ -93,15 +93,24 @@ pub(crate) fn deploy_first_model(
     };
     let started = Instant::now();
     while stats.events.load(Ordering::Relaxed) < 2 * HISTORY as u64 {
-        if started.elapsed() > Duration::from_secs(180) || worker.is_finished() {
-            bail!("the warm-up worker did not ingest the history");
+        if worker.is_finished() {
+            return match worker.join() {
+                Ok(Ok(_)) => Err(anyhow!(
+                    "the warm-up worker stopped before ingesting the history"
+                )),
+                Ok(Err(e)) => Err(anyhow!(e).context("the warm-up worker failed")),
+                Err(_) => Err(anyhow!("the warm-up worker panicked")),
+            };
+        }
+        if started.elapsed() > Duration::from_secs(180) {
+            bail!("the warm-up worker did not ingest the history within 180 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     shutdown.trigger();
     worker
         .join()
-        .map_err(|_| anyhow::anyhow!("warm-up worker panicked"))??;
+        .map_err(|_| anyhow!("warm-up worker panicked"))??;
     let dataset = warm.store.dir.join("dataset");
     let options = quiver_batch::dataset::DatasetOptions::new("labels", dataset.clone());
     {

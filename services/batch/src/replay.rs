@@ -422,9 +422,7 @@ impl<'a> Replay<'a> {
             let outputs = self
                 .views
                 .iter()
-                .map(|v| {
-                    LogBuilder::new(v.view.view().aggregations.len(), self.source.id.is_some())
-                })
+                .map(|v| LogBuilder::new(v.view.log_schema(), self.source.id.is_some()))
                 .collect();
             self.report.segments += 1;
             self.cursors[i].loaded = Some(Loaded {
@@ -578,7 +576,7 @@ impl<'a> Replay<'a> {
                     late,
                     clock: &clock_json(&clock),
                 },
-                values,
+                &values,
             );
             self.report.rows += 1;
         }
@@ -608,7 +606,7 @@ impl<'a> Replay<'a> {
             self.cursors[i].seal += 1;
             if l.selected {
                 for (job, out) in self.views.iter().zip(l.outputs) {
-                    let rows = out.finish(job.view.log_schema())?;
+                    let rows = out.finish()?;
                     self.sink.segment(job.view.view(), &l.segment, rows)?;
                 }
             }

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Int32Array, Int64Array,
-    RecordBatch, StringArray, StringBuilder, StringViewArray, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int32Array,
+    Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, StringViewArray,
+    TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quiver_core::schema::{FieldType, SourceSchema, timestamp_type};
@@ -227,9 +228,52 @@ pub struct LogRow<'a> {
     pub clock: &'a str,
 }
 
+/// A feature column being built, typed by the log schema.
+#[derive(Debug)]
+enum FeatureColumn {
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Str(StringBuilder),
+    Bool(BooleanBuilder),
+}
+
+impl FeatureColumn {
+    fn new(ty: &DataType) -> Self {
+        match ty {
+            DataType::Int64 => Self::Int(Int64Builder::new()),
+            DataType::Utf8 => Self::Str(StringBuilder::new()),
+            DataType::Boolean => Self::Bool(BooleanBuilder::new()),
+            _ => Self::Float(Float64Builder::new()),
+        }
+    }
+
+    /// Appends a value (null when it is not of the column's type).
+    fn push(&mut self, value: &Value) {
+        match (self, value) {
+            (Self::Int(b), Value::Int(x)) => b.append_value(*x),
+            (Self::Int(b), _) => b.append_null(),
+            (Self::Str(b), Value::Str(x)) => b.append_value(x),
+            (Self::Str(b), _) => b.append_null(),
+            (Self::Bool(b), Value::Bool(x)) => b.append_value(*x),
+            (Self::Bool(b), _) => b.append_null(),
+            (Self::Float(b), v) => b.append_option(v.as_f64()),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Int(b) => Arc::new(b.finish()),
+            Self::Float(b) => Arc::new(b.finish()),
+            Self::Str(b) => Arc::new(b.finish()),
+            Self::Bool(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
 /// Column builders of a feature-log batch.
 #[derive(Debug)]
 pub struct LogBuilder {
+    schema: SchemaRef,
     entity: StringBuilder,
     id: Option<StringBuilder>,
     time: Vec<i64>,
@@ -238,13 +282,22 @@ pub struct LogBuilder {
     as_of: Vec<i64>,
     late: BooleanBuilder,
     clock: StringBuilder,
-    features: Vec<Vec<Value>>,
+    features: Vec<FeatureColumn>,
 }
 
 impl LogBuilder {
-    /// An empty batch of a view with `features` features; `with_id` when the source has an id.
-    pub fn new(features: usize, with_id: bool) -> Self {
+    /// An empty batch of a view's log, in `schema` (from [`log_schema`]); `with_id` when the
+    /// source has an id field.
+    pub fn new(schema: &SchemaRef, with_id: bool) -> Self {
+        let first = schema.fields().len()
+            - schema
+                .fields()
+                .iter()
+                .rev()
+                .take_while(|f| f.name() != CLOCK_COLUMN)
+                .count();
         Self {
+            schema: Arc::clone(schema),
             entity: StringBuilder::new(),
             id: with_id.then(StringBuilder::new),
             time: Vec::new(),
@@ -253,7 +306,10 @@ impl LogBuilder {
             as_of: Vec::new(),
             late: BooleanBuilder::new(),
             clock: StringBuilder::new(),
-            features: vec![Vec::new(); features],
+            features: schema.fields()[first..]
+                .iter()
+                .map(|f| FeatureColumn::new(f.data_type()))
+                .collect(),
         }
     }
 
@@ -267,8 +323,8 @@ impl LogBuilder {
         self.time.is_empty()
     }
 
-    /// Appends a row.
-    pub fn push(&mut self, row: LogRow<'_>, values: Vec<Value>) {
+    /// Appends a row: its metadata and its feature values, in the view's order.
+    pub fn push(&mut self, row: LogRow<'_>, values: &[Value]) {
         self.entity.append_value(row.entity);
         if let Some(b) = self.id.as_mut() {
             match row.id {
@@ -289,8 +345,8 @@ impl LogBuilder {
         }
     }
 
-    /// The batch, in `schema` (from [`log_schema`]).
-    pub fn finish(mut self, schema: &SchemaRef) -> Result<RecordBatch> {
+    /// The batch.
+    pub fn finish(mut self) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = vec![Arc::new(self.entity.finish())];
         if let Some(id) = self.id.as_mut() {
             columns.push(Arc::new(id.finish()));
@@ -305,43 +361,8 @@ impl LogBuilder {
         ));
         columns.push(Arc::new(self.late.finish()));
         columns.push(Arc::new(self.clock.finish()));
-        let first_feature = columns.len();
-        for (i, values) in self.features.into_iter().enumerate() {
-            let column: ArrayRef = match schema.field(first_feature + i).data_type() {
-                DataType::Int64 => Arc::new(
-                    values
-                        .iter()
-                        .map(|v| match v {
-                            Value::Int(x) => Some(*x),
-                            _ => None,
-                        })
-                        .collect::<Int64Array>(),
-                ),
-                DataType::Utf8 => {
-                    let mut b = StringBuilder::new();
-                    values.iter().for_each(|v| {
-                        b.append_option(if let Value::Str(x) = v {
-                            Some(x.as_str())
-                        } else {
-                            None
-                        })
-                    });
-                    Arc::new(b.finish())
-                }
-                DataType::Boolean => Arc::new(
-                    values
-                        .iter()
-                        .map(|v| match v {
-                            Value::Bool(x) => Some(*x),
-                            _ => None,
-                        })
-                        .collect::<BooleanArray>(),
-                ),
-                _ => Arc::new(values.iter().map(Value::as_f64).collect::<Float64Array>()),
-            };
-            columns.push(column);
-        }
-        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+        columns.extend(self.features.iter_mut().map(FeatureColumn::finish));
+        Ok(RecordBatch::try_new(self.schema, columns)?)
     }
 }
 

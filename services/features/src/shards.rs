@@ -20,6 +20,7 @@
 //! else merges shards.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -50,20 +51,22 @@ impl Shard {
 const HISTORY: usize = 8;
 
 /// One partition's share of an entity, and the versions of it other partitions' reads see.
+/// Versions share memory with the shard until it changes (copy on write), so a snapshot costs
+/// a reference count.
 #[derive(Debug, Clone)]
 struct Slot {
     partition: i32,
-    shard: Shard,
+    shard: Arc<Shard>,
     /// What other partitions' reads see instead of `shard` (`Some(None)`: nothing).
-    published: Option<Option<Shard>>,
+    published: Option<Option<Arc<Shard>>>,
     /// Earlier versions, oldest first (kept by [`EntityShards::apply_sealed`]).
-    history: VecDeque<Shard>,
+    history: VecDeque<Arc<Shard>>,
     /// The seal `history` last saved a version for.
     sealed: u64,
 }
 
 impl Slot {
-    fn new(partition: i32, shard: Shard) -> Self {
+    fn new(partition: i32, shard: Arc<Shard>) -> Self {
         Self {
             partition,
             shard,
@@ -76,7 +79,7 @@ impl Slot {
     /// What a read for another partition's event sees now.
     fn seen(&self) -> Option<&Shard> {
         match &self.published {
-            Some(version) => version.as_ref(),
+            Some(version) => version.as_deref(),
             None => Some(&self.shard),
         }
     }
@@ -86,6 +89,7 @@ impl Slot {
         std::iter::once(&self.shard)
             .chain(self.published.iter().flatten())
             .chain(self.history.iter().rev())
+            .map(|s| &**s)
             .find(|s| s.applied_offset == offset)
     }
 }
@@ -118,7 +122,10 @@ impl EntityShards {
 
     /// From `(partition, shard)` pairs in any order.
     pub fn from_shards(shards: impl IntoIterator<Item = (i32, Shard)>) -> Self {
-        let mut slots: Vec<Slot> = shards.into_iter().map(|(p, s)| Slot::new(p, s)).collect();
+        let mut slots: Vec<Slot> = shards
+            .into_iter()
+            .map(|(p, s)| Slot::new(p, Arc::new(s)))
+            .collect();
         slots.sort_by_key(|s| s.partition);
         slots.dedup_by_key(|s| s.partition);
         Self {
@@ -147,12 +154,18 @@ impl EntityShards {
 
     /// The shards, in partition order.
     pub fn iter(&self) -> impl Iterator<Item = (i32, &Shard)> {
-        self.slots.iter().map(|s| (s.partition, &s.shard))
+        self.slots.iter().map(|s| (s.partition, &*s.shard))
     }
 
     /// The shard of `partition`.
     pub fn get(&self, partition: i32) -> Option<&Shard> {
-        self.slot(partition).map(|s| &s.shard)
+        self.slot(partition).map(|s| &*s.shard)
+    }
+
+    /// A snapshot of the shard of `partition` as it stands (it shares memory with the shard
+    /// until the shard changes).
+    pub fn snapshot(&self, partition: i32) -> Option<Arc<Shard>> {
+        self.slot(partition).map(|s| Arc::clone(&s.shard))
     }
 
     /// The offset of the last event of `partition` applied (-1: none).
@@ -163,9 +176,10 @@ impl EntityShards {
     /// Sets the shard of `partition` (e.g. as read from the online store); its published
     /// version and history are dropped.
     pub fn insert(&mut self, partition: i32, shard: Shard) {
+        let slot = Slot::new(partition, Arc::new(shard));
         match self.position(partition) {
-            Ok(i) => self.slots[i] = Slot::new(partition, shard),
-            Err(i) => self.slots.insert(i, Slot::new(partition, shard)),
+            Ok(i) => self.slots[i] = slot,
+            Err(i) => self.slots.insert(i, slot),
         }
         self.memos.clear();
     }
@@ -174,12 +188,13 @@ impl EntityShards {
     pub fn remove(&mut self, partition: i32) -> Option<Shard> {
         let i = self.position(partition).ok()?;
         self.memos.clear();
-        Some(self.slots.remove(i).shard)
+        let shard = self.slots.remove(i).shard;
+        Some(Arc::try_unwrap(shard).unwrap_or_else(|shared| (*shared).clone()))
     }
 
     /// Makes reads for the other partitions' events see `version` of `partition`'s shard
     /// (`None`: no shard) instead of the shard itself. No-op without a shard of `partition`.
-    pub fn publish(&mut self, partition: i32, version: Option<Shard>) {
+    pub fn publish(&mut self, partition: i32, version: Option<Arc<Shard>>) {
         if let Ok(i) = self.position(partition) {
             self.slots[i].published = Some(version);
         }
@@ -206,7 +221,7 @@ impl EntityShards {
             if slot
                 .published
                 .as_ref()
-                .is_some_and(|v| v.as_ref().is_some_and(|v| !plan.fits(&v.state)))
+                .is_some_and(|v| v.as_deref().is_some_and(|v| !plan.fits(&v.state)))
             {
                 slot.published = None;
             }
@@ -247,7 +262,7 @@ impl EntityShards {
         let i = match self.position(partition) {
             Ok(i) => i,
             Err(i) => {
-                let mut slot = Slot::new(partition, Shard::empty(plan));
+                let mut slot = Slot::new(partition, Arc::new(Shard::empty(plan)));
                 slot.sealed = seal;
                 self.slots.insert(i, slot);
                 i
@@ -259,19 +274,14 @@ impl EntityShards {
         }
         if slot.sealed < seal {
             slot.sealed = seal;
-            slot.history.push_back(slot.shard.clone());
+            slot.history.push_back(Arc::clone(&slot.shard));
             if slot.history.len() > HISTORY {
                 slot.history.pop_front();
             }
         }
-        let applied = plan.apply(
-            &mut slot.shard.state,
-            time,
-            (partition, offset),
-            inputs,
-            scratch,
-        );
-        slot.shard.applied_offset = offset;
+        let shard = Arc::make_mut(&mut slot.shard);
+        let applied = plan.apply(&mut shard.state, time, (partition, offset), inputs, scratch);
+        shard.applied_offset = offset;
         // Reads of this partition's events see the shard itself: forget what the event may
         // change. Other partitions' memos name the version they read and notice by themselves.
         for memo in self.memos.iter_mut().filter(|m| m.reader == partition) {
@@ -312,9 +322,10 @@ impl EntityShards {
     ) -> (i64, Vec<Value>) {
         let mut key = Vec::with_capacity(self.slots.len());
         let mut states: Vec<&EntityState> = Vec::with_capacity(self.slots.len());
+        let mut own = None;
         for slot in &self.slots {
             let seen = if slot.partition == partition {
-                Some(&slot.shard)
+                Some(&*slot.shard)
             } else {
                 match clock {
                     None => slot.seen(),
@@ -325,6 +336,7 @@ impl EntityShards {
             };
             if let Some(shard) = seen {
                 let offset = if slot.partition == partition {
+                    own = Some(states.len());
                     -1
                 } else {
                     shard.applied_offset
@@ -352,7 +364,7 @@ impl EntityShards {
         let as_of = ViewPlan::event_time_max(&states).unwrap_or(fallback);
         (
             as_of,
-            plan.read_shards_cached(&states, as_of, &mut memo.cache),
+            plan.read_shards_cached(&states, own, as_of, &mut memo.cache),
         )
     }
 

@@ -60,13 +60,54 @@ pub struct EntityState {
     tiles: Vec<BTreeMap<i64, Vec<Partial>>>,
 }
 
-/// A memoised window prefix: the merge of the tiles in `[lower, boundary)`.
+/// What a read memoises of one aggregation: everything but the reading shard's newest tile —
+/// the window's tiles in `[lower, boundary)` of every shard, and the other shards' tile at
+/// `boundary` (for a lifetime aggregation: the other shards' partials; `hop` is 0). It holds
+/// while the window's start and its newest hop stay the same and the other shards do not
+/// change (the caller starts a new memo when they do).
 #[derive(Debug, Clone)]
 struct Prefix {
     lower: i64,
     boundary: i64,
     hop: i64,
     partial: Partial,
+    /// The rank histogram of a dense distinct-count partial, for union estimates.
+    ranks: Option<crate::hll::RankHistogram>,
+}
+
+impl Prefix {
+    fn new(lower: i64, boundary: i64, hop: i64, partial: Partial) -> Self {
+        let ranks = match &partial {
+            Partial::Distinct(sketch) => sketch.ranks(),
+            _ => None,
+        };
+        Self {
+            lower,
+            boundary,
+            hop,
+            partial,
+            ranks,
+        }
+    }
+
+    /// The value of the memo merged with `newest` (the reading shard's newest tile).
+    fn finish_with(&self, newest: Option<&Partial>) -> Value {
+        match (newest, &self.partial, &self.ranks) {
+            (None, partial, _) => partial.finish(),
+            (Some(Partial::Distinct(theirs)), Partial::Distinct(mine), Some(ranks)) => mine
+                .estimate_union(ranks, theirs)
+                .map_or_else(|| self.merged_finish(newest), Value::Int),
+            (Some(_), _, _) => self.merged_finish(newest),
+        }
+    }
+
+    fn merged_finish(&self, newest: Option<&Partial>) -> Value {
+        let mut merged = self.partial.clone();
+        if let Some(n) = newest {
+            merged.merge(n);
+        }
+        merged.finish()
+    }
 }
 
 /// Memo of window prefixes for repeated reads of one entity (see
@@ -81,8 +122,10 @@ impl ReadCache {
     pub fn invalidate(&mut self, time: i64) {
         for memo in &mut self.prefixes {
             if memo.as_ref().is_some_and(|p| {
-                let tile = floor_to(time, p.hop);
-                p.lower <= tile && tile < p.boundary
+                p.hop > 0 && {
+                    let tile = floor_to(time, p.hop);
+                    p.lower <= tile && tile < p.boundary
+                }
             }) {
                 *memo = None;
             }
@@ -235,35 +278,49 @@ impl ViewPlan {
     /// partition, given in partition order). This is the one read the API and the feature log
     /// use, so they agree exactly.
     pub fn read_shards(&self, shards: &[&EntityState], t: i64) -> Vec<Value> {
-        self.read_shards_cached(shards, t, &mut ReadCache::default())
+        self.read_shards_cached(shards, None, t, &mut ReadCache::default())
     }
 
-    /// [`ViewPlan::read_shards`] with a memo of window prefixes, for repeated reads of one
-    /// entity (the feature log reads after every event). A window read merges, shard by shard,
-    /// first the tiles before the hop containing `t` (the prefix, memoised while the window's
-    /// start and that hop stay the same), then the tiles of that hop; the uncached read does
-    /// exactly the same, so both give identical values. After applying an event, call
-    /// [`ReadCache::invalidate`] with its time.
+    /// [`ViewPlan::read_shards`] with a memo, for repeated reads of one entity for events of
+    /// its shard `own` (the feature log reads after every event). Each aggregation merges the
+    /// memo (see `Prefix`: the window's older tiles of every shard, and the other shards'
+    /// newest tile — what does not change from one event of `own` to the next) with `own`'s
+    /// newest tile. The memo is built by the very same merges an uncached read makes, so cached
+    /// and uncached reads give identical values. After applying an event to `own`, call
+    /// [`ReadCache::invalidate`] with its time; when another shard changes, start a new memo.
     pub fn read_shards_cached(
         &self,
         shards: &[&EntityState],
+        own: Option<usize>,
         t: i64,
         cache: &mut ReadCache,
     ) -> Vec<Value> {
         if cache.prefixes.len() != self.slots.len() {
             cache.prefixes = vec![None; self.slots.len()];
         }
+        let others = || {
+            shards
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| Some(*i) != own)
+                .map(|(_, s)| s)
+        };
+        let own_state = own.and_then(|i| shards.get(i));
         self.slots
             .iter()
             .zip(&self.view.aggregations)
             .zip(cache.prefixes.iter_mut())
             .map(|((slot, agg), memo)| match *slot {
                 Slot::Lifetime(i) => {
-                    let mut merged = Partial::new(agg.op);
-                    for state in shards {
-                        merged.merge(&state.lifetime[i]);
+                    if memo.is_none() {
+                        let mut merged = Partial::new(agg.op);
+                        for state in others() {
+                            merged.merge(&state.lifetime[i]);
+                        }
+                        *memo = Some(Prefix::new(i64::MIN, i64::MIN, 0, merged));
                     }
-                    merged.finish()
+                    let newest = own_state.map(|s| &s.lifetime[i]);
+                    memo.as_ref().map_or(Value::Null, |p| p.finish_with(newest))
                 }
                 Slot::Windowed { group, index, size } => {
                     let hop = self.groups[group].hop;
@@ -281,22 +338,18 @@ impl ViewPlan {
                                 prefix.merge(&partials[index]);
                             }
                         }
-                        *memo = Some(Prefix {
-                            lower,
-                            boundary,
-                            hop,
-                            partial: prefix,
-                        });
-                    }
-                    let mut merged = memo
-                        .as_ref()
-                        .map_or_else(|| Partial::new(agg.op), |p| p.partial.clone());
-                    for state in shards {
-                        for partials in state.tiles[group].range(boundary..=t).map(|(_, p)| p) {
-                            merged.merge(&partials[index]);
+                        for state in others() {
+                            for partials in state.tiles[group].range(boundary..=t).map(|(_, p)| p) {
+                                prefix.merge(&partials[index]);
+                            }
                         }
+                        *memo = Some(Prefix::new(lower, boundary, hop, prefix));
                     }
-                    merged.finish()
+                    // The reading shard's tiles in [boundary, t]: at most the one at boundary.
+                    let newest = own_state
+                        .and_then(|s| s.tiles[group].range(boundary..=t).next())
+                        .map(|(_, p)| &p[index]);
+                    memo.as_ref().map_or(Value::Null, |p| p.finish_with(newest))
                 }
             })
             .collect()
@@ -439,7 +492,7 @@ mod tests {
             cache.invalidate(time);
             let t = state.event_time_max.unwrap_or(time);
             assert_eq!(
-                p.read_shards_cached(&[&state], t, &mut cache),
+                p.read_shards_cached(&[&state], Some(0), t, &mut cache),
                 p.read(&state, t),
                 "after event {i}"
             );

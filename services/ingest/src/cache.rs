@@ -13,6 +13,7 @@
 //! backing store a miss reads from.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quiver_features::{EntityShards, Shard, ViewPlan};
@@ -126,7 +127,7 @@ impl ViewCache {
 
     /// Publishes the durable versions of `partition`'s shards just flushed, for the entities
     /// other partitions read (those with shards in several partitions).
-    pub(crate) fn publish(&mut self, partition: i32, flushed: Vec<(String, Shard)>) {
+    pub(crate) fn publish(&mut self, partition: i32, flushed: Vec<(String, Arc<Shard>)>) {
         for (key, shard) in flushed {
             if let Some(entry) = self.entries.get_mut(&key)
                 && entry.shards.len() > 1
@@ -168,7 +169,7 @@ impl ViewCache {
             }
         }
         // Kept shards that moved past what is durable: the others read Redis's version.
-        let mut dirty: Vec<(i32, Option<Shard>)> = entry
+        let mut dirty: Vec<(i32, Option<Arc<Shard>>)> = entry
             .shards
             .iter()
             .filter(|(p, s)| s.applied_offset > durable(*p))
@@ -176,7 +177,7 @@ impl ViewCache {
             .collect();
         for (p, shard) in fetched {
             if let Some((_, version)) = dirty.iter_mut().find(|(q, _)| *q == p) {
-                *version = Some(shard);
+                *version = Some(Arc::new(shard));
             } else if entry.shards.get(p).is_none() {
                 entry.shards.insert(p, shard);
             }
@@ -200,8 +201,14 @@ impl ViewCache {
     }
 
     /// The shard of `partition` of a cached entity.
+    #[cfg(test)]
     pub(crate) fn shard(&self, key: &str, partition: i32) -> Option<&Shard> {
         self.entries.get(key)?.shards.get(partition)
+    }
+
+    /// A snapshot of the shard of `partition` of a cached entity (shared until it changes).
+    pub(crate) fn snapshot(&self, key: &str, partition: i32) -> Option<Arc<Shard>> {
+        self.entries.get(key)?.shards.snapshot(partition)
     }
 
     /// Evicts least recently used entities down to 90 % of the bound, among those whose owned

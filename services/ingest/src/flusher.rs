@@ -32,7 +32,7 @@ const QUEUE: usize = 64;
 pub(crate) struct ViewShards {
     pub(crate) view: String,
     pub(crate) ttl: Duration,
-    pub(crate) shards: Vec<(String, Shard)>,
+    pub(crate) shards: Vec<(String, Arc<Shard>)>,
 }
 
 /// One partition's window, ready to be made durable.
@@ -239,8 +239,11 @@ impl Stores {
             if fenced() {
                 return Ok(None);
             }
-            let shards: Vec<(&str, &Shard)> =
-                view.shards.iter().map(|(k, s)| (k.as_str(), s)).collect();
+            let shards: Vec<(&str, &Shard)> = view
+                .shards
+                .iter()
+                .map(|(k, s)| (k.as_str(), &**s))
+                .collect();
             let writes = self
                 .online
                 .write_shards(&view.view, job.partition, view.ttl, &shards)?;

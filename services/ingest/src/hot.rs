@@ -26,7 +26,7 @@ use quiver_models::FeatureLookup;
 use crate::claims::{ClaimBatch, ClaimRecord, LookupVector, ViewVector, runs};
 use crate::delivery::{Acked, Acks, Origin};
 use crate::partition::Buffer;
-use crate::prediction::{Features, Fields, Outcome, Prediction, rfc3339_millis};
+use crate::prediction::{Features, Fields, Outcome, Prediction, rfc3339_millis, write_features};
 use crate::scores::ScoreRow;
 use crate::worker::Worker;
 use crate::{Error, Result, events};
@@ -176,37 +176,32 @@ impl Worker {
             events::replay_skipped(&source.schema.name, replayed);
             self.stats.replayed(replayed);
         }
-        let mut valid = Vec::with_capacity(decoded.batch.num_rows());
-        let mut rejected = decoded.rejected.iter().peekable();
-        for (i, span) in buffer.spans.iter().enumerate() {
-            match rejected.peek() {
-                Some(r) if r.index == i => {
-                    if span.offset > state.raw_durable {
-                        self.producer.dead_letter(
-                            &source.dlq_topic,
-                            Origin {
-                                topic: &source.topic,
-                                partition: p,
-                                offset: span.offset,
-                            },
-                            buffer.key(span),
-                            buffer.payload(span),
-                            r.reason.code(),
-                            &r.detail,
-                            &acks,
-                        )?;
-                        events::dead_letter(
-                            &source.schema.name,
-                            p,
-                            span.offset,
-                            r.reason.code(),
-                            &r.detail,
-                        );
-                        self.stats.dead_letter();
-                    }
-                    rejected.next();
-                }
-                _ => valid.push(i),
+        for r in &decoded.rejected {
+            let Some(span) = buffer.spans.get(r.index) else {
+                continue;
+            };
+            if span.offset > state.raw_durable {
+                self.producer.dead_letter(
+                    &source.dlq_topic,
+                    Origin {
+                        topic: &source.topic,
+                        partition: p,
+                        offset: span.offset,
+                    },
+                    buffer.key(span),
+                    buffer.payload(span),
+                    r.reason.code(),
+                    &r.detail,
+                    &acks,
+                )?;
+                events::dead_letter(
+                    &source.schema.name,
+                    p,
+                    span.offset,
+                    r.reason.code(),
+                    &r.detail,
+                );
+                self.stats.dead_letter();
             }
         }
         let batch = decoded.batch;
@@ -215,7 +210,7 @@ impl Worker {
             .extend(first, last, buffer.spans.len(), buffer.bytes());
         state.window.raw.push(batch.clone());
 
-        let mut drafts = self.drafts(s, p, &batch, &valid, &buffer)?;
+        let mut drafts = self.drafts(s, p, &batch, &buffer)?;
         let keys = self.apply_views(s, p, &batch, &mut drafts)?;
         let features_done = started.elapsed();
         self.lookups(s, &mut drafts)?;
@@ -243,13 +238,13 @@ impl Worker {
         Ok(())
     }
 
-    /// One draft per valid event, with claims another member recorded attached.
+    /// One draft per valid event (a row of `batch`, matched to its message by offset), with
+    /// claims another member recorded attached.
     fn drafts(
         &mut self,
         s: usize,
         p: i32,
         batch: &RecordBatch,
-        valid: &[usize],
         buffer: &Buffer,
     ) -> Result<Vec<Draft>> {
         let source = &self.sources[s];
@@ -265,13 +260,21 @@ impl Worker {
         let key_cols: Vec<_> = schema.keys.iter().map(|k| column(k)).collect();
         let time_col = column(&schema.event_time)
             .ok_or_else(|| Error::Fatal("the event time column is missing".into()))?;
+        let offset_col = column(quiver_core::schema::OFFSET_COLUMN)
+            .ok_or_else(|| Error::Fatal("the offset column is missing".into()))?;
         let state = self
             .partitions
             .get_mut(&(s, p))
             .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
-        let mut drafts = Vec::with_capacity(valid.len());
-        for (row, &span) in valid.iter().enumerate() {
-            let offset = buffer.spans[span].offset;
+        let mut drafts = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let offset = offset_col
+                .int(row)
+                .ok_or_else(|| Error::Fatal("an event has no offset".into()))?;
+            let span = buffer
+                .spans
+                .binary_search_by_key(&offset, |x| x.offset)
+                .map_err(|_| Error::Fatal(format!("decoded offset {offset} was not polled")))?;
             let claim = state.claims.take(offset);
             let mut draft = Draft {
                 span,
@@ -399,7 +402,7 @@ impl Worker {
                         late: vector.late,
                         clock: &quiver_features::log::clock_json(&vector.clock),
                     },
-                    vector.values.clone(),
+                    &vector.values,
                 );
             }
         }
@@ -589,6 +592,7 @@ impl Worker {
             .get_mut(&(s, p))
             .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
         let mut replays = 0;
+        let (mut features_json, mut payload) = (Vec::new(), Vec::new());
         for draft in drafts {
             let Some(outcome) = &draft.outcome else {
                 continue;
@@ -639,7 +643,9 @@ impl Worker {
                 .zip(&draft.lookups)
                 .filter_map(|(n, l)| Some((*n, rfc3339_millis(l.event_time_max?))))
                 .collect();
-            let feature_json = Features(&pairs);
+            features_json.clear();
+            write_features(&mut features_json, &pairs);
+            let features_text = std::str::from_utf8(&features_json).unwrap_or("{}");
             let prediction = Prediction {
                 ids: Fields(&ids),
                 model_id: &verdict.model_id,
@@ -652,7 +658,8 @@ impl Worker {
                 prediction_time: rfc3339_millis(draft.prediction_time),
                 shadow: verdict.shadow.as_ref(),
             };
-            let payload = prediction.to_json();
+            payload.clear();
+            prediction.write_json(features_text, &mut payload);
             let span = &buffer.spans[draft.span];
             self.producer.prediction(
                 &self.settings.predictions_topic,
@@ -675,7 +682,7 @@ impl Worker {
                 prediction_time: draft.prediction_time,
                 offset: draft.offset,
                 replayed: draft.repeated,
-                features: serde_json::to_string(&feature_json).unwrap_or_default(),
+                features: features_text.to_string(),
             });
         }
         if replays > 0 {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use quiver_features::log::LogBuilder;
 
 use crate::claims::ClaimBook;
@@ -121,18 +122,16 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    /// An empty window for a source whose views have these feature counts.
-    pub(crate) fn new(views: &[(usize, bool)]) -> Self {
+    /// An empty window for a source whose views have these feature-log schemas (and whose
+    /// events have an id, or not).
+    pub(crate) fn new(views: &[SchemaRef], with_id: bool) -> Self {
         Self {
             range: None,
             opened: None,
             events: 0,
             bytes: 0,
             raw: Vec::new(),
-            logs: views
-                .iter()
-                .map(|(features, with_id)| LogBuilder::new(*features, *with_id))
-                .collect(),
+            logs: views.iter().map(|s| LogBuilder::new(s, with_id)).collect(),
             scores: Vec::new(),
             touched: vec![HashSet::new(); views.len()],
         }

@@ -17,7 +17,7 @@ use tracing::warn;
 
 use crate::cache::{Ownership, ViewCache};
 use crate::claims::{ClaimBatch, ClaimBook};
-use crate::consumer::WorkerConsumer;
+use crate::consumer::{CommitOutcome, WorkerConsumer};
 use crate::delivery::Producer;
 use crate::deploy::Models;
 use crate::flusher::{FlushJob, Flushed, Flusher, Job, Outcome, ViewShards};
@@ -310,34 +310,37 @@ impl Worker {
         state.next_offset = offset + 1;
     }
 
-    /// The window layout of a source: (features, has an id) per view.
-    fn layout(&self, s: usize) -> Vec<(usize, bool)> {
+    /// An empty window of a source.
+    fn window(&self, s: usize) -> Window {
         let source = &self.sources[s];
-        source
+        let schemas: Vec<arrow::datatypes::SchemaRef> = source
             .views
             .iter()
-            .map(|v| (v.view().aggregations.len(), source.schema.id.is_some()))
-            .collect()
+            .map(|v| Arc::clone(v.log_schema()))
+            .collect();
+        Window::new(&schemas, source.schema.id.is_some())
     }
 
     /// Hands a partition's window to the flusher if it is due (or `force`).
     pub(crate) fn cut(&mut self, s: usize, p: i32, force: bool) -> Result<()> {
-        let layout = self.layout(s);
+        let due = self.partitions.get(&(s, p)).is_some_and(|state| {
+            state.failure.is_none()
+                && !state.window.is_empty()
+                && (force
+                    || state.window.due(
+                        self.settings.max_events,
+                        self.settings.max_bytes,
+                        self.settings.max_age,
+                    ))
+        });
+        if !due {
+            return Ok(());
+        }
+        let fresh = self.window(s);
         let Some(state) = self.partitions.get_mut(&(s, p)) else {
             return Ok(());
         };
-        if state.failure.is_some()
-            || state.window.is_empty()
-            || !(force
-                || state.window.due(
-                    self.settings.max_events,
-                    self.settings.max_bytes,
-                    self.settings.max_age,
-                ))
-        {
-            return Ok(());
-        }
-        let window = std::mem::replace(&mut state.window, Window::new(&layout));
+        let window = std::mem::replace(&mut state.window, fresh);
         let Some(range) = window.range else {
             return Ok(());
         };
@@ -347,14 +350,14 @@ impl Worker {
         let mut logs = Vec::with_capacity(source.views.len());
         let mut shards = Vec::with_capacity(source.views.len());
         for (v, (view, log)) in source.views.iter().zip(window.logs).enumerate() {
-            logs.push((view.view().name.clone(), log.finish(view.log_schema())?));
+            logs.push((view.view().name.clone(), log.finish()?));
             let cache = &self.caches[s][v];
             shards.push(ViewShards {
                 view: view.view().name.clone(),
                 ttl: source.ttls[v],
                 shards: window.touched[v]
                     .iter()
-                    .filter_map(|k| cache.shard(k, p).map(|s| (k.clone(), s.clone())))
+                    .filter_map(|k| Some((k.clone(), cache.snapshot(k, p)?)))
                     .collect(),
             });
         }
@@ -438,13 +441,13 @@ impl Worker {
     /// read from Redis again, and it resumes from its last commit after a backoff (transient
     /// errors) or stays stopped (permanent ones).
     pub(crate) fn fail(&mut self, s: usize, p: i32, error: Error) {
-        let layout = self.layout(s);
+        let fresh = self.window(s);
         let Some(state) = self.partitions.get_mut(&(s, p)) else {
             return;
         };
         state.fence_off();
         state.incoming.clear();
-        state.window = Window::new(&layout);
+        state.window = fresh;
         state.flushing.clear();
         state.acks = Default::default();
         self.ownership[s].own(p);
@@ -555,12 +558,12 @@ impl Worker {
         }
         let fence = Arc::clone(self.fences.entry((s, p)).or_default());
         self.ownership[s].own(p);
-        let layout = self.layout(s);
+        let fresh = self.window(s);
         Ok(PartitionState::new(
             start,
             &raw_segments,
             claims,
-            Window::new(&layout),
+            fresh,
             fence,
         ))
     }
@@ -574,10 +577,23 @@ impl Worker {
         }
         self.last_commit = Instant::now();
         let keys: Vec<(usize, i32)> = self.partitions.keys().copied().collect();
-        self.commit(consumer, &keys);
+        self.commit(consumer, &keys, CommitMode::Async);
     }
 
-    fn commit(&mut self, consumer: &WorkerConsumer, keys: &[(usize, i32)]) {
+    /// Applies the outcomes of asynchronous commits (reported inside `poll`).
+    pub(crate) fn commits_confirmed(&mut self, outcomes: Vec<CommitOutcome>) {
+        for outcome in outcomes {
+            match outcome {
+                Ok(tpl) => self.committed(&tpl),
+                Err((count, error)) => events::committed(false, count, Some(&error)),
+            }
+        }
+    }
+
+    /// Commits what `keys` cover: asynchronously on the interval (confirmed through
+    /// [`Self::commits_confirmed`], the loop never waits for the broker), synchronously when a
+    /// partition is handed over or the worker stops.
+    fn commit(&mut self, consumer: &WorkerConsumer, keys: &[(usize, i32)], mode: CommitMode) {
         let mut tpl = TopicPartitionList::new();
         let mut failed = Vec::new();
         for &(s, p) in keys {
@@ -604,9 +620,10 @@ impl Worker {
         if tpl.count() == 0 {
             return;
         }
-        match consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => self.committed(&tpl),
-            Err(error) => events::committed(false, tpl.count(), Some(&error)),
+        match (consumer.commit(&tpl, mode), mode) {
+            (Ok(()), CommitMode::Sync) => self.committed(&tpl),
+            (Ok(()), CommitMode::Async) => {}
+            (Err(error), _) => events::committed(false, tpl.count(), Some(&error)),
         }
     }
 
@@ -677,16 +694,10 @@ impl Worker {
                 }
                 Err(error) => {
                     let fence = Arc::clone(self.fences.entry((s, p)).or_default());
-                    let layout = self.layout(s);
+                    let fresh = self.window(s);
                     self.partitions.insert(
                         (s, p),
-                        PartitionState::new(
-                            start,
-                            &[],
-                            ClaimBook::default(),
-                            Window::new(&layout),
-                            fence,
-                        ),
+                        PartitionState::new(start, &[], ClaimBook::default(), fresh, fence),
                     );
                     self.fail(s, p, error);
                 }
@@ -753,7 +764,7 @@ impl Worker {
         }
         self.producer
             .flush(deadline.saturating_duration_since(Instant::now()));
-        self.commit(consumer, keys);
+        self.commit(consumer, keys, CommitMode::Sync);
     }
 
     /// Drains every partition and commits (shutdown).

@@ -1,7 +1,7 @@
 //! The Lua scripts that make Quiver's writes conditional, so that a member which lost its
 //! partitions can never undo the work of the member that has them now.
 //!
-//! Both are loaded once per connection (`SCRIPT LOAD`) and sent as `EVALSHA` in pipelines; a
+//! Both are loaded once per connection (`SCRIPT LOAD`) and sent as `EVALSHA`; a
 //! Redis that restarted (and forgot them) answers `NOSCRIPT`, on which they are loaded again.
 
 /// Writes one partition's shard of many entities, each unless its stored applied offset

@@ -415,7 +415,7 @@ fn other_partitions_read_the_published_versions() {
         // Now and then a partition's shard is made durable: published as it stands.
         if rng.below(5) == 0 {
             let q = rng.below(3) as i32;
-            let version = entity.get(q).cloned();
+            let version = entity.snapshot(q);
             entity.publish(q, version);
         }
         let clock = entity.clock(e.partition);
@@ -479,7 +479,7 @@ fn a_sealed_replay_reproduces_reads_of_published_versions() {
     let mut heads = [0usize; 3];
     let mut live = EntityShards::new();
     let mut scratch = Vec::new();
-    let mut pending: Vec<(i32, Option<Shard>, u32)> = Vec::new();
+    let mut pending: Vec<(i32, Option<std::sync::Arc<Shard>>, u32)> = Vec::new();
     let mut bursts: Vec<(usize, usize, usize)> = Vec::new();
     let mut rows = Vec::new();
     while heads.iter().zip(&partitions).any(|(h, p)| *h < p.len()) {
@@ -511,11 +511,7 @@ fn a_sealed_replay_reproduces_reads_of_published_versions() {
             live.publish(*q, version.clone());
         }
         pending.retain(|(_, _, w)| *w > 0);
-        pending.push((
-            p as i32,
-            live.get(p as i32).cloned(),
-            1 + rng.below(2) as u32,
-        ));
+        pending.push((p as i32, live.snapshot(p as i32), 1 + rng.below(2) as u32));
     }
     // Replay: the same segments in the same order, each partition sealed after its segment.
     let mut replay = EntityShards::new();
