@@ -20,23 +20,17 @@ use datafusion::arrow::array::{
     TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use quiver_demo::{Generator, GeneratorOptions, Transaction};
+use quiver_demo::{GeneratorOptions, Transaction};
 use serde_json::json;
 
 const MIN: i64 = 60_000_000;
 
 fn transactions(seed: u64, n: usize) -> Vec<Transaction> {
-    let mut g = Generator::new(
-        seed,
-        GeneratorOptions {
-            users: 200,
-            ..GeneratorOptions::default()
-        },
-    );
-    let start = DateTime::<Utc>::from_timestamp(1_795_687_200, 0).unwrap();
-    (0..n)
-        .map(|i| g.next_transaction(start + chrono::Duration::milliseconds(i as i64 * 911)))
-        .collect()
+    let options = GeneratorOptions {
+        users: 200,
+        ..GeneratorOptions::default()
+    };
+    common::stream::demo_transactions(seed, options, 911, 0, n)
 }
 
 /// Produces `txns` (and a label per transaction) and ingests until every event is logged.

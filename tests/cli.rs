@@ -138,3 +138,54 @@ fn unreachable_redis_is_one_clear_error() {
         assert!(!err.contains("panicked"), "{command}: {err}");
     }
 }
+
+#[test]
+fn secrets_are_never_printed() {
+    // The Redis URL and the token come from the environment (which the harness sets too), the
+    // SASL password from a file: every layer is redacted.
+    let port = free_port();
+    let url = format!("redis://app:r3dis-pw@127.0.0.1:{port}");
+    let t = TestEnv::new(
+        "secrets",
+        &[
+            ("QUIVER__REDIS__URL", url.as_str()),
+            ("QUIVER__REDIS__CONNECT_TIMEOUT_MS", "1000"),
+            ("QUIVER__API__TOKEN", "api-t0ken"),
+        ],
+    );
+    let file = t.dir.join("secret.toml");
+    std::fs::write(
+        &file,
+        "[kafka.properties]\n\"sasl.password\" = \"sasl-pw\"\n",
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+    let secrets = ["r3dis-pw", "api-t0ken", "sasl-pw"];
+    let out = t
+        .quiver(&["--config", config, "config", "show"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("redis://***@127.0.0.1"), "{shown}");
+    for secret in secrets {
+        assert!(
+            !shown.contains(secret),
+            "config show printed {secret}:\n{shown}"
+        );
+    }
+    // An unreachable Redis is named without its credentials.
+    for command in ["ingest", "serve"] {
+        let out = t
+            .quiver(&["--config", config, command])
+            .env("QUIVER__API__LISTEN", format!("127.0.0.1:{}", free_port()))
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(err.contains("redis://***@127.0.0.1"), "{command}: {err}");
+        for secret in secrets {
+            assert!(!err.contains(secret), "{command} printed {secret}: {err}");
+        }
+    }
+}

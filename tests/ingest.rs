@@ -8,26 +8,19 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use common::checks::{
     DUPLICATES, assert_exactly_once, assert_features_exact, assert_segments_never_overlap,
 };
 use common::child::{scrape, sigterm, spawn_worker, wait_at_most};
 use common::{TestEnv, committed, eventually, produce_all, read_topic, services, start_in_process};
-use quiver_demo::{Generator, GeneratorOptions, Transaction};
+use quiver_demo::{GeneratorOptions, Transaction};
 
 fn transactions(seed: u64, n: usize) -> Vec<Transaction> {
-    let mut g = Generator::new(
-        seed,
-        GeneratorOptions {
-            users: 300,
-            ..GeneratorOptions::default()
-        },
-    );
-    let start = DateTime::<Utc>::from_timestamp(1_795_687_200, 0).unwrap();
-    (0..n)
-        .map(|i| g.next_transaction(start + chrono::Duration::milliseconds(i as i64 * 37)))
-        .collect()
+    let options = GeneratorOptions {
+        users: 300,
+        ..GeneratorOptions::default()
+    };
+    common::stream::demo_transactions(seed, options, 37, 0, n)
 }
 
 fn messages(txns: &[Transaction]) -> Vec<(String, Vec<u8>)> {
@@ -78,6 +71,18 @@ fn valid_events_land_exactly_once_and_bad_ones_reach_the_dlq_with_reasons() {
             format!(r#"{{"txn_id":"b3","user_id":"u1",{ok},"amount":1.5,"event_time":"noon"}}"#),
         ),
         ("too_large", format!(r#"{{"pad":"{}"}}"#, "x".repeat(5_000))),
+        (
+            "event_time_in_future",
+            format!(
+                r#"{{"txn_id":"b4","user_id":"u1",{ok},"amount":1.5,"event_time":"2099-01-01T00:00:00Z"}}"#
+            ),
+        ),
+        (
+            "non_finite_number",
+            format!(
+                r#"{{"txn_id":"b5","user_id":"u1",{ok},"amount":1e999,"event_time":"2026-11-26T10:00:00Z"}}"#
+            ),
+        ),
     ];
     for (i, (_, payload)) in bad.iter().enumerate() {
         msgs.insert(
@@ -91,12 +96,12 @@ fn valid_events_land_exactly_once_and_bad_ones_reach_the_dlq_with_reasons() {
     let ingest = start_in_process(&t);
     let landed = eventually(Duration::from_secs(60), || {
         ingest.stats.events.load(Ordering::Relaxed) >= 3_000
-            && ingest.stats.dead_letters.load(Ordering::Relaxed) >= 6
+            && ingest.stats.dead_letters.load(Ordering::Relaxed) >= 8
     });
     let report = ingest.stop();
     assert!(landed, "ingest did not catch up: {report:?}");
     assert_eq!(report.events, 3_000);
-    assert_eq!(report.dead_letters, 6);
+    assert_eq!(report.dead_letters, 8);
 
     // Every valid event exactly once, with its values, read back with DataFusion.
     assert_exactly_once(&t, 3_000);
@@ -120,10 +125,10 @@ fn valid_events_land_exactly_once_and_bad_ones_reach_the_dlq_with_reasons() {
     let dlq = read_topic(
         &services().kafka,
         &t.config.kafka.dlq_topic("transactions"),
-        6,
+        8,
         Duration::from_secs(30),
     );
-    assert_eq!(dlq.len(), 6);
+    assert_eq!(dlq.len(), 8);
     let mut by_reason: BTreeMap<String, &common::DeadLetter> = BTreeMap::new();
     for letter in &dlq {
         by_reason.insert(letter.headers["quiver.reason"].clone(), letter);

@@ -11,24 +11,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use common::{TestEnv, eventually, produce_all, read_topic, services, start_in_process};
-use quiver_demo::{Generator, GeneratorOptions, Transaction};
+use quiver_demo::{GeneratorOptions, Transaction};
 
 fn transactions(seed: u64, from: usize, n: usize) -> Vec<Transaction> {
-    let mut g = Generator::new(
-        seed,
-        GeneratorOptions {
-            users: 150,
-            fraud_rate: 0.03,
-            ..GeneratorOptions::default()
-        },
-    );
-    let start = DateTime::<Utc>::from_timestamp(1_795_687_200, 0).unwrap();
-    (0..from + n)
-        .map(|i| g.next_transaction(start + chrono::Duration::milliseconds(i as i64 * 2_000)))
-        .skip(from)
-        .collect()
+    let options = GeneratorOptions {
+        users: 150,
+        fraud_rate: 0.03,
+        ..GeneratorOptions::default()
+    };
+    common::stream::demo_transactions(seed, options, 2_000, from, n)
 }
 
 fn produce(t: &TestEnv, txns: &[Transaction], labels: bool) {

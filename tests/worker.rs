@@ -6,97 +6,18 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use common::checks::{
     assert_exactly_once, assert_features_exact, assert_segments_never_overlap, predictions_by_id,
 };
 use common::child::{admin_get, scrape, signal, sigterm, spawn_worker};
-use common::{
-    TestEnv, assert_features_are_log_rows, eventually, produce_all, read_topic, run_quiver,
-    services, start_in_process,
-};
-use quiver_demo::{Generator, GeneratorOptions, Transaction};
-
-fn transactions(seed: u64, from: usize, n: usize) -> Vec<Transaction> {
-    let mut g = Generator::new(
-        seed,
-        GeneratorOptions {
-            users: 2_000,
-            ..GeneratorOptions::default()
-        },
-    );
-    let start = DateTime::<Utc>::from_timestamp(1_795_687_200, 0).unwrap();
-    (0..from + n)
-        .map(|i| g.next_transaction(start + chrono::Duration::milliseconds(i as i64 * 40)))
-        .skip(from)
-        .collect()
-}
-
-fn messages(txns: &[Transaction]) -> Vec<(String, Vec<u8>)> {
-    txns.iter()
-        .map(|t| (t.user_id.clone(), t.to_json().into_bytes()))
-        .collect()
-}
-
-/// Produces `txns` in bursts of `burst`, `pause` apart, on a thread; returns the deliveries.
-fn stream(
-    t: &TestEnv,
-    txns: &[Transaction],
-    burst: usize,
-    pause: Duration,
-) -> std::thread::JoinHandle<Vec<(i32, i64)>> {
-    let (kafka, topic, msgs) = (
-        services().kafka.clone(),
-        t.topic("transactions"),
-        messages(txns),
-    );
-    std::thread::spawn(move || {
-        let mut deliveries = Vec::new();
-        for chunk in msgs.chunks(burst) {
-            deliveries.extend(produce_all(&kafka, &topic, chunk));
-            std::thread::sleep(pause);
-        }
-        deliveries
-    })
-}
-
-/// Every event has exactly one prediction (copies identical), by the deployed model, with the
-/// event's feature-log rows as features.
-fn assert_one_decision_per_event(
-    t: &TestEnv,
-    txns: &[Transaction],
-) -> BTreeMap<String, serde_json::Value> {
-    let predictions = predictions_by_id(t, txns.len(), Duration::from_secs(120));
-    let ids: BTreeSet<&str> = txns.iter().map(|x| x.txn_id.as_str()).collect();
-    let missing: Vec<&&str> = ids
-        .iter()
-        .filter(|id| !predictions.contains_key(**id))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "events without a prediction, e.g. {missing:?}"
-    );
-    assert_eq!(
-        predictions.len(),
-        txns.len(),
-        "predictions for unknown events"
-    );
-    let model = t.production_model();
-    assert!(
-        predictions
-            .values()
-            .all(|p| p["model_id"] == model.as_str())
-    );
-    let all: Vec<serde_json::Value> = predictions.values().cloned().collect();
-    assert_features_are_log_rows(t, &all);
-    predictions
-}
+use common::stream::{assert_one_decision_per_event, stream, transactions};
+use common::{TestEnv, eventually, read_topic, run_quiver, services, start_in_process};
+use quiver_demo::Transaction;
 
 #[test]
 fn two_workers_one_killed_every_event_gets_one_decision_with_its_logged_vector() {

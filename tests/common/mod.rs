@@ -10,6 +10,7 @@
 pub mod checks;
 pub mod child;
 pub mod reference;
+pub mod stream;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -117,6 +118,90 @@ fn redis_ping(addr: &str) -> bool {
     s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
+/// `redis-server` on `port` with its data (AOF on, `appendfsync everysec`) in `dir`, under a
+/// watchdog; its log is `dir/redis.log`.
+fn spawn_redis(port: u16, dir: &Path) -> Child {
+    std::fs::create_dir_all(dir).unwrap();
+    spawn_guarded(
+        Path::new("redis-server"),
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--dir",
+            dir.to_str().unwrap(),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ]
+        .map(String::from),
+        &dir.join("redis.log"),
+    )
+}
+
+/// A Redis of one test's own, for faults the shared one must not suffer (SIGKILL, restart).
+pub struct OwnRedis {
+    pub addr: String,
+    port: u16,
+    dir: PathBuf,
+    guard: Child,
+}
+
+impl OwnRedis {
+    /// Starts it on a free port with its data in `dir`.
+    pub fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let guard = spawn_redis(port, dir);
+        wait_until("own redis", Duration::from_secs(15), || redis_ping(&addr));
+        Self {
+            addr,
+            port,
+            dir: dir.to_path_buf(),
+            guard,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// `kill -9` of redis-server itself (its pid from `INFO server`); returns once it is gone.
+    pub fn kill9(&mut self) {
+        let mut conn = redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let info: String = redis::cmd("INFO").arg("server").query(&mut conn).unwrap();
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .expect("process_id in INFO server")
+            .trim()
+            .to_string();
+        let ok = Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -9 {pid}");
+        wait_until("redis gone", Duration::from_secs(15), || {
+            !redis_ping(&self.addr)
+        });
+        let _ = self.guard.wait();
+    }
+
+    /// Starts it again on the same port from the same data (its AOF).
+    pub fn restart(&mut self) {
+        self.guard = spawn_redis(self.port, &self.dir);
+        wait_until("restarted redis", Duration::from_secs(30), || {
+            redis_ping(&self.addr)
+        });
+    }
+}
+
 pub fn services() -> &'static Services {
     SERVICES.get_or_init(|| {
         let tansu = tansu_bin();
@@ -141,25 +226,7 @@ pub fn services() -> &'static Services {
         );
         let rport = free_port();
         let redis = format!("127.0.0.1:{rport}");
-        let rdir = dir.join("redis");
-        std::fs::create_dir_all(&rdir).unwrap();
-        let redis_guard = spawn_guarded(
-            Path::new("redis-server"),
-            &[
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &rport.to_string(),
-                "--dir",
-                rdir.to_str().unwrap(),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-            ]
-            .map(String::from),
-            &dir.join("redis.log"),
-        );
+        let redis_guard = spawn_redis(rport, &dir.join("redis"));
         wait_until("tansu", Duration::from_secs(30), || {
             Command::new(&tansu)
                 .args(["topic", "list", "--broker", &url])
@@ -234,6 +301,26 @@ impl TestEnv {
             views,
             env,
             dir,
+        }
+    }
+
+    /// The same world (topics, group, store, key prefix) with its schemas and views read from
+    /// `schemas` instead: a view edited between two runs.
+    pub fn with_schemas(&self, schemas: &Path) -> Self {
+        let mut env = self.env.clone();
+        env.retain(|(key, _)| key != "QUIVER__SCHEMAS__DIR");
+        env.push(("QUIVER__SCHEMAS__DIR".into(), schemas.display().to_string()));
+        let config = Config::from_layers(None, env.clone()).expect("test config");
+        let catalog = Catalog::load(&config.schemas.dir).expect("schemas");
+        let views =
+            quiver_features::ViewCatalog::load(&config.schemas.dir, &catalog).expect("views");
+        Self {
+            name: self.name.clone(),
+            config,
+            catalog,
+            views,
+            env,
+            dir: self.dir.clone(),
         }
     }
 

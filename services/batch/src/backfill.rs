@@ -214,7 +214,21 @@ fn backfill_view(
             Duration::from_millis(config.redis.command_timeout_ms),
         )?;
         for (view, entities) in states {
+            // A rebuild under a changed definition starts from an empty view: shards of the
+            // old layout must not outlive it for entities the raw store no longer holds.
+            let fingerprint = view.fingerprint();
+            if let Some(recorded) = online.definition(&view.name)?
+                && recorded != fingerprint
+            {
+                let removed = online.clear_view(&view.name)?;
+                tracing::info!(
+                    view = %view.name,
+                    removed,
+                    "definition changed: online state cleared before the rebuild"
+                );
+            }
             materialized = Some(materialize(&mut online, &view, &entities)?);
+            online.record_definition(&view.name, fingerprint)?;
         }
     }
     Ok(ViewOutcome {

@@ -140,7 +140,7 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     println!(
         "[1/4] local stack: tansu on {}, redis at {}",
         config.first_broker(),
-        config.redis.url
+        quiver_core::config::redacted_url(&config.redis.url)
     );
     for topic in quiver_stack::up(config, &ctx.catalog, &ctx.views).await? {
         println!("      {}", topic_line(&topic));

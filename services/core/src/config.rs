@@ -122,6 +122,8 @@ pub struct IngestConfig {
     pub commit_interval_ms: u64,
     /// Larger events are dead letters.
     pub max_event_bytes: usize,
+    /// Events whose event time is further ahead of their ingest time are dead letters.
+    pub max_future_skew_ms: u64,
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`); empty disables it.
     pub admin_listen: String,
     /// Entities kept in memory per view.
@@ -323,15 +325,49 @@ impl Config {
         errors
     }
 
-    /// The effective configuration as TOML (for `quiver config show`).
+    /// The effective configuration as TOML (for `quiver config show`), secrets redacted.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        toml::to_string_pretty(&self.redacted()).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    /// A copy fit to show: the Redis URL's credentials, the API token and every librdkafka
+    /// property that holds a secret (see [`is_secret_property`]) replaced by `***`.
+    pub fn redacted(&self) -> Config {
+        let mut shown = self.clone();
+        shown.redis.url = redacted_url(&self.redis.url);
+        if !shown.api.token.is_empty() {
+            shown.api.token = REDACTED.to_string();
+        }
+        for (key, value) in shown.kafka.properties.iter_mut() {
+            if is_secret_property(key) {
+                *value = REDACTED.to_string();
+            }
+        }
+        shown
     }
 
     /// The first broker's `host:port`.
     pub fn first_broker(&self) -> &str {
         self.kafka.brokers.split(',').next().unwrap_or("").trim()
     }
+}
+
+/// What a redacted secret shows instead.
+pub const REDACTED: &str = "***";
+
+/// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`,
+/// `sasl.oauthbearer.client.secret`, `ssl.keystore.password`, `sasl.oauthbearer.config`, ...).
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "sasl.oauthbearer.config",
+        "ssl.key.pem",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
 }
 
 /// A URL fit for logs and error messages: credentials (`user:password@`) are replaced by
@@ -701,5 +737,33 @@ mod tests {
             "redis://127.0.0.1:6379"
         );
         assert_eq!(redacted_url("redis://h/a@b"), "redis://h/a@b");
+    }
+
+    #[test]
+    fn config_show_redacts_every_secret() {
+        let file = "[redis]\nurl = \"redis://app:r3dis-pw@10.0.0.1:6379\"\n\
+                    [api]\ntoken = \"api-t0ken\"\n\
+                    [kafka.properties]\n\"sasl.password\" = \"sasl-pw\"\n\
+                    \"sasl.oauthbearer.client.secret\" = \"oauth-s3cret\"\n\
+                    \"ssl.key.password\" = \"key-pw\"\n\
+                    \"sasl.username\" = \"alice\"\n";
+        let config = Config::from_layers(Some((Path::new("q.toml"), file)), env(&[])).unwrap();
+        let shown = config.to_toml();
+        for secret in ["r3dis-pw", "api-t0ken", "sasl-pw", "oauth-s3cret", "key-pw"] {
+            assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
+        }
+        assert!(shown.contains("redis://***@10.0.0.1:6379"), "{shown}");
+        assert!(
+            shown.contains("alice"),
+            "a user name is not a secret: {shown}"
+        );
+        // The original keeps its secrets: only what is shown is redacted.
+        assert_eq!(config.api.token, "api-t0ken");
+    }
+
+    #[test]
+    fn an_empty_token_stays_empty_when_shown() {
+        let config = Config::from_layers(None, env(&[])).unwrap();
+        assert_eq!(config.redacted().api.token, "");
     }
 }

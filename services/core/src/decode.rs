@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMillisecondArray,
+    Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, TimestampMillisecondArray,
 };
 use arrow::compute::{CastOptions, cast_with_options, concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -19,7 +19,7 @@ use arrow::json::reader::{Decoder, ReaderBuilder};
 use serde::de::IgnoredAny;
 
 use crate::error::Result;
-use crate::schema::{FieldType, SourceSchema, timestamp_type};
+use crate::schema::{FieldDef, FieldType, SourceSchema, timestamp_type};
 
 /// Why an event was rejected; the value of the `quiver.reason` dead-letter header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +36,10 @@ pub enum RejectReason {
     MissingField,
     /// The event time is not a valid RFC 3339 time.
     BadEventTime,
+    /// The event time is further ahead of the ingest time than `ingest.max_future_skew_ms`.
+    EventTimeInFuture,
+    /// A number is NaN or infinite (`"NaN"`, `"inf"`, `1e999`).
+    NonFiniteNumber,
 }
 
 impl RejectReason {
@@ -48,6 +52,8 @@ impl RejectReason {
             Self::WrongType => "wrong_type",
             Self::MissingField => "missing_field",
             Self::BadEventTime => "bad_event_time",
+            Self::EventTimeInFuture => "event_time_in_future",
+            Self::NonFiniteNumber => "non_finite_number",
         }
     }
 }
@@ -89,6 +95,8 @@ pub struct EventDecoder {
     json_schema: SchemaRef,
     raw_schema: SchemaRef,
     max_event_bytes: usize,
+    /// Event times further ahead of the ingest time are rejected (µs); `None`: no limit.
+    max_future_skew_us: Option<i64>,
 }
 
 impl EventDecoder {
@@ -110,7 +118,14 @@ impl EventDecoder {
             json_schema: Arc::new(Schema::new(json_fields)),
             source,
             max_event_bytes,
+            max_future_skew_us: None,
         }
+    }
+
+    /// Rejects events whose event time is more than `skew_ms` ahead of their ingest time.
+    pub fn with_max_future_skew_ms(mut self, skew_ms: u64) -> Self {
+        self.max_future_skew_us = Some(i64::try_from(skew_ms).unwrap_or(i64::MAX / 1000) * 1000);
+        self
     }
 
     /// The schema of decoded batches.
@@ -220,6 +235,9 @@ impl EventDecoder {
                     }
                 }
             }
+            if field.ty == FieldType::Float {
+                self.reject_non_finite(field, column, &candidates, &mut keep, &mut rejected);
+            }
             let column = if field.ty == FieldType::Timestamp {
                 let parsed = cast_with_options(
                     column,
@@ -246,6 +264,16 @@ impl EventDecoder {
                             ),
                         });
                     }
+                }
+                if field.name == self.source.event_time {
+                    self.reject_future(
+                        field,
+                        &parsed,
+                        ingest_time_ms,
+                        &candidates,
+                        &mut keep,
+                        &mut rejected,
+                    );
                 }
                 parsed
             } else {
@@ -279,6 +307,69 @@ impl EventDecoder {
         let batch = RecordBatch::try_new(self.raw_schema.clone(), batch.columns().to_vec())?;
         rejected.sort_by_key(|r| r.index);
         Ok(DecodeOutcome { batch, rejected })
+    }
+
+    /// Rejects rows whose float `column` holds NaN or an infinity.
+    fn reject_non_finite(
+        &self,
+        field: &FieldDef,
+        column: &ArrayRef,
+        candidates: &[usize],
+        keep: &mut [bool],
+        rejected: &mut Vec<Rejection>,
+    ) {
+        let Some(floats) = column.as_any().downcast_ref::<Float64Array>() else {
+            return;
+        };
+        for (row, kept) in keep.iter_mut().enumerate() {
+            if *kept && floats.is_valid(row) && !floats.value(row).is_finite() {
+                *kept = false;
+                rejected.push(Rejection {
+                    index: candidates[row],
+                    reason: RejectReason::NonFiniteNumber,
+                    detail: format!(
+                        "field `{}`: {} is not a finite number",
+                        field.name,
+                        floats.value(row)
+                    ),
+                });
+            }
+        }
+    }
+
+    /// Rejects rows whose event time (`parsed`, µs) is further ahead of `ingest_time_ms` than
+    /// the decoder allows.
+    fn reject_future(
+        &self,
+        field: &FieldDef,
+        parsed: &ArrayRef,
+        ingest_time_ms: i64,
+        candidates: &[usize],
+        keep: &mut [bool],
+        rejected: &mut Vec<Rejection>,
+    ) {
+        let Some(skew_us) = self.max_future_skew_us else {
+            return;
+        };
+        let Some(times) = parsed.as_any().downcast_ref::<TimestampMicrosecondArray>() else {
+            return;
+        };
+        let latest = ingest_time_ms.saturating_mul(1000).saturating_add(skew_us);
+        for (row, kept) in keep.iter_mut().enumerate() {
+            if *kept && times.is_valid(row) && times.value(row) > latest {
+                *kept = false;
+                let ahead_s = (times.value(row) - ingest_time_ms.saturating_mul(1000)) / 1_000_000;
+                rejected.push(Rejection {
+                    index: candidates[row],
+                    reason: RejectReason::EventTimeInFuture,
+                    detail: format!(
+                        "field `{}` is {ahead_s} s ahead of the ingest time (limit: ingest.max_future_skew_ms = {} ms)",
+                        field.name,
+                        skew_us / 1000
+                    ),
+                });
+            }
+        }
     }
 
     /// Size, syntax and shape, without building anything.
@@ -323,7 +414,6 @@ impl EventDecoder {
 mod tests {
     use super::*;
     use crate::schema::tests::TRANSACTIONS;
-    use arrow::array::{Float64Array, TimestampMicrosecondArray};
 
     fn decoder() -> EventDecoder {
         EventDecoder::new(
@@ -422,6 +512,76 @@ mod tests {
             out.rejected[3].detail.contains("user_id"),
             "{:?}",
             out.rejected[3]
+        );
+    }
+
+    #[test]
+    fn non_finite_numbers_are_rejected() {
+        let time = "2026-11-26T10:00:00Z";
+        let out = run(&[
+            Some(event("u1", "\"NaN\"", time)),
+            Some(event("u2", "1e999", time)),
+            Some(event("u3", "\"-inf\"", time)),
+            Some(event("u4", "-1e999", time)),
+            Some(event("u5", "2.5", time)),
+        ]);
+        let reasons: Vec<_> = out.rejected.iter().map(|r| (r.index, r.reason)).collect();
+        assert_eq!(
+            reasons,
+            (0..4)
+                .map(|i| (i, RejectReason::NonFiniteNumber))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            out.rejected[0].detail.contains("amount"),
+            "{:?}",
+            out.rejected[0]
+        );
+        assert_eq!(out.batch.num_rows(), 1);
+    }
+
+    #[test]
+    fn events_too_far_ahead_of_their_ingest_time_are_rejected() {
+        let decoder = decoder().with_max_future_skew_ms(300_000);
+        // Ingest time 2026-11-26T10:00:00Z.
+        let ingest_ms = 1_795_687_200_000;
+        let payloads = [
+            event("u1", "1", "2026-11-26T10:05:00Z"), // exactly at the limit: kept
+            event("u2", "1", "2026-11-26T10:05:00.001Z"),
+            event("u3", "1", "2099-01-01T00:00:00Z"),
+            event("u4", "1", "1999-01-01T00:00:00Z"), // old: the lateness rule's business
+        ];
+        let events: Vec<RawEvent<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| RawEvent {
+                offset: i as i64,
+                payload: Some(p.as_bytes()),
+            })
+            .collect();
+        let out = decoder.decode(0, &events, ingest_ms).unwrap();
+        let reasons: Vec<_> = out.rejected.iter().map(|r| (r.index, r.reason)).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (1, RejectReason::EventTimeInFuture),
+                (2, RejectReason::EventTimeInFuture)
+            ]
+        );
+        assert_eq!(out.rejected[0].reason.code(), "event_time_in_future");
+        assert!(
+            out.rejected[1].detail.contains("max_future_skew_ms"),
+            "{:?}",
+            out.rejected[1]
+        );
+        assert_eq!(out.batch.num_rows(), 2);
+        // Without a limit, nothing is rejected for its time.
+        assert!(
+            super::tests::decoder()
+                .decode(0, &events, ingest_ms)
+                .unwrap()
+                .rejected
+                .is_empty()
         );
     }
 

@@ -48,6 +48,20 @@ pub enum Op {
 }
 
 impl Op {
+    /// The name used in view files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Count => "count",
+            Op::Sum => "sum",
+            Op::Mean => "mean",
+            Op::Min => "min",
+            Op::Max => "max",
+            Op::Last => "last",
+            Op::DistinctCount => "distinct_count",
+            Op::Stddev => "stddev",
+        }
+    }
+
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "count" => Op::Count,
@@ -286,6 +300,28 @@ impl FeatureView {
         })
     }
 
+    /// A fingerprint of what shapes the view's stored state: entity, source and every feature
+    /// in order (name, op, input column, window and hop). Lateness and TTL are left out: they
+    /// change which events count, not how state is laid out. Stable across builds (the hash of
+    /// a canonical text with the sketches' fixed hash), never 0 (0 marks shards written before
+    /// fingerprints existed).
+    pub fn fingerprint(&self) -> u64 {
+        let mut text = format!("v1|{}|{}", self.entity, self.source);
+        for agg in &self.aggregations {
+            let window = match agg.window {
+                Window::Lifetime => "lifetime".to_string(),
+                Window::Sliding { size, hop } => format!("{size}/{hop}"),
+            };
+            text.push_str(&format!(
+                "|{}:{}:{}:{window}",
+                agg.name,
+                agg.op.name(),
+                agg.column.as_deref().unwrap_or("")
+            ));
+        }
+        crate::hll::hash(text.as_bytes()).max(1)
+    }
+
     /// Feature names in order.
     pub fn feature_names(&self) -> impl Iterator<Item = &str> {
         self.aggregations.iter().map(|a| a.name.as_str())
@@ -359,6 +395,50 @@ event_time = "timestamp"
 "#,
         )])
         .unwrap()
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_state_layout_only() {
+        let view = |features: &str, extra: &str| {
+            let text = format!(
+                "name = \"v\"\nentity = \"user_id\"\nsource = \"transactions\"\n{extra}{features}"
+            );
+            FeatureView::parse("v.toml", &text, &catalog())
+                .unwrap()
+                .fingerprint()
+        };
+        let f = |name: &str, op: &str, window: &str| {
+            let column = if op == "count" {
+                ""
+            } else {
+                "column = \"amount\"\n"
+            };
+            format!(
+                "[[features]]\nname = \"{name}\"\nop = \"{op}\"\n{column}window = \"{window}\"\n"
+            )
+        };
+        let (sum, max) = (f("a", "sum", "1h"), f("b", "max", "1h"));
+        let base = view(&format!("{sum}{max}"), "");
+        assert_ne!(base, 0);
+        assert_eq!(base, view(&format!("{sum}{max}"), ""), "deterministic");
+        // Lateness and TTL do not change the layout.
+        assert_eq!(
+            base,
+            view(
+                &format!("{sum}{max}"),
+                "ttl = \"2d\"\nallowed_lateness = \"5m\"\n"
+            )
+        );
+        for changed in [
+            format!("{max}{sum}"),                                  // reordered
+            format!("{}{sum}{max}", f("m", "min", "1h")),           // a feature added before
+            format!("{sum}{}", f("b", "max", "2h")),                // a window changed
+            format!("{sum}{}hop = \"10m\"\n", f("b", "max", "1h")), // a hop changed
+            format!("{sum}{}", f("b", "min", "1h")),                // an op changed
+            format!("{sum}{}", f("c", "max", "1h")),                // a feature renamed
+        ] {
+            assert_ne!(base, view(&changed, ""), "{changed}");
+        }
     }
 
     #[test]

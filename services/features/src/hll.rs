@@ -47,6 +47,24 @@ pub fn hash(bytes: &[u8]) -> u64 {
 }
 
 impl Hll {
+    /// Whether a sketch read from storage is well formed: dense ones hold one rank per
+    /// register, sparse ones at most the sparse limit of entries, sorted by register, each
+    /// within range.
+    pub fn is_valid(&self) -> bool {
+        let max_rank = (64 - P + 1) as u8;
+        match self {
+            Hll::Dense(ranks) => ranks.len() == M && ranks.iter().all(|r| *r <= max_rank),
+            Hll::Sparse(entries) => {
+                entries.len() <= SPARSE_LIMIT
+                    && entries.iter().all(|e| {
+                        let rank = (e & 0xff) as u8;
+                        ((e >> 8) as usize) < M && rank > 0 && rank <= max_rank
+                    })
+                    && entries.windows(2).all(|w| (w[0] >> 8) < (w[1] >> 8))
+            }
+        }
+    }
+
     /// Adds a hashed value.
     pub fn add_hash(&mut self, h: u64) {
         let register = (h >> (64 - P)) as usize;
@@ -244,6 +262,24 @@ fn finish_estimate(sum: f64, zeros: usize) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sketches_read_from_storage_are_validated() {
+        assert!(Hll::default().is_valid());
+        assert!(sketch(0..10).is_valid(), "sparse");
+        assert!(sketch(0..5_000).is_valid(), "dense");
+        assert!(!Hll::Dense(vec![0; 100]).is_valid(), "short dense");
+        assert!(!Hll::Dense(vec![99; M]).is_valid(), "rank out of range");
+        assert!(
+            !Hll::Sparse(vec![(M as u32) << 8 | 1]).is_valid(),
+            "register out of range"
+        );
+        assert!(
+            !Hll::Sparse(vec![2 << 8 | 1, 1 << 8 | 1]).is_valid(),
+            "unsorted"
+        );
+        assert!(!Hll::Sparse(vec![1 << 8]).is_valid(), "rank 0");
+    }
 
     fn sketch(range: std::ops::Range<u64>) -> Hll {
         let mut h = Hll::default();

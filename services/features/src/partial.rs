@@ -75,6 +75,15 @@ fn neumaier(sum: &mut f64, comp: &mut f64, x: f64) {
 }
 
 impl Partial {
+    /// Whether this partial, read from storage, is what `op` keeps and well formed.
+    pub fn is_valid_for(&self, op: Op) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(&Partial::new(op))
+            && match self {
+                Partial::Distinct(hll) => hll.is_valid(),
+                _ => true,
+            }
+    }
+
     /// The empty partial of an operation.
     pub fn new(op: Op) -> Self {
         match op {

@@ -33,17 +33,31 @@ use crate::value::Value;
 pub struct Shard {
     /// Offset of the last source event applied (replays at or below it are skipped).
     pub applied_offset: i64,
+    /// The fingerprint of the view definition that wrote it ([`ViewPlan::fingerprint`]), or
+    /// [`Shard::LEGACY_DEFINITION`].
+    pub definition: u64,
     /// The tiles.
     pub state: EntityState,
 }
 
 impl Shard {
+    /// The definition of shards written before fingerprints existed: read if their layout fits.
+    pub const LEGACY_DEFINITION: u64 = 0;
+
     /// A shard with no event.
     pub fn empty(plan: &ViewPlan) -> Self {
         Self {
             applied_offset: -1,
+            definition: plan.fingerprint(),
             state: plan.new_state(),
         }
+    }
+
+    /// Whether `plan` can read this shard: written under its definition of the view (or before
+    /// fingerprints existed) and of its layout, every partial well formed.
+    pub fn readable_by(&self, plan: &ViewPlan) -> bool {
+        (self.definition == plan.fingerprint() || self.definition == Self::LEGACY_DEFINITION)
+            && plan.fits(&self.state)
     }
 }
 
@@ -212,16 +226,17 @@ impl EntityShards {
         self.slot(partition).is_some_and(|s| s.published.is_some())
     }
 
-    /// Drops the shards `plan` cannot read (written under another definition of the view);
+    /// Drops the shards `plan` cannot read (written under another definition of the view, or
+    /// malformed);
     /// returns how many.
     pub fn retain_fitting(&mut self, plan: &ViewPlan) -> usize {
         let before = self.slots.len();
-        self.slots.retain(|s| plan.fits(&s.shard.state));
+        self.slots.retain(|s| s.shard.readable_by(plan));
         for slot in &mut self.slots {
             if slot
                 .published
                 .as_ref()
-                .is_some_and(|v| v.as_deref().is_some_and(|v| !plan.fits(&v.state)))
+                .is_some_and(|v| v.as_deref().is_some_and(|v| !v.readable_by(plan)))
             {
                 slot.published = None;
             }

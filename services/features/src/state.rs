@@ -47,6 +47,7 @@ pub struct ViewPlan {
     slots: Vec<Slot>,
     groups: Vec<HopGroup>,
     lifetime_ops: Vec<Op>,
+    fingerprint: u64,
 }
 
 /// An entity's state: everything needed to answer a read at any later time.
@@ -186,6 +187,7 @@ impl ViewPlan {
             }
         }
         Self {
+            fingerprint: view.fingerprint(),
             view,
             slots,
             groups,
@@ -360,18 +362,26 @@ impl ViewPlan {
         shards.iter().filter_map(|s| s.event_time_max).max()
     }
 
-    /// Whether a state was built by this plan (same aggregations and groups); a state written
-    /// under an older definition of the view is not.
+    /// Whether a state has this plan's layout, every partial of the kind its aggregation keeps
+    /// and well formed (so reads can index it without checks): the lifetime partials, the
+    /// groups, and each tile's partials.
     pub fn fits(&self, state: &EntityState) -> bool {
-        state.lifetime.len() == self.lifetime_ops.len()
+        let valid = |partials: &[Partial], ops: &[Op]| {
+            partials.len() == ops.len()
+                && partials.iter().zip(ops).all(|(p, op)| p.is_valid_for(*op))
+        };
+        valid(&state.lifetime, &self.lifetime_ops)
             && state.tiles.len() == self.groups.len()
             && state
-                .lifetime
+                .tiles
                 .iter()
-                .zip(&self.lifetime_ops)
-                .all(|(p, op)| {
-                    std::mem::discriminant(p) == std::mem::discriminant(&Partial::new(*op))
-                })
+                .zip(&self.groups)
+                .all(|(tiles, group)| tiles.values().all(|p| valid(p, &group.ops)))
+    }
+
+    /// The view definition's fingerprint ([`FeatureView::fingerprint`]).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// Number of tiles held (for memory accounting).
@@ -395,6 +405,23 @@ mod tests {
     }
 
     const COUNT_1H: &str = "[[features]]\nname = \"n\"\nop = \"count\"\nwindow = \"1h\"\n";
+
+    #[test]
+    fn a_state_of_another_layout_does_not_fit() {
+        let old = plan(COUNT_1H);
+        let mut state = old.new_state();
+        old.apply(&mut state, HOUR_US, (0, 0), &[Value::Null], &mut Vec::new());
+        assert!(old.fits(&state));
+        // A feature added in the same window: same lifetime and group counts, but each tile
+        // holds one partial where the new plan reads two.
+        let min =
+            "[[features]]\nname = \"m\"\nop = \"min\"\ncolumn = \"amount\"\nwindow = \"1h\"\n";
+        assert!(!plan(&format!("{min}{COUNT_1H}")).fits(&state));
+        // Same count of partials, another kind.
+        let sum =
+            "[[features]]\nname = \"n\"\nop = \"sum\"\ncolumn = \"amount\"\nwindow = \"1h\"\n";
+        assert!(!plan(sum).fits(&state));
+    }
 
     #[test]
     fn sawtooth_keeps_the_whole_oldest_hop_and_slides_with_the_clock() {

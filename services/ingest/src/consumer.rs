@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::delivery::Producer;
 use crate::deploy::Models;
 use crate::flusher::Flusher;
+use crate::sources::BoundSource;
 use crate::worker::{IngestReport, IngestStats, Parts, Shutdown, Worker};
 use crate::{Error, Result, sources};
 
@@ -94,6 +95,29 @@ impl ConsumerContext for WorkerContext {
     }
 }
 
+/// Records each written view's definition in Redis on first start, and refuses to start when
+/// the one recorded differs: the stored shards have another layout (see
+/// [`Error::DefinitionChanged`] for the fix it names).
+fn check_definitions(online: &mut OnlineStore, sources: &[BoundSource]) -> Result<()> {
+    for view in sources.iter().flat_map(|s| &s.views) {
+        let (name, current) = (&view.view().name, view.plan().fingerprint());
+        match online.record_definition_once(name, current)? {
+            Some(recorded) if recorded != current => {
+                return Err(Error::DefinitionChanged {
+                    view: name.clone(),
+                    recorded,
+                    current,
+                });
+            }
+            Some(_) => {}
+            None => {
+                info!(view = %name, definition = %format!("{current:016x}"), "view definition recorded")
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs the worker until `shutdown` is triggered; blocking (give it its own thread).
 ///
 /// Fails fast with one clear error if the broker or Redis is unreachable or topics are
@@ -119,9 +143,11 @@ pub fn run(
             source,
         })
     };
+    let mut online = redis()?;
+    check_definitions(&mut online, &sources)?;
     let parts = Parts {
         sources,
-        online: redis()?,
+        online,
         producer: Producer::new(config, Arc::clone(&stats))?,
         flusher: Flusher::start(&config.store.dir, redis()?)?,
         raw: SegmentStore::open(&config.store.dir, Table::Raw)?,

@@ -20,7 +20,7 @@ use arrow::array::RecordBatch;
 use chrono::Utc;
 use quiver_core::decode::RawEvent;
 use quiver_features::log::LogRow;
-use quiver_features::{Applied, Value};
+use quiver_features::{Applied, Shard, Value};
 use quiver_models::FeatureLookup;
 
 use crate::claims::{ClaimBatch, ClaimRecord, LookupVector, ViewVector, runs};
@@ -426,6 +426,22 @@ impl Worker {
         let fetched = self.online.fetch(&view.view().name, &missing)?;
         events::cache_loads(&view.view().name, missing.len());
         let plan = Arc::clone(view.plan());
+        // Shards of another definition of the view: never read or mixed with ours.
+        let current = plan.fingerprint();
+        if let Some(foreign) = fetched
+            .iter()
+            .flatten()
+            .map(|(_, shard)| shard)
+            .find(|shard| {
+                shard.definition != current && shard.definition != Shard::LEGACY_DEFINITION
+            })
+        {
+            return Err(Error::DefinitionChanged {
+                view: view.view().name.clone(),
+                recorded: foreign.definition,
+                current,
+            });
+        }
         let cache = &mut self.caches[s][v];
         let partitions = &self.partitions;
         let durable = |q: i32| partitions.get(&(s, q)).map_or(-1, |st| st.flushed_through);

@@ -102,6 +102,19 @@ pub enum Error {
         /// Cause.
         detail: String,
     },
+    /// A view's definition changed since its online state was written: its shards have
+    /// another layout, which the worker must neither read nor mix with its own.
+    #[error(
+        "view `{view}` changed since its online state was written (definition {recorded:016x}, now {current:016x}): stop every ingest worker, rebuild the view with `quiver backfill --materialize --view {view}`, then start them again"
+    )]
+    DefinitionChanged {
+        /// View.
+        view: String,
+        /// The fingerprint recorded in Redis.
+        recorded: u64,
+        /// The fingerprint of the definition loaded now.
+        current: u64,
+    },
     /// An unrecoverable condition that stopped the worker.
     #[error("ingest stopped: {0}")]
     Fatal(String),
@@ -118,9 +131,11 @@ impl Error {
             Error::Online(e) | Error::Unreachable { source: e, .. } => e.retry(),
             Error::Kafka(_) | Error::Client { .. } | Error::Delivery { .. } => Retry::Transient,
             Error::Models(quiver_models::Error::Io { .. }) => Retry::Transient,
-            Error::Models(_) | Error::Features(_) | Error::Claim { .. } | Error::Fatal(_) => {
-                Retry::Permanent
-            }
+            Error::Models(_)
+            | Error::Features(_)
+            | Error::Claim { .. }
+            | Error::DefinitionChanged { .. }
+            | Error::Fatal(_) => Retry::Permanent,
         }
     }
 }

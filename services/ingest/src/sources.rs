@@ -81,7 +81,8 @@ pub(crate) fn bind(
         out.push(BoundSource {
             topic: config.kafka.topic(&schema.topic),
             dlq_topic: config.kafka.dlq_topic(&schema.topic),
-            decoder: EventDecoder::new(Arc::clone(&schema), config.ingest.max_event_bytes),
+            decoder: EventDecoder::new(Arc::clone(&schema), config.ingest.max_event_bytes)
+                .with_max_future_skew_ms(config.ingest.max_future_skew_ms),
             ttls: own
                 .iter()
                 .map(|v| Duration::from_micros(v.ttl.max(1) as u64))

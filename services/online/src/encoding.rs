@@ -1,11 +1,24 @@
-//! How a shard is stored: a version byte, then postcard.
+//! How a shard is stored: a version byte, then postcard. Version 2 carries the fingerprint of
+//! the view definition that wrote the shard; version 1 (before fingerprints) is still read, as
+//! [`Shard::LEGACY_DEFINITION`].
 
-use quiver_features::Shard;
+use quiver_features::{EntityState, Shard};
+use serde::Deserialize;
 
 use crate::{Error, Result};
 
-/// Encoding version prefixed to every shard.
-const VERSION: u8 = 1;
+/// Encoding version prefixed to every shard written.
+const VERSION: u8 = 2;
+
+/// The encoding before view fingerprints.
+const VERSION_1: u8 = 1;
+
+/// A version-1 shard.
+#[derive(Deserialize)]
+struct ShardV1 {
+    applied_offset: i64,
+    state: EntityState,
+}
 
 /// Compact binary encoding (version byte + postcard).
 pub fn encode(shard: &Shard) -> Vec<u8> {
@@ -26,6 +39,13 @@ pub fn decode(key: &str, field: &str, bytes: &[u8]) -> Result<Shard> {
     };
     match bytes.split_first() {
         Some((&VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| err(e.to_string())),
+        Some((&VERSION_1, rest)) => postcard::from_bytes::<ShardV1>(rest)
+            .map(|v1| Shard {
+                applied_offset: v1.applied_offset,
+                definition: Shard::LEGACY_DEFINITION,
+                state: v1.state,
+            })
+            .map_err(|e| err(e.to_string())),
         Some((v, _)) => Err(err(format!("unknown encoding version {v}"))),
         None => Err(err("empty value".to_string())),
     }
@@ -103,10 +123,19 @@ mod tests {
         }
         let shard = Shard {
             applied_offset: 4,
+            definition: plan.fingerprint(),
             state,
         };
         let decoded = decode("k", "p0", &encode(&shard)).unwrap();
         assert_eq!(decoded, shard);
+        assert!(decoded.readable_by(&plan));
+        // A version-1 shard (no fingerprint) reads as legacy, and still fits.
+        let mut v1 = vec![VERSION_1];
+        v1.extend(postcard::to_allocvec(&(4i64, &shard.state)).unwrap());
+        let legacy = decode("k", "p0", &v1).unwrap();
+        assert_eq!(legacy.definition, Shard::LEGACY_DEFINITION);
+        assert_eq!(legacy.state, shard.state);
+        assert!(legacy.readable_by(&plan));
         assert!(decode("k", "p0", &[9, 1, 2]).is_err());
         let parsed = parse_hash(
             "k",

@@ -30,6 +30,11 @@ impl Keys {
         format!("{}:#claims:{source}:{partition}", self.prefix)
     }
 
+    /// The fingerprint of the definition a view's online state was written under.
+    pub fn definition(&self, view: &str) -> String {
+        format!("{}:#definition:{view}", self.prefix)
+    }
+
     /// Every claims hash of a source, as a `SCAN` pattern.
     pub fn claims_pattern(&self, source: &str) -> String {
         format!("{}:#claims:{source}:*", self.prefix)

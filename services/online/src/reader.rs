@@ -10,10 +10,12 @@ use crate::Result;
 use crate::encoding::parse_hash;
 use crate::keys::Keys;
 
-/// The async reader used by the API (multiplexed: one connection serves concurrent requests).
+/// The async reader used by the API: one multiplexed connection serves concurrent requests,
+/// and it reconnects by itself after Redis restarts (requests made while Redis is down fail
+/// with a transient error, which the API answers with 503).
 #[derive(Clone)]
 pub struct OnlineReader {
-    conn: redis::aio::MultiplexedConnection,
+    conn: redis::aio::ConnectionManager,
     keys: Keys,
 }
 
@@ -29,12 +31,14 @@ impl OnlineReader {
     /// Connects, failing after `timeout`.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self> {
         let client = redis::Client::open(url)?;
-        let config = redis::AsyncConnectionConfig::new()
+        // One quick retry per request: while Redis is down a request fails in about the
+        // connect timeout rather than waiting through a long backoff.
+        let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
-            .set_response_timeout(Duration::from_secs(5));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+            .set_response_timeout(Duration::from_secs(5))
+            .set_number_of_retries(1)
+            .set_max_delay(100);
+        let conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
         Ok(Self {
             conn,
             keys: Keys::new(prefix),

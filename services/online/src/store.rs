@@ -297,10 +297,43 @@ impl OnlineStore {
     }
 
     /// Deletes every entity of a view (its source topic was re-created, so the offsets its
-    /// shards recorded mean nothing any more). Returns how many keys were removed.
+    /// shards recorded mean nothing any more), and its definition record. Returns how many
+    /// keys were removed.
     pub fn clear_view(&mut self, view: &str) -> Result<u64> {
         let pattern = self.keys.view_pattern(view);
-        self.clear(&pattern)
+        let key = self.keys.definition(view);
+        let removed = self.run(|c| redis::cmd("DEL").arg(&key).query::<u64>(c))?;
+        Ok(removed + self.clear(&pattern)?)
+    }
+
+    /// The fingerprint of the definition a view's online state was written under, if recorded.
+    pub fn definition(&mut self, view: &str) -> Result<Option<u64>> {
+        let key = self.keys.definition(view);
+        let recorded: Option<String> = self.run(|c| redis::cmd("GET").arg(&key).query(c))?;
+        parse_definition(&key, recorded)
+    }
+
+    /// Records `fingerprint` as the definition of a view's online state unless one is recorded
+    /// already; returns the one recorded before (`None`: this call recorded it).
+    pub fn record_definition_once(&mut self, view: &str, fingerprint: u64) -> Result<Option<u64>> {
+        let key = self.keys.definition(view);
+        let value = format!("{fingerprint:016x}");
+        let previous: Option<String> = self.run(|c| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .arg("NX")
+                .arg("GET")
+                .query(c)
+        })?;
+        parse_definition(&key, previous)
+    }
+
+    /// Records `fingerprint` as the definition of a view's online state (after a rebuild).
+    pub fn record_definition(&mut self, view: &str, fingerprint: u64) -> Result<()> {
+        let key = self.keys.definition(view);
+        let value = format!("{fingerprint:016x}");
+        self.run(|c| redis::cmd("SET").arg(&key).arg(&value).query::<()>(c))
     }
 
     /// Deletes every claim of a source (same reason).
@@ -308,4 +341,17 @@ impl OnlineStore {
         let pattern = self.keys.claims_pattern(source);
         self.clear(&pattern)
     }
+}
+
+/// A recorded definition fingerprint (hex), if any.
+fn parse_definition(key: &str, recorded: Option<String>) -> Result<Option<u64>> {
+    recorded
+        .map(|text| {
+            u64::from_str_radix(&text, 16).map_err(|_| crate::Error::Decode {
+                key: key.to_string(),
+                field: String::new(),
+                detail: format!("`{text}` is not a definition fingerprint"),
+            })
+        })
+        .transpose()
 }

@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use quiver_core::Config;
-use quiver_features::{EntityShards, ViewCatalog, ViewPlan};
+use quiver_features::{EntityShards, Shard, ViewCatalog, ViewPlan};
 use quiver_online::OnlineReader;
 use quiver_telemetry::Health;
 use serde::Deserialize;
@@ -95,6 +95,19 @@ fn unknown_view(view: &str) -> Response {
     )
 }
 
+/// An entity's online state was written under another definition of its view.
+struct OtherDefinition;
+
+fn definition_changed(view: &str, entity: &str) -> Response {
+    error(
+        StatusCode::CONFLICT,
+        "view_definition_changed",
+        format!(
+            "the online state of `{entity}` in view `{view}` was written under another definition of the view; rebuild it with `quiver backfill --materialize --view {view}`"
+        ),
+    )
+}
+
 fn unavailable(e: &quiver_online::Error) -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -112,6 +125,18 @@ fn record(route: &'static str, started: Instant, response: Response) -> Response
     response
 }
 
+/// Compares a presented secret with the expected one in time independent of where they differ
+/// (only the length, which is not secret enough to matter, can end it early).
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && std::hint::black_box(
+            given
+                .iter()
+                .zip(expected)
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b)),
+        ) == 0
+}
+
 impl Api {
     /// Connects to Redis and compiles the views.
     pub async fn connect(config: &Config, views: &ViewCatalog) -> Result<Self> {
@@ -122,11 +147,11 @@ impl Api {
         )
         .await
         .map_err(|source| Error::Redis {
-            url: config.redis.url.clone(),
+            url: quiver_core::config::redacted_url(&config.redis.url),
             source,
         })?;
         reader.ping().await.map_err(|source| Error::Redis {
-            url: config.redis.url.clone(),
+            url: quiver_core::config::redacted_url(&config.redis.url),
             source,
         })?;
         let plans = views
@@ -161,10 +186,11 @@ impl Api {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| given == token)
+            .is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes()))
     }
 
-    /// The answer object for one entity, finalised at `now` (µs).
+    /// The answer object for one entity, finalised at `now` (µs); [`OtherDefinition`] when its
+    /// state was written under another definition of the view.
     fn answer(
         &self,
         view: &str,
@@ -172,7 +198,13 @@ impl Api {
         entity: &str,
         mut shards: EntityShards,
         now: i64,
-    ) -> Json_ {
+    ) -> std::result::Result<Json_, OtherDefinition> {
+        let current = plan.fingerprint();
+        if shards.iter().any(|(_, shard)| {
+            shard.definition != current && shard.definition != Shard::LEGACY_DEFINITION
+        }) {
+            return Err(OtherDefinition);
+        }
         let found = !shards.is_empty();
         let stale = shards.retain_fitting(plan);
         if stale > 0 {
@@ -199,7 +231,7 @@ impl Api {
         if !found && let Some(map) = out.as_object_mut() {
             map.insert("found".to_string(), Json_::Bool(false));
         }
-        out
+        Ok(out)
     }
 
     async fn get_one(&self, headers: &HeaderMap, view: &str, entity: &str) -> Response {
@@ -221,7 +253,10 @@ impl Api {
             );
         }
         let now = Utc::now().timestamp_micros();
-        Json(self.answer(view, plan, entity, shards, now)).into_response()
+        match self.answer(view, plan, entity, shards, now) {
+            Ok(answer) => Json(answer).into_response(),
+            Err(OtherDefinition) => definition_changed(view, entity),
+        }
     }
 
     async fn get_many(&self, headers: &HeaderMap, body: &[u8]) -> Response {
@@ -273,12 +308,14 @@ impl Api {
             Err(e) => return unavailable(&e),
         };
         let now = Utc::now().timestamp_micros();
-        let out: Vec<Json_> = entities
-            .iter()
-            .zip(fetched)
-            .map(|(entity, shards)| self.answer(&batch.view, plan, entity, shards, now))
-            .collect();
-        Json(out).into_response()
+        let mut answers = Vec::with_capacity(entities.len());
+        for (entity, shards) in entities.iter().zip(fetched) {
+            match self.answer(&batch.view, plan, entity, shards, now) {
+                Ok(answer) => answers.push(answer),
+                Err(OtherDefinition) => return definition_changed(&batch.view, entity),
+            }
+        }
+        Json(answers).into_response()
     }
 }
 
@@ -355,4 +392,18 @@ pub async fn serve(
             source,
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_match_only_when_identical() {
+        assert!(same_secret(b"s3cret-token", b"s3cret-token"));
+        assert!(!same_secret(b"s3cret-tokeN", b"s3cret-token"));
+        assert!(!same_secret(b"s3cret", b"s3cret-token"));
+        assert!(!same_secret(b"", b"s3cret-token"));
+        assert!(same_secret(b"", b""));
+    }
 }

@@ -103,7 +103,7 @@ impl LocalStack {
             .filter(|a| loopback(a))
             .ok_or_else(|| Error::NotLocal {
                 key: "redis.url",
-                value: config.redis.url.clone(),
+                value: quiver_core::config::redacted_url(&config.redis.url),
             })?;
         Ok(Self {
             work_dir: config.stack.work_dir.clone(),

@@ -1,0 +1,173 @@
+//! Production faults against real tansu and Redis: Redis killed with SIGKILL mid-stream and
+//! restarted from its AOF, with the worker and the API running (nothing is lost or counted
+//! twice, both report not-ready while Redis is gone and recover by themselves); a view edited
+//! under existing online state (never read wrong, refused until rebuilt).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::checks::{assert_exactly_once, assert_features_exact, assert_segments_never_overlap};
+use common::child::{admin_get, scrape, sigterm, spawn_worker};
+use common::stream::{assert_one_decision_per_event, stream, transactions};
+use common::{
+    OwnRedis, REPO, TestEnv, copy_dir, eventually, http, run_quiver, start_api, start_in_process,
+};
+
+/// Seconds from `since` until `ready` holds (polled every 100 ms, at most `limit`).
+fn seconds_until(since: Instant, limit: Duration, mut ready: impl FnMut() -> bool) -> f64 {
+    assert!(
+        eventually(limit, &mut ready),
+        "not recovered within {limit:?}"
+    );
+    since.elapsed().as_secs_f64()
+}
+
+#[test]
+fn redis_killed_and_restarted_mid_stream_loses_nothing_and_everything_recovers() {
+    let probe = TestEnv::new("redis-kill-dir", &[]);
+    let mut redis = OwnRedis::start(&probe.dir.join("own-redis"));
+    let url = redis.url();
+    let t = TestEnv::new(
+        "redis-kill",
+        &[
+            ("QUIVER__REDIS__URL", url.as_str()),
+            ("QUIVER__REDIS__CONNECT_TIMEOUT_MS", "500"),
+            ("QUIVER__REDIS__COMMAND_TIMEOUT_MS", "1000"),
+            ("QUIVER__INGEST__SEGMENT_MAX_AGE_MS", "300"),
+            ("QUIVER__INGEST__COMMIT_INTERVAL_MS", "300"),
+        ],
+    );
+    t.create_topics();
+    t.deploy_model();
+    let txns = transactions(67, 0, 8_000);
+    let mut worker = spawn_worker(&t, &[]);
+    let api = start_api(&t, "");
+    let user = txns[0].user_id.clone();
+    let features = format!("/v1/features/user_txn/{user}");
+    let producer = stream(&t, &txns, 400, Duration::from_millis(250));
+    assert!(eventually(Duration::from_secs(60), || {
+        scrape(&worker.admin, "quiver_predictions_total") > 1_500.0
+    }));
+    assert_eq!(http(&api, "GET", &features, None, &[]).0, 200);
+
+    // Redis dies in the middle of the stream: both the worker and the API say so.
+    redis.kill9();
+    let killed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            admin_get(&worker.admin, "/readyz").0 == 503
+        }),
+        "the worker stayed ready without Redis"
+    );
+    let (status, body) = http(&api, "GET", &features, None, &[]);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "online_store_unavailable", "{body}");
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            http(&api, "GET", "/readyz", None, &[]).0 == 503
+        }),
+        "the API stayed ready without Redis"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Back from its AOF: both recover by themselves.
+    redis.restart();
+    let restarted = Instant::now();
+    let api_s = seconds_until(restarted, Duration::from_secs(30), || {
+        http(&api, "GET", &features, None, &[]).0 == 200
+    });
+    let worker_s = seconds_until(restarted, Duration::from_secs(90), || {
+        admin_get(&worker.admin, "/readyz").0 == 200
+    });
+    eprintln!(
+        "redis down {:.1} s; after its restart the API answered in {api_s:.1} s, the worker was ready in {worker_s:.1} s",
+        restarted.duration_since(killed).as_secs_f64()
+    );
+
+    let deliveries = producer.join().unwrap();
+    assert!(eventually(Duration::from_secs(120), || {
+        t.raw_scalar("transactions", "SELECT count(*) FROM raw") >= 8_000
+            && scrape(&worker.admin, "quiver_predictions_total") >= 8_000.0
+    }));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(sigterm(&mut worker.child).success());
+
+    // Every event once in every store, every user's and merchant's online state exactly the
+    // reference (nothing lost with Redis, nothing applied twice), one decision per event.
+    assert_exactly_once(&t, 8_000);
+    assert_segments_never_overlap(&t);
+    assert_features_exact(&t, &txns, &deliveries);
+    assert_one_decision_per_event(&t, &txns);
+}
+
+#[test]
+fn a_changed_view_is_never_read_wrong_and_is_refused_until_rebuilt() {
+    let t = TestEnv::new("redefine", &[]);
+    t.create_topics();
+    let first = transactions(71, 0, 2_000);
+    let mut deliveries = stream(&t, &first, 2_000, Duration::ZERO).join().unwrap();
+    let ingest = start_in_process(&t);
+    assert!(eventually(Duration::from_secs(60), || {
+        ingest.stats.events.load(Ordering::Relaxed) >= 2_000
+    }));
+    ingest.stop();
+
+    // `user_txn` gains a feature ahead of the others, in a window it already has.
+    let schemas = t.dir.join("schemas-edited");
+    copy_dir(&Path::new(REPO).join("schemas"), &schemas);
+    let path = schemas.join("views/user_txn.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let at = text.find("[[features]]").unwrap();
+    let added = "[[features]]\nname = \"amount_min_1h\"\nop = \"min\"\ncolumn = \"amount\"\nwindow = \"1h\"\n\n";
+    std::fs::write(&path, format!("{}{added}{}", &text[..at], &text[at..])).unwrap();
+    let edited = t.with_schemas(&schemas);
+
+    // The API answers 409 for state of the old layout (never a wrong value, never a dropped
+    // connection); the unchanged view still answers.
+    let api = start_api(&edited, "");
+    let user = format!("/v1/features/user_txn/{}", first[0].user_id);
+    let (status, body) = http(&api, "GET", &user, None, &[]);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "view_definition_changed", "{body}");
+    let batch = format!(
+        r#"{{"view":"user_txn","entities":["{}"]}}"#,
+        first[1].user_id
+    );
+    assert_eq!(http(&api, "POST", "/v1/features", Some(&batch), &[]).0, 409);
+    let merchant = format!("/v1/features/merchant_txn/{}", first[0].merchant_id);
+    assert_eq!(http(&api, "GET", &merchant, None, &[]).0, 200);
+
+    // Ingest refuses to start and names the fix.
+    let (ok, out) = run_quiver(edited.quiver(&["ingest"]));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("quiver backfill --materialize --view user_txn"),
+        "{out}"
+    );
+
+    // The rebuild: then the API answers with the new feature, and ingest runs again.
+    let (ok, out) = run_quiver(edited.quiver(&["backfill", "--materialize", "--view", "user_txn"]));
+    assert!(ok, "{out}");
+    let (status, body) = http(&api, "GET", &user, None, &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body["features"].get("amount_min_1h").is_some(), "{body}");
+    let more = transactions(71, 2_000, 1_000);
+    deliveries.extend(
+        stream(&edited, &more, 1_000, Duration::ZERO)
+            .join()
+            .unwrap(),
+    );
+    let ingest = start_in_process(&edited);
+    assert!(eventually(Duration::from_secs(60), || {
+        ingest.stats.events.load(Ordering::Relaxed) >= 1_000
+    }));
+    ingest.stop();
+
+    // Every user's and merchant's state is exactly the reference under the new definition.
+    let all: Vec<_> = first.iter().chain(&more).cloned().collect();
+    assert_features_exact(&edited, &all, &deliveries);
+}
