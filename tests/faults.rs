@@ -96,6 +96,19 @@ fn redis_killed_and_restarted_mid_stream_loses_nothing_and_everything_recovers()
     std::thread::sleep(Duration::from_secs(2));
     assert!(sigterm(&mut worker.child).success());
 
+    // Through every reconnection, the worker never logged Redis's password.
+    for entry in std::fs::read_dir(&t.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let log = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                !log.contains(&redis.password),
+                "{} shows the password",
+                path.display()
+            );
+        }
+    }
+
     // Every event once in every store, every user's and merchant's online state exactly the
     // reference (nothing lost with Redis, nothing applied twice), one decision per event.
     assert_exactly_once(&t, 8_000);

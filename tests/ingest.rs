@@ -12,6 +12,7 @@ use common::checks::{
     DUPLICATES, assert_exactly_once, assert_features_exact, assert_segments_never_overlap,
 };
 use common::child::{scrape, sigterm, spawn_worker, wait_at_most};
+use common::stream::messages;
 use common::{TestEnv, committed, eventually, produce_all, read_topic, services, start_in_process};
 use quiver_demo::{GeneratorOptions, Transaction};
 
@@ -21,12 +22,6 @@ fn transactions(seed: u64, n: usize) -> Vec<Transaction> {
         ..GeneratorOptions::default()
     };
     common::stream::demo_transactions(seed, options, 37, 0, n)
-}
-
-fn messages(txns: &[Transaction]) -> Vec<(String, Vec<u8>)> {
-    txns.iter()
-        .map(|t| (t.user_id.clone(), t.to_json().into_bytes()))
-        .collect()
 }
 
 fn segments(t: &TestEnv) -> usize {
@@ -341,6 +336,52 @@ fn two_members_split_the_partitions_and_hand_over_on_leave() {
     );
     assert_eq!(
         committed(&kafka, &t.config.ingest.group_id, &topic, 4),
+        end_offsets(&deliveries, 4)
+    );
+}
+
+#[test]
+fn a_dead_letter_too_large_for_its_topic_goes_as_a_marker_and_nothing_stalls() {
+    // The worker's producer sends at most 200 000 bytes; the event is 300 000 (the source
+    // topic took it from a producer with the default 1 MB limit).
+    let t = TestEnv::new(
+        "dlq-marker",
+        &[("QUIVER__KAFKA__PROPERTIES__MESSAGE_MAX_BYTES", "200000")],
+    );
+    t.create_topics();
+    let txns = transactions(29, 1_000);
+    let mut msgs = messages(&txns);
+    let huge = format!(r#"{{"txn_id":"huge","pad":"{}"}}"#, "x".repeat(300_000));
+    msgs.insert(500, ("u-huge".to_string(), huge.clone().into_bytes()));
+    let topic = t.topic("transactions");
+    let deliveries = produce_all(&services().kafka, &topic, &msgs);
+
+    let ingest = start_in_process(&t);
+    let landed = eventually(Duration::from_secs(60), || {
+        ingest.stats.events.load(Ordering::Relaxed) >= 1_000
+            && ingest.stats.dead_letters.load(Ordering::Relaxed) >= 1
+    });
+    let report = ingest.stop();
+    assert!(landed, "the partition stalled: {report:?}");
+    assert_eq!((report.events, report.dead_letters), (1_000, 1));
+
+    let dlq = read_topic(
+        &services().kafka,
+        &t.config.kafka.dlq_topic("transactions"),
+        1,
+        Duration::from_secs(30),
+    );
+    assert_eq!(dlq.len(), 1);
+    let marker = &dlq[0];
+    assert_eq!(marker.headers["quiver.reason"], "too_large");
+    assert_eq!(marker.headers["quiver.truncated"], huge.len().to_string());
+    assert_eq!(
+        marker.headers["quiver.source.offset"],
+        deliveries[500].1.to_string()
+    );
+    assert!(marker.payload.is_empty());
+    assert_eq!(
+        committed(&services().kafka, &t.config.ingest.group_id, &topic, 4),
         end_offsets(&deliveries, 4)
     );
 }

@@ -78,7 +78,22 @@ pid_alive() {
 port_busy() { (exec 3<>"/dev/tcp/$(host_of "$1")/$(port_of "$1")") 2>/dev/null; }
 
 tansu_ready() { "$TANSU" topic list --broker "tcp://$KAFKA_ADDR" >/dev/null 2>&1; }
-redis_ready() { [ "$(redis-cli -h "$(host_of "$REDIS_ADDR")" -p "$(port_of "$REDIS_ADDR")" ping 2>/dev/null)" = "PONG" ]; }
+redis_ping() { redis-cli -h "$(host_of "$REDIS_ADDR")" -p "$(port_of "$REDIS_ADDR")" ping 2>&1; }
+redis_ready() { [ "$(redis_ping)" = "PONG" ]; }
+
+# Redis answers LOADING while it reads a large AOF back (seconds per GB): waiting for that is
+# not a failure, so the 15 s allowance starts again while it reports progress.
+wait_for_redis() {
+  local deadline=$((SECONDS + 15)) said=""
+  until redis_ready; do
+    if redis_ping | grep -q LOADING; then
+      [ -n "$said" ] || { say "redis is loading its data from $WORK/redis ..."; said=1; }
+      deadline=$((SECONDS + 15))
+    fi
+    [ $SECONDS -lt $deadline ] || die "redis did not answer within 15 s (log: $LOGS/redis.log)"
+    sleep 0.2
+  done
+}
 
 wait_for() { # NAME CHECK SECONDS
   local deadline=$((SECONDS + $3))
@@ -105,7 +120,7 @@ start_redis() {
   redis-server --bind "$(host_of "$REDIS_ADDR")" --port "$(port_of "$REDIS_ADDR")" \
     --dir "$(cd "$WORK/redis" && pwd)" --appendonly yes --save "" --daemonize yes \
     --pidfile "$(cd "$RUN" && pwd)/redis.pid" --logfile "$(cd "$LOGS" && pwd)/redis.log" >/dev/null
-  wait_for redis redis_ready 15
+  wait_for_redis
   say "redis listening on $REDIS_ADDR (pid $(cat "$RUN/redis.pid"), data in $WORK/redis)"
 }
 

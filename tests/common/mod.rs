@@ -107,43 +107,55 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 }
 
 fn redis_ping(addr: &str) -> bool {
+    redis_ping_as(addr, None)
+}
+
+/// `PING` (after `AUTH` when a password is given) answers `PONG`.
+fn redis_ping_as(addr: &str, password: Option<&str>) -> bool {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"PING\r\n").is_err() {
+    let (request, reply): (String, &[u8]) = match password {
+        Some(pw) => (format!("AUTH {pw}\r\nPING\r\n"), b"+OK\r\n+PONG\r\n"),
+        None => ("PING\r\n".to_string(), b"+PONG\r\n"),
+    };
+    if s.write_all(request.as_bytes()).is_err() {
         return false;
     }
-    let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    let mut buf = vec![0u8; reply.len()];
+    s.read_exact(&mut buf).is_ok() && buf == reply
 }
 
 /// `redis-server` on `port` with its data (AOF on, `appendfsync everysec`) in `dir`, under a
-/// watchdog; its log is `dir/redis.log`.
-fn spawn_redis(port: u16, dir: &Path) -> Child {
+/// watchdog, requiring `password` if any; its log is `dir/redis.log`.
+fn spawn_redis(port: u16, dir: &Path, password: Option<&str>) -> Child {
     std::fs::create_dir_all(dir).unwrap();
-    spawn_guarded(
-        Path::new("redis-server"),
-        &[
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--dir",
-            dir.to_str().unwrap(),
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-        ]
-        .map(String::from),
-        &dir.join("redis.log"),
-    )
+    let mut args: Vec<String> = [
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(password) = password {
+        args.extend(["--requirepass".to_string(), password.to_string()]);
+    }
+    spawn_guarded(Path::new("redis-server"), &args, &dir.join("redis.log"))
 }
 
-/// A Redis of one test's own, for faults the shared one must not suffer (SIGKILL, restart).
+/// A Redis of one test's own, for faults the shared one must not suffer (SIGKILL, restart),
+/// with a password (which must never show up in a log).
 pub struct OwnRedis {
     pub addr: String,
+    pub password: String,
     port: u16,
     dir: PathBuf,
     guard: Child,
@@ -154,18 +166,23 @@ impl OwnRedis {
     pub fn start(dir: &Path) -> Self {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let guard = spawn_redis(port, dir);
-        wait_until("own redis", Duration::from_secs(15), || redis_ping(&addr));
+        let password = format!("own-redis-pw-{port}");
+        let guard = spawn_redis(port, dir, Some(&password));
+        wait_until("own redis", Duration::from_secs(15), || {
+            redis_ping_as(&addr, Some(&password))
+        });
         Self {
             addr,
+            password,
             port,
             dir: dir.to_path_buf(),
             guard,
         }
     }
 
+    /// Its URL, password included.
     pub fn url(&self) -> String {
-        format!("redis://{}", self.addr)
+        format!("redis://:{}@{}", self.password, self.addr)
     }
 
     /// `kill -9` of redis-server itself (its pid from `INFO server`); returns once it is gone.
@@ -188,16 +205,16 @@ impl OwnRedis {
             .success();
         assert!(ok, "kill -9 {pid}");
         wait_until("redis gone", Duration::from_secs(15), || {
-            !redis_ping(&self.addr)
+            TcpStream::connect(&self.addr).is_err()
         });
         let _ = self.guard.wait();
     }
 
     /// Starts it again on the same port from the same data (its AOF).
     pub fn restart(&mut self) {
-        self.guard = spawn_redis(self.port, &self.dir);
+        self.guard = spawn_redis(self.port, &self.dir, Some(&self.password));
         wait_until("restarted redis", Duration::from_secs(30), || {
-            redis_ping(&self.addr)
+            redis_ping_as(&self.addr, Some(&self.password))
         });
     }
 }
@@ -226,7 +243,7 @@ pub fn services() -> &'static Services {
         );
         let rport = free_port();
         let redis = format!("127.0.0.1:{rport}");
-        let redis_guard = spawn_redis(rport, &dir.join("redis"));
+        let redis_guard = spawn_redis(rport, &dir.join("redis"), None);
         wait_until("tansu", Duration::from_secs(30), || {
             Command::new(&tansu)
                 .args(["topic", "list", "--broker", &url])

@@ -99,7 +99,15 @@ impl ProducerContext for DeliveryContext {
 /// The worker's producer.
 pub(crate) struct Producer {
     inner: ThreadedProducer<DeliveryContext>,
+    /// The largest message the client sends (`message.max.bytes`).
+    max_message_bytes: usize,
 }
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room kept in a dead letter for its record framing and the headers' names.
+const DEAD_LETTER_OVERHEAD: usize = 1024;
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,7 +134,17 @@ impl Producer {
                 context: "create producer",
                 source,
             })?;
-        Ok(Self { inner })
+        // librdkafka refused the configuration above if the property does not parse.
+        let max_message_bytes = config
+            .kafka
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
+        Ok(Self {
+            inner,
+            max_message_bytes,
+        })
     }
 
     fn send(&self, mut record: BaseRecord<'_, [u8], [u8], Box<Delivery>>) -> Result<()> {
@@ -184,6 +202,9 @@ impl Producer {
     }
 
     /// Produces a dead letter: the original payload, the reason and its provenance in headers.
+    /// A dead letter too large for the client's `message.max.bytes` goes as a marker: no
+    /// payload, and a [`headers::TRUNCATED`] header with the payload's size (a dead letter that
+    /// cannot be sent would otherwise stop its partition for good).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn dead_letter(
         &self,
@@ -197,7 +218,14 @@ impl Producer {
     ) -> Result<()> {
         let partition = origin.partition.to_string();
         let offset = origin.offset.to_string();
-        let hdrs = OwnedHeaders::new()
+        let size = payload.map_or(0, <[u8]>::len);
+        let framing = key.map_or(0, <[u8]>::len)
+            + reason.len()
+            + detail.len()
+            + origin.topic.len()
+            + DEAD_LETTER_OVERHEAD;
+        let truncated = (size + framing > self.max_message_bytes).then(|| size.to_string());
+        let mut hdrs = OwnedHeaders::new()
             .insert(Header {
                 key: headers::REASON,
                 value: Some(reason),
@@ -218,6 +246,17 @@ impl Producer {
                 key: headers::SOURCE_OFFSET,
                 value: Some(offset.as_str()),
             });
+        let payload = match &truncated {
+            Some(bytes) => {
+                hdrs = hdrs.insert(Header {
+                    key: headers::TRUNCATED,
+                    value: Some(bytes.as_str()),
+                });
+                events::dead_letter_truncated(origin.topic, origin.partition, origin.offset, size);
+                None
+            }
+            None => payload,
+        };
         let mut record = BaseRecord::with_opaque_to(
             dlq_topic,
             Box::new(Delivery {

@@ -64,6 +64,17 @@ pub(crate) fn dead_letter(source: &str, partition: i32, offset: i64, reason: &st
     debug!(source, partition, offset, reason, detail, "dead letter");
 }
 
+pub(crate) fn dead_letter_truncated(topic: &str, partition: i32, offset: i64, bytes: usize) {
+    counter!(names::INGEST_DEAD_LETTERS_TRUNCATED, "topic" => topic.to_string()).increment(1);
+    warn!(
+        topic,
+        partition,
+        offset,
+        bytes,
+        "dead letter too large for its topic: sent as a marker without its payload"
+    );
+}
+
 pub(crate) fn replay_skipped(source: &str, count: u64) {
     counter!(names::INGEST_REPLAY_SKIPPED, "source" => source.to_string()).increment(count);
 }

@@ -55,6 +55,9 @@ pub mod headers {
     pub const SOURCE_PARTITION: &str = "quiver.source.partition";
     /// Source offset.
     pub const SOURCE_OFFSET: &str = "quiver.source.offset";
+    /// Set on a marker sent instead of a dead letter too large for its topic: the size of the
+    /// payload left out (bytes). The event itself stays in the source topic at its offset.
+    pub const TRUNCATED: &str = "quiver.truncated";
 }
 
 /// A client configuration with the bootstrap servers and the pass-through properties.

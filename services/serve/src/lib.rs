@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -319,7 +320,22 @@ impl Api {
     }
 }
 
-/// The API routes (plus `/metrics`, `/healthz`, `/readyz`).
+/// The OpenAPI 3 document of the API (`/openapi.json`), checked by schemathesis in
+/// `tests/api/schemathesis.sh`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Largest request body accepted (bytes).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+/// The API routes (plus `/metrics`, `/healthz`, `/readyz`, `/openapi.json`).
 pub fn router(api: Arc<Api>, health: Health) -> Router {
     let v1 = Router::new()
         .route(
@@ -327,21 +343,48 @@ pub fn router(api: Arc<Api>, health: Health) -> Router {
             get(
                 |State(api): State<Arc<Api>>,
                  headers: HeaderMap,
-                 Path((view, entity)): Path<(String, String)>| async move {
+                 path: std::result::Result<Path<(String, String)>, PathRejection>| async move {
                     let started = Instant::now();
-                    record("get", started, api.get_one(&headers, &view, &entity).await)
+                    let response = match path {
+                        Ok(Path((view, entity))) => api.get_one(&headers, &view, &entity).await,
+                        Err(rejection) => error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            rejection.body_text(),
+                        ),
+                    };
+                    record("get", started, response)
                 },
             ),
         )
         .route(
             "/v1/features",
             post(
-                |State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes| async move {
+                |State(api): State<Arc<Api>>,
+                 headers: HeaderMap,
+                 body: std::result::Result<Bytes, BytesRejection>| async move {
                     let started = Instant::now();
-                    record("batch", started, api.get_many(&headers, &body).await)
+                    let response = match body {
+                        Ok(body) => api.get_many(&headers, &body).await,
+                        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                            error(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "payload_too_large",
+                                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+                            )
+                        }
+                        Err(rejection) => error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            rejection.body_text(),
+                        ),
+                    };
+                    record("batch", started, response)
                 },
             ),
         )
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -397,6 +440,27 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::same_secret;
+
+    #[test]
+    fn the_openapi_document_is_json_and_names_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.0.3");
+        for path in [
+            "/v1/features/{view}/{entity}",
+            "/v1/features",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path}");
+        }
+        assert_eq!(
+            doc["paths"]["/v1/features"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+                ["properties"]["entities"]["maxItems"],
+            super::MAX_BATCH
+        );
+    }
 
     #[test]
     fn secrets_match_only_when_identical() {

@@ -10,6 +10,9 @@ pub const INGEST_BYTES: &str = "quiver_ingest_bytes_total";
 pub const INGEST_SEGMENTS: &str = "quiver_ingest_segments_total";
 /// Events sent to a dead-letter topic. Labels: `source`, `reason`.
 pub const INGEST_DEAD_LETTERS: &str = "quiver_ingest_dead_letters_total";
+/// Dead letters sent as a marker without their payload, too large for the dead-letter topic.
+/// Labels: `topic` (the source topic).
+pub const INGEST_DEAD_LETTERS_TRUNCATED: &str = "quiver_ingest_dead_letters_truncated_total";
 /// Events skipped because the raw store already holds them (replays). Labels: `source`.
 pub const INGEST_REPLAY_SKIPPED: &str = "quiver_ingest_replay_skipped_total";
 /// Seconds of one durable flush of a partition (raw, feature-log and score segments, Redis
@@ -134,6 +137,11 @@ pub(crate) fn describe() {
         INGEST_DEAD_LETTERS,
         Unit::Count,
         "Events sent to a dead-letter topic, by reason"
+    );
+    describe_counter!(
+        INGEST_DEAD_LETTERS_TRUNCATED,
+        Unit::Count,
+        "Dead letters sent as a marker without their payload (too large for the topic)"
     );
     describe_counter!(
         INGEST_REPLAY_SKIPPED,
