@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quiver_features::{EntityShards, Shard, ViewPlan};
+use quiver_features::{EntityShards, Shard};
 
 /// How long a copy of another member's shards is used before it is read again.
 pub(crate) const FOREIGN_TTL: Duration = Duration::from_millis(500);
@@ -143,7 +143,6 @@ impl ViewCache {
     /// other shard is Redis's.
     pub(crate) fn load(
         &mut self,
-        plan: &ViewPlan,
         key: &str,
         fetched: Vec<(i32, Shard)>,
         own: &Ownership,
@@ -185,8 +184,6 @@ impl ViewCache {
         for (p, version) in dirty {
             entry.shards.publish(p, version);
         }
-        // A shard written under another definition of the view is not read.
-        entry.shards.retain_fitting(plan);
         entry.synced = synced;
         entry.read_at = now;
     }
@@ -247,7 +244,7 @@ mod tests {
     use std::sync::Arc;
 
     use quiver_core::Catalog;
-    use quiver_features::{Value, ViewCatalog};
+    use quiver_features::{Value, ViewCatalog, ViewPlan};
 
     use super::*;
 
@@ -294,7 +291,6 @@ mod tests {
         let clean = |_: i32| i64::MAX;
         assert_eq!(cache.to_read(["a", "a"], &own, now, 0, clean), vec!["a"]);
         cache.load(
-            &plan,
             "a",
             vec![(0, shard(&plan, 0, 2)), (1, shard(&plan, 1, 3))],
             &own,
@@ -311,7 +307,6 @@ mod tests {
         let later = now + FOREIGN_TTL;
         assert_eq!(cache.to_read(["a"], &own, later, 0, clean), vec!["a"]);
         cache.load(
-            &plan,
             "a",
             vec![(0, shard(&plan, 0, 2)), (1, shard(&plan, 1, 9))],
             &own,
@@ -324,7 +319,6 @@ mod tests {
         own.own(1);
         assert_eq!(cache.to_read(["a"], &own, later, 0, clean), vec!["a"]);
         cache.load(
-            &plan,
             "a",
             vec![(0, shard(&plan, 0, 2)), (1, shard(&plan, 1, 10))],
             &own,
@@ -344,7 +338,6 @@ mod tests {
         assert_eq!(cache.to_read(["a"], &own, all, 1, durable), vec!["a"]);
         assert!(cache.to_read(["a"], &own, all, 0, durable).is_empty());
         cache.load(
-            &plan,
             "a",
             vec![(0, shard(&plan, 0, 2)), (1, shard(&plan, 1, 10))],
             &own,
@@ -362,7 +355,6 @@ mod tests {
         // Partition 0 is reset: its shard is taken from Redis again.
         own.own(0);
         cache.load(
-            &plan,
             "a",
             vec![(0, shard(&plan, 0, 2)), (1, shard(&plan, 1, 10))],
             &own,
@@ -381,14 +373,9 @@ mod tests {
         let mut cache = ViewCache::new(10);
         for i in 0..14 {
             let key = format!("e{i}");
-            cache.load(
-                &plan,
-                &key,
-                vec![(0, shard(&plan, 0, i + 1))],
-                &own,
-                now,
-                |_| i64::MAX,
-            );
+            cache.load(&key, vec![(0, shard(&plan, 0, i + 1))], &own, now, |_| {
+                i64::MAX
+            });
             cache.get_mut(&key);
         }
         // e0..e13 applied offsets 0..13; partition 0 flushed through offset 9: e10..e13 dirty.

@@ -64,6 +64,13 @@ pub(crate) fn dead_letter(source: &str, partition: i32, offset: i64, reason: &st
     debug!(source, partition, offset, reason, detail, "dead letter");
 }
 
+pub(crate) fn unreadable_shards(view: &str, entity: &str, count: usize) {
+    warn!(
+        view,
+        entity, count, "shards in Redis this view cannot read (malformed) are ignored"
+    );
+}
+
 pub(crate) fn dead_letter_truncated(topic: &str, partition: i32, offset: i64, bytes: usize) {
     counter!(names::INGEST_DEAD_LETTERS_TRUNCATED, "topic" => topic.to_string()).increment(1);
     warn!(

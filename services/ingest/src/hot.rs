@@ -445,8 +445,15 @@ impl Worker {
         let cache = &mut self.caches[s][v];
         let partitions = &self.partitions;
         let durable = |q: i32| partitions.get(&(s, q)).map_or(-1, |st| st.flushed_through);
-        for (key, shards) in missing.iter().zip(fetched) {
-            cache.load(&plan, key, shards, &self.ownership[s], now, durable);
+        for (key, mut shards) in missing.iter().zip(fetched) {
+            // Only what Redis held is checked (what the cache holds was checked when loaded): a
+            // malformed shard is not read.
+            let before = shards.len();
+            shards.retain(|(_, shard)| shard.readable_by(&plan));
+            if shards.len() < before {
+                events::unreadable_shards(&view.view().name, key, before - shards.len());
+            }
+            cache.load(key, shards, &self.ownership[s], now, durable);
         }
         Ok(())
     }

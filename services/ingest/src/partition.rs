@@ -229,6 +229,16 @@ impl PartitionState {
         }
     }
 
+    /// Whether the open window lies inside a raw segment being replayed (whose end it has not
+    /// reached): such a window is cut only at that end, so what it publishes is the version the
+    /// batch replay seals there.
+    pub(crate) fn inside_replayed_segment(&self) -> bool {
+        self.window
+            .range
+            .zip(self.boundaries.front())
+            .is_some_and(|((_, last), boundary)| last < *boundary)
+    }
+
     /// Voids everything not flushed: pending flushes are fenced off.
     pub(crate) fn fence_off(&self) {
         self.fence.fetch_add(1, Ordering::AcqRel);
@@ -250,5 +260,44 @@ impl PartitionState {
     /// Whether every processed offset is flushed.
     pub(crate) fn drained(&self) -> bool {
         self.window.is_empty() && self.flushing.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+
+    fn state(start: i64, raw_segments: &[i64]) -> PartitionState {
+        PartitionState::new(
+            start,
+            raw_segments,
+            ClaimBook::default(),
+            Window::new(&[], false),
+            Arc::new(AtomicU64::new(0)),
+        )
+    }
+
+    #[test]
+    fn a_window_inside_a_replayed_raw_segment_waits_for_its_end() {
+        // The raw store holds segments ending at 99 and 199; consumption resumes at 50.
+        let mut s = state(50, &[99, 199]);
+        assert!(
+            !s.inside_replayed_segment(),
+            "an empty window is not inside anything"
+        );
+        s.window.extend(50, 80, 31, 3_100);
+        assert!(s.inside_replayed_segment());
+        s.window.extend(81, 99, 19, 1_900);
+        assert!(
+            !s.inside_replayed_segment(),
+            "at the segment's end it may be cut"
+        );
+        // Past every raw segment: the live path's thresholds apply again.
+        let mut live = state(200, &[99, 199]);
+        live.window.extend(200, 250, 51, 5_100);
+        assert!(!live.inside_replayed_segment());
     }
 }

@@ -321,17 +321,20 @@ impl Worker {
         Window::new(&schemas, source.schema.id.is_some())
     }
 
-    /// Hands a partition's window to the flusher if it is due (or `force`).
+    /// Hands a partition's window to the flusher if it is due (or `force`). A window inside a
+    /// raw segment being replayed is never due: it is cut exactly at the segment's end (see
+    /// `hot_replay_aware`), so the versions it publishes are the ones the batch replay seals.
     pub(crate) fn cut(&mut self, s: usize, p: i32, force: bool) -> Result<()> {
         let due = self.partitions.get(&(s, p)).is_some_and(|state| {
             state.failure.is_none()
                 && !state.window.is_empty()
                 && (force
-                    || state.window.due(
-                        self.settings.max_events,
-                        self.settings.max_bytes,
-                        self.settings.max_age,
-                    ))
+                    || (!state.inside_replayed_segment()
+                        && state.window.due(
+                            self.settings.max_events,
+                            self.settings.max_bytes,
+                            self.settings.max_age,
+                        )))
         });
         if !due {
             return Ok(());
