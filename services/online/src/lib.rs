@@ -85,8 +85,3 @@ impl Error {
 pub fn field(partition: i32) -> String {
     format!("p{partition}")
 }
-
-/// The hash field of a partition's applied offset.
-pub fn offset_field(partition: i32) -> String {
-    format!("o{partition}")
-}

@@ -9,10 +9,10 @@ use std::time::Duration;
 use quiver_features::Shard;
 use redis::{Connection, RedisResult};
 
+use crate::Result;
 use crate::encoding::{encode, parse_hash};
 use crate::keys::Keys;
 use crate::scripts::{CLAIM, WRITE_SHARDS};
-use crate::{Result, offset_field};
 
 /// Keys per `EVALSHA` of a shard write. Redis runs a script to its end before it serves anyone
 /// else, and a 512-key write was seen taking 11.5 ms of Redis time (SLOWLOG) while the worker's
@@ -254,22 +254,6 @@ impl OnlineStore {
         let fields: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}:{b}")).collect();
         self.run(|c| redis::cmd("HDEL").arg(&key).arg(&fields).query::<i64>(c))?;
         Ok(())
-    }
-
-    /// The applied offsets Redis holds for one partition's shard of `entities` (-1: none).
-    pub fn applied_offsets(
-        &mut self,
-        view: &str,
-        partition: i32,
-        entities: &[&str],
-    ) -> Result<Vec<i64>> {
-        let field = offset_field(partition);
-        let mut pipe = redis::pipe();
-        for e in entities {
-            pipe.hget(self.keys.entity(view, e), &field);
-        }
-        let raw: Vec<Option<i64>> = self.run(|c| pipe.query(c))?;
-        Ok(raw.into_iter().map(|o| o.unwrap_or(-1)).collect())
     }
 
     /// Deletes every key matching `pattern`; returns how many.
