@@ -69,6 +69,30 @@ pub struct Rejection {
     pub detail: String,
 }
 
+/// The column-wise checks' bookkeeping: which decoded rows are still kept, the message index of
+/// each, and the rejections so far.
+struct Screen<'a> {
+    candidates: &'a [usize],
+    keep: &'a mut [bool],
+    rejected: &'a mut Vec<Rejection>,
+}
+
+impl Screen<'_> {
+    /// Rejects with `reason` every kept row for which `check` gives a detail.
+    fn reject(&mut self, reason: RejectReason, mut check: impl FnMut(usize) -> Option<String>) {
+        for (row, kept) in self.keep.iter_mut().enumerate() {
+            if *kept && let Some(detail) = check(row) {
+                *kept = false;
+                self.rejected.push(Rejection {
+                    index: self.candidates[row],
+                    reason,
+                    detail,
+                });
+            }
+        }
+    }
+}
+
 /// One event to decode: its Kafka offset and payload (None for a null payload).
 #[derive(Debug, Clone, Copy)]
 pub struct RawEvent<'a> {
@@ -209,34 +233,34 @@ impl EventDecoder {
         let mut keep = vec![true; rows];
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.raw_schema.fields().len());
         for (field, column) in self.source.fields.iter().zip(json_batch.columns()) {
+            let mut screen = Screen {
+                candidates: &candidates,
+                keep: &mut keep,
+                rejected: &mut rejected,
+            };
             if field.required && column.null_count() > 0 {
-                for row in 0..rows {
-                    if keep[row] && column.is_null(row) {
-                        keep[row] = false;
-                        rejected.push(Rejection {
-                            index: candidates[row],
-                            reason: RejectReason::MissingField,
-                            detail: format!("required field `{}` is missing or null", field.name),
-                        });
-                    }
-                }
+                screen.reject(RejectReason::MissingField, |row| {
+                    column
+                        .is_null(row)
+                        .then(|| format!("required field `{}` is missing or null", field.name))
+                });
             }
             if self.source.identity_fields().any(|k| *k == field.name)
                 && let Some(strings) = column.as_any().downcast_ref::<StringArray>()
             {
-                for row in 0..rows {
-                    if keep[row] && strings.is_valid(row) && strings.value(row).is_empty() {
-                        keep[row] = false;
-                        rejected.push(Rejection {
-                            index: candidates[row],
-                            reason: RejectReason::MissingField,
-                            detail: format!("key field `{}` is empty", field.name),
-                        });
-                    }
-                }
+                screen.reject(RejectReason::MissingField, |row| {
+                    (strings.is_valid(row) && strings.value(row).is_empty())
+                        .then(|| format!("key field `{}` is empty", field.name))
+                });
             }
-            if field.ty == FieldType::Float {
-                self.reject_non_finite(field, column, &candidates, &mut keep, &mut rejected);
+            if field.ty == FieldType::Float
+                && let Some(floats) = column.as_any().downcast_ref::<Float64Array>()
+            {
+                screen.reject(RejectReason::NonFiniteNumber, |row| {
+                    let value = floats.value(row);
+                    (floats.is_valid(row) && !value.is_finite())
+                        .then(|| format!("field `{}`: {value} is not a finite number", field.name))
+                });
             }
             let column = if field.ty == FieldType::Timestamp {
                 let parsed = cast_with_options(
@@ -247,33 +271,18 @@ impl EventDecoder {
                         ..Default::default()
                     },
                 )?;
-                for row in 0..rows {
-                    if keep[row] && column.is_valid(row) && parsed.is_null(row) {
-                        keep[row] = false;
+                screen.reject(RejectReason::BadEventTime, |row| {
+                    (column.is_valid(row) && parsed.is_null(row)).then(|| {
                         let text = column
                             .as_any()
                             .downcast_ref::<StringArray>()
                             .map(|s| s.value(row).to_string())
                             .unwrap_or_default();
-                        rejected.push(Rejection {
-                            index: candidates[row],
-                            reason: RejectReason::BadEventTime,
-                            detail: format!(
-                                "field `{}`: `{text}` is not an RFC 3339 time",
-                                field.name
-                            ),
-                        });
-                    }
-                }
+                        format!("field `{}`: `{text}` is not an RFC 3339 time", field.name)
+                    })
+                });
                 if field.name == self.source.event_time {
-                    self.reject_future(
-                        field,
-                        &parsed,
-                        ingest_time_ms,
-                        &candidates,
-                        &mut keep,
-                        &mut rejected,
-                    );
+                    self.reject_future(field, &parsed, ingest_time_ms, &mut screen);
                 }
                 parsed
             } else {
@@ -309,34 +318,6 @@ impl EventDecoder {
         Ok(DecodeOutcome { batch, rejected })
     }
 
-    /// Rejects rows whose float `column` holds NaN or an infinity.
-    fn reject_non_finite(
-        &self,
-        field: &FieldDef,
-        column: &ArrayRef,
-        candidates: &[usize],
-        keep: &mut [bool],
-        rejected: &mut Vec<Rejection>,
-    ) {
-        let Some(floats) = column.as_any().downcast_ref::<Float64Array>() else {
-            return;
-        };
-        for (row, kept) in keep.iter_mut().enumerate() {
-            if *kept && floats.is_valid(row) && !floats.value(row).is_finite() {
-                *kept = false;
-                rejected.push(Rejection {
-                    index: candidates[row],
-                    reason: RejectReason::NonFiniteNumber,
-                    detail: format!(
-                        "field `{}`: {} is not a finite number",
-                        field.name,
-                        floats.value(row)
-                    ),
-                });
-            }
-        }
-    }
-
     /// Rejects rows whose event time (`parsed`, µs) is further ahead of `ingest_time_ms` than
     /// the decoder allows.
     fn reject_future(
@@ -344,9 +325,7 @@ impl EventDecoder {
         field: &FieldDef,
         parsed: &ArrayRef,
         ingest_time_ms: i64,
-        candidates: &[usize],
-        keep: &mut [bool],
-        rejected: &mut Vec<Rejection>,
+        screen: &mut Screen<'_>,
     ) {
         let Some(skew_us) = self.max_future_skew_us else {
             return;
@@ -354,22 +333,18 @@ impl EventDecoder {
         let Some(times) = parsed.as_any().downcast_ref::<TimestampMicrosecondArray>() else {
             return;
         };
-        let latest = ingest_time_ms.saturating_mul(1000).saturating_add(skew_us);
-        for (row, kept) in keep.iter_mut().enumerate() {
-            if *kept && times.is_valid(row) && times.value(row) > latest {
-                *kept = false;
-                let ahead_s = (times.value(row) - ingest_time_ms.saturating_mul(1000)) / 1_000_000;
-                rejected.push(Rejection {
-                    index: candidates[row],
-                    reason: RejectReason::EventTimeInFuture,
-                    detail: format!(
-                        "field `{}` is {ahead_s} s ahead of the ingest time (limit: ingest.max_future_skew_ms = {} ms)",
-                        field.name,
-                        skew_us / 1000
-                    ),
-                });
-            }
-        }
+        let ingest_us = ingest_time_ms.saturating_mul(1000);
+        let latest = ingest_us.saturating_add(skew_us);
+        screen.reject(RejectReason::EventTimeInFuture, |row| {
+            (times.is_valid(row) && times.value(row) > latest).then(|| {
+                format!(
+                    "field `{}` is {} s ahead of the ingest time (limit: ingest.max_future_skew_ms = {} ms)",
+                    field.name,
+                    (times.value(row) - ingest_us) / 1_000_000,
+                    skew_us / 1000
+                )
+            })
+        });
     }
 
     /// Size, syntax and shape, without building anything.
