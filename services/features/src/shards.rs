@@ -53,11 +53,16 @@ impl Shard {
         }
     }
 
-    /// Whether `plan` can read this shard: written under its definition of the view (or before
-    /// fingerprints existed) and of its layout, every partial well formed.
+    /// Whether this shard was written under another definition of `plan`'s view (a legacy
+    /// shard, written before fingerprints existed, is not known to be).
+    pub fn of_other_definition(&self, plan: &ViewPlan) -> bool {
+        self.definition != plan.fingerprint() && self.definition != Self::LEGACY_DEFINITION
+    }
+
+    /// Whether `plan` can read this shard: not of another definition of the view, and of its
+    /// layout, every partial well formed.
     pub fn readable_by(&self, plan: &ViewPlan) -> bool {
-        (self.definition == plan.fingerprint() || self.definition == Self::LEGACY_DEFINITION)
-            && plan.fits(&self.state)
+        !self.of_other_definition(plan) && plan.fits(&self.state)
     }
 }
 
@@ -203,7 +208,7 @@ impl EntityShards {
         let i = self.position(partition).ok()?;
         self.memos.clear();
         let shard = self.slots.remove(i).shard;
-        Some(Arc::try_unwrap(shard).unwrap_or_else(|shared| (*shared).clone()))
+        Some(Arc::unwrap_or_clone(shard))
     }
 
     /// Makes reads for the other partitions' events see `version` of `partition`'s shard

@@ -20,7 +20,7 @@ use arrow::array::RecordBatch;
 use chrono::Utc;
 use quiver_core::decode::RawEvent;
 use quiver_features::log::LogRow;
-use quiver_features::{Applied, Shard, Value};
+use quiver_features::{Applied, Value};
 use quiver_models::FeatureLookup;
 
 use crate::claims::{ClaimBatch, ClaimRecord, LookupVector, ViewVector, runs};
@@ -427,19 +427,16 @@ impl Worker {
         events::cache_loads(&view.view().name, missing.len());
         let plan = Arc::clone(view.plan());
         // Shards of another definition of the view: never read or mixed with ours.
-        let current = plan.fingerprint();
         if let Some(foreign) = fetched
             .iter()
             .flatten()
             .map(|(_, shard)| shard)
-            .find(|shard| {
-                shard.definition != current && shard.definition != Shard::LEGACY_DEFINITION
-            })
+            .find(|shard| shard.of_other_definition(&plan))
         {
             return Err(Error::DefinitionChanged {
                 view: view.view().name.clone(),
                 recorded: foreign.definition,
-                current,
+                current: plan.fingerprint(),
             });
         }
         let cache = &mut self.caches[s][v];

@@ -26,7 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use quiver_core::Config;
-use quiver_features::{EntityShards, Shard, ViewCatalog, ViewPlan};
+use quiver_features::{EntityShards, ViewCatalog, ViewPlan};
 use quiver_online::OnlineReader;
 use quiver_telemetry::Health;
 use serde::Deserialize;
@@ -200,10 +200,10 @@ impl Api {
         mut shards: EntityShards,
         now: i64,
     ) -> std::result::Result<Json_, OtherDefinition> {
-        let current = plan.fingerprint();
-        if shards.iter().any(|(_, shard)| {
-            shard.definition != current && shard.definition != Shard::LEGACY_DEFINITION
-        }) {
+        if shards
+            .iter()
+            .any(|(_, shard)| shard.of_other_definition(plan))
+        {
             return Err(OtherDefinition);
         }
         let found = !shards.is_empty();
