@@ -26,7 +26,7 @@ use quiver_models::FeatureLookup;
 use crate::claims::{ClaimBatch, ClaimRecord, LookupVector, ViewVector, runs};
 use crate::delivery::{Acked, Acks, Origin};
 use crate::partition::Buffer;
-use crate::prediction::{Features, Fields, Outcome, Prediction, rfc3339_millis, write_features};
+use crate::prediction::{Features, Fields, Outcome, Prediction, rfc3339_millis};
 use crate::scores::ScoreRow;
 use crate::worker::Worker;
 use crate::{Error, Result, events};
@@ -612,7 +612,7 @@ impl Worker {
             .get_mut(&(s, p))
             .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
         let mut replays = 0;
-        let (mut features_json, mut payload) = (Vec::new(), Vec::new());
+        let mut payload = Vec::new();
         for draft in drafts {
             let Some(outcome) = &draft.outcome else {
                 continue;
@@ -663,9 +663,6 @@ impl Worker {
                 .zip(&draft.lookups)
                 .filter_map(|(n, l)| Some((*n, rfc3339_millis(l.event_time_max?))))
                 .collect();
-            features_json.clear();
-            write_features(&mut features_json, &pairs);
-            let features_text = std::str::from_utf8(&features_json).unwrap_or("{}");
             let prediction = Prediction {
                 ids: Fields(&ids),
                 model_id: &verdict.model_id,
@@ -679,7 +676,7 @@ impl Worker {
                 shadow: verdict.shadow.as_ref(),
             };
             payload.clear();
-            prediction.write_json(features_text, &mut payload);
+            let features = prediction.write_json(&mut payload);
             let span = &buffer.spans[draft.span];
             self.producer.prediction(
                 &self.settings.predictions_topic,
@@ -702,7 +699,7 @@ impl Worker {
                 prediction_time: draft.prediction_time,
                 offset: draft.offset,
                 replayed: draft.repeated,
-                features: features_text.to_string(),
+                features: String::from_utf8_lossy(&payload[features]).into_owned(),
             });
         }
         if replays > 0 {

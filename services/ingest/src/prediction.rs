@@ -129,9 +129,9 @@ fn is_empty(fields: &Fields<'_>) -> bool {
 
 impl Prediction<'_> {
     /// The JSON object, written directly (the same bytes serde writes for this struct, at a
-    /// fraction of the cost: it is the worker's per-event output), with the `features` object
-    /// already rendered by [`write_features`].
-    pub(crate) fn write_json(&self, features: &str, out: &mut Vec<u8>) {
+    /// fraction of the cost: it is the worker's per-event output). Returns where in `out` the
+    /// `features` object is (the score store keeps it as text).
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) -> std::ops::Range<usize> {
         out.push(b'{');
         for (name, value) in self.ids.0 {
             write_str(out, name);
@@ -150,18 +150,13 @@ impl Prediction<'_> {
         } else {
             b",\"decision\":false,\"features\":"
         });
-        out.extend_from_slice(features.as_bytes());
+        let start = out.len();
+        write_object(out, self.features.0.iter().copied(), write_plain);
+        let features = start..out.len();
         if !self.event_time_max.0.is_empty() {
-            out.extend_from_slice(b",\"event_time_max\":{");
-            for (i, (name, time)) in self.event_time_max.0.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, name);
-                out.push(b':');
-                write_str(out, time);
-            }
-            out.push(b'}');
+            out.extend_from_slice(b",\"event_time_max\":");
+            let times = self.event_time_max.0.iter().map(|(n, t)| (*n, t.as_str()));
+            write_object(out, times, write_str);
         }
         out.extend_from_slice(b",\"event_time\":");
         write_str(out, &self.event_time);
@@ -179,31 +174,41 @@ impl Prediction<'_> {
             });
         }
         out.push(b'}');
+        features
     }
 }
 
-/// The `features` object of a prediction: `(name, value)` pairs as plain JSON values.
-pub(crate) fn write_features(out: &mut Vec<u8>, features: &[(&str, &Value)]) {
+/// A JSON object of `(name, value)` members, each value written by `write_value`.
+fn write_object<'a, V>(
+    out: &mut Vec<u8>,
+    members: impl IntoIterator<Item = (&'a str, V)>,
+    mut write_value: impl FnMut(&mut Vec<u8>, V),
+) {
     out.push(b'{');
-    for (i, (name, value)) in features.iter().enumerate() {
+    for (i, (name, value)) in members.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         write_str(out, name);
         out.push(b':');
-        match value {
-            Value::Null => out.extend_from_slice(b"null"),
-            Value::Bool(true) => out.extend_from_slice(b"true"),
-            Value::Bool(false) => out.extend_from_slice(b"false"),
-            Value::Int(i) => {
-                use std::io::Write as _;
-                let _ = write!(out, "{i}");
-            }
-            Value::Float(f) => write_f64(out, *f),
-            Value::Str(s) => write_str(out, s),
-        }
+        write_value(out, value);
     }
     out.push(b'}');
+}
+
+/// A feature value as plain JSON (as [`Plain`] serialises it).
+fn write_plain(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Int(i) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{i}");
+        }
+        Value::Float(f) => write_f64(out, *f),
+        Value::Str(s) => write_str(out, s),
+    }
 }
 
 /// A float as JSON: the shortest text that reads back as the same number (`null` when it is
@@ -279,13 +284,17 @@ mod tests {
             shadow: Some(&shadow),
         };
         // The direct writer gives exactly the bytes of the derived serialisation.
-        let mut features_json = Vec::new();
-        write_features(&mut features_json, &features);
         let mut direct = Vec::new();
-        p.write_json(std::str::from_utf8(&features_json).unwrap(), &mut direct);
+        let range = p.write_json(&mut direct);
         assert_eq!(
             String::from_utf8(direct.clone()).unwrap(),
             serde_json::to_string(&p).unwrap()
+        );
+        assert_eq!(
+            &direct[range],
+            serde_json::to_string(&Features(&features))
+                .unwrap()
+                .as_bytes()
         );
         let json: serde_json::Value = serde_json::from_slice(&direct).unwrap();
         assert_eq!(
