@@ -301,7 +301,7 @@ impl OnlineStore {
     /// already; returns the one recorded before (`None`: this call recorded it).
     pub fn record_definition_once(&mut self, view: &str, fingerprint: u64) -> Result<Option<u64>> {
         let key = self.keys.definition(view);
-        let value = format!("{fingerprint:016x}");
+        let value = definition_text(fingerprint);
         let previous: Option<String> = self.run(|c| {
             redis::cmd("SET")
                 .arg(&key)
@@ -316,7 +316,7 @@ impl OnlineStore {
     /// Records `fingerprint` as the definition of a view's online state (after a rebuild).
     pub fn record_definition(&mut self, view: &str, fingerprint: u64) -> Result<()> {
         let key = self.keys.definition(view);
-        let value = format!("{fingerprint:016x}");
+        let value = definition_text(fingerprint);
         self.run(|c| redis::cmd("SET").arg(&key).arg(&value).query::<()>(c))
     }
 
@@ -327,7 +327,12 @@ impl OnlineStore {
     }
 }
 
-/// A recorded definition fingerprint (hex), if any.
+/// How a definition fingerprint is recorded: 16 hex digits.
+fn definition_text(fingerprint: u64) -> String {
+    format!("{fingerprint:016x}")
+}
+
+/// A recorded definition fingerprint ([`definition_text`]), if any.
 fn parse_definition(key: &str, recorded: Option<String>) -> Result<Option<u64>> {
     recorded
         .map(|text| {

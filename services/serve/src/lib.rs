@@ -141,20 +141,18 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
 impl Api {
     /// Connects to Redis and compiles the views.
     pub async fn connect(config: &Config, views: &ViewCatalog) -> Result<Self> {
+        let unreachable = |source| Error::Redis {
+            url: quiver_core::config::redacted_url(&config.redis.url),
+            source,
+        };
         let reader = OnlineReader::connect(
             &config.redis.url,
             &config.redis.key_prefix,
             Duration::from_millis(config.redis.connect_timeout_ms),
         )
         .await
-        .map_err(|source| Error::Redis {
-            url: quiver_core::config::redacted_url(&config.redis.url),
-            source,
-        })?;
-        reader.ping().await.map_err(|source| Error::Redis {
-            url: quiver_core::config::redacted_url(&config.redis.url),
-            source,
-        })?;
+        .map_err(unreachable)?;
+        reader.ping().await.map_err(unreachable)?;
         let plans = views
             .views
             .iter()
