@@ -33,14 +33,15 @@ fn transactions(seed: u64, n: usize) -> Vec<Transaction> {
     common::stream::demo_transactions(seed, options, 911, 0, n)
 }
 
-/// Produces `txns` (and a label per transaction) in bursts to a running ingest, and waits until
-/// every event is logged. Bursts, not one backlog: a backlog can be taken in one poll, one
-/// window per partition, and then no event would read another partition's flushed shards.
+/// Produces `txns` (and a label per transaction) at 1 000 a second to a running ingest, and
+/// waits until every event is logged. A stream, not one backlog: a backlog can be taken in one
+/// poll, one window per partition, and then no event would read another partition's flushed
+/// shards.
 fn stream(t: &TestEnv, txns: &[Transaction]) {
     let ingest = start_in_process(t);
-    for burst in txns.chunks(500) {
-        common::produce_demo(t, burst, Some(chrono::Duration::minutes(30)));
-        std::thread::sleep(Duration::from_millis(150));
+    for slice in txns.chunks(50) {
+        common::produce_demo(t, slice, Some(chrono::Duration::minutes(30)));
+        std::thread::sleep(Duration::from_millis(50));
     }
     let n = txns.len() as i64;
     let done = eventually(Duration::from_secs(90), || {

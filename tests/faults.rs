@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::checks::{assert_exactly_once, assert_features_exact, assert_segments_never_overlap};
 use common::child::{admin_get, scrape, sigterm, spawn_worker};
-use common::stream::{assert_one_decision_per_event, stream, transactions};
+use common::stream::{assert_one_decision_per_event, messages, stream, transactions};
 use common::{
-    OwnRedis, REPO, TestEnv, copy_dir, eventually, http, run_quiver, start_api, start_in_process,
+    OwnRedis, REPO, TestEnv, copy_dir, eventually, http, produce_all, run_quiver, services,
+    start_api, start_in_process,
 };
 
 /// Seconds from `since` until `ready` holds (polled every 100 ms, at most `limit`).
@@ -48,11 +49,13 @@ fn redis_killed_and_restarted_mid_stream_loses_nothing_and_everything_recovers()
     let api = start_api(&t, "");
     let user = txns[0].user_id.clone();
     let features = format!("/v1/features/user_txn/{user}");
-    let producer = stream(&t, &txns, 400, Duration::from_millis(250));
+    let producer = stream(&t, &txns, 400);
     assert!(eventually(Duration::from_secs(60), || {
         scrape(&worker.admin, "quiver_predictions_total") > 1_500.0
     }));
-    assert_eq!(http(&api, "GET", &features, None, &[]).0, 200);
+    assert!(eventually(Duration::from_secs(30), || {
+        http(&api, "GET", &features, None, &[]).0 == 200
+    }));
 
     // Redis dies in the middle of the stream: both the worker and the API say so.
     redis.kill9();
@@ -122,7 +125,11 @@ fn a_changed_view_is_never_read_wrong_and_is_refused_until_rebuilt() {
     let t = TestEnv::new("redefine", &[]);
     t.create_topics();
     let first = transactions(71, 0, 2_000);
-    let mut deliveries = stream(&t, &first, 2_000, Duration::ZERO).join().unwrap();
+    let mut deliveries = produce_all(
+        &services().kafka,
+        &t.topic("transactions"),
+        &messages(&first),
+    );
     let ingest = start_in_process(&t);
     assert!(eventually(Duration::from_secs(60), || {
         ingest.stats.events.load(Ordering::Relaxed) >= 2_000
@@ -169,11 +176,11 @@ fn a_changed_view_is_never_read_wrong_and_is_refused_until_rebuilt() {
     assert_eq!(status, 200, "{body}");
     assert!(body["features"].get("amount_min_1h").is_some(), "{body}");
     let more = transactions(71, 2_000, 1_000);
-    deliveries.extend(
-        stream(&edited, &more, 1_000, Duration::ZERO)
-            .join()
-            .unwrap(),
-    );
+    deliveries.extend(produce_all(
+        &services().kafka,
+        &edited.topic("transactions"),
+        &messages(&more),
+    ));
     let ingest = start_in_process(&edited);
     assert!(eventually(Duration::from_secs(60), || {
         ingest.stats.events.load(Ordering::Relaxed) >= 1_000

@@ -162,20 +162,9 @@ fn sigkill_mid_stream_neither_loses_nor_duplicates() {
     t.create_topics();
     let topic = t.topic("transactions");
     let txns = transactions(21, 24_000);
-    let msgs = messages(&txns);
     let kafka = services().kafka.clone();
-    // A stream that keeps flowing while we kill consumers: 6 bursts of 4 000.
-    let producer = {
-        let (kafka, topic, msgs) = (kafka.clone(), topic.clone(), msgs.clone());
-        std::thread::spawn(move || {
-            let mut deliveries = Vec::new();
-            for chunk in msgs.chunks(4_000) {
-                deliveries.extend(produce_all(&kafka, &topic, chunk));
-                std::thread::sleep(Duration::from_millis(700));
-            }
-            deliveries
-        })
-    };
+    // A stream that keeps flowing while we kill consumers: 24 000 events over 40 s.
+    let producer = common::stream::stream(&t, &txns, 600);
 
     // 1st member never commits on its timer, and crashes (abort, like kill -9) right after its
     // 8th raw segment is durable, before that batch's features reach Redis. So the next member
@@ -304,6 +293,12 @@ fn two_members_split_the_partitions_and_hand_over_on_leave() {
 
     // B joins: A drains and commits on revoke, the partitions are split.
     let b = start_in_process(&t);
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            b.stats.assigned.load(Ordering::Relaxed) > 0
+        }),
+        "B never got a partition"
+    );
     deliveries.extend(produce_all(&kafka, &topic, &batches[1]));
     assert!(
         eventually(Duration::from_secs(60), || count() >= 10_000),

@@ -38,7 +38,7 @@ fn two_workers_one_killed_every_event_gets_one_decision_with_its_logged_vector()
         scrape(&a.admin, "quiver_ingest_assigned_partitions") > 0.0
             && scrape(&b.admin, "quiver_ingest_assigned_partitions") > 0.0
     }));
-    let producer = stream(&t, &txns, 1_000, Duration::from_millis(250));
+    let producer = stream(&t, &txns, 1_000);
     assert!(
         eventually(Duration::from_secs(60), || scrape(
             &a.admin,
@@ -237,7 +237,7 @@ fn a_member_that_lost_its_partitions_writes_nothing_for_them_after() {
         scrape(&a.admin, "quiver_ingest_assigned_partitions") > 0.0
             && scrape(&b.admin, "quiver_ingest_assigned_partitions") > 0.0
     }));
-    let producer = stream(&t, &txns, 600, Duration::from_millis(300));
+    let producer = stream(&t, &txns, 600);
     assert!(eventually(Duration::from_secs(60), || {
         scrape(&a.admin, "quiver_predictions_total") > 1_000.0
     }));

@@ -1,14 +1,14 @@
-//! A demo stream for the worker and fault tests: transactions over 2 000 users, produced in
-//! bursts on a thread, and the one-decision-per-event check on its predictions.
+//! A demo stream for the worker and fault tests: transactions over 2 000 users, produced at a
+//! steady rate on a thread, and the one-decision-per-event check on its predictions.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use quiver_demo::{Generator, GeneratorOptions, Transaction};
 
 use super::checks::predictions_by_id;
-use super::{TestEnv, assert_features_are_log_rows, produce_all, services};
+use super::{TestEnv, assert_features_are_log_rows, producer, send_all, services};
 
 /// Transactions `from..from + n` of the seeded demo stream over `options`, `step_ms` apart from
 /// 2026-11-26T10:00:00Z (in the past, so no event is dated ahead of its ingest time).
@@ -43,23 +43,28 @@ pub fn messages(txns: &[Transaction]) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// Produces `txns` in bursts of `burst`, `pause` apart, on a thread; returns the deliveries.
+/// Produces `txns` at `per_second` events a second on a thread, like live traffic (a slice
+/// every 50 ms); returns the deliveries.
 pub fn stream(
     t: &TestEnv,
     txns: &[Transaction],
-    burst: usize,
-    pause: Duration,
+    per_second: usize,
 ) -> std::thread::JoinHandle<Vec<(i32, i64)>> {
+    const TICK: Duration = Duration::from_millis(50);
     let (kafka, topic, msgs) = (
         services().kafka.clone(),
         t.topic("transactions"),
         messages(txns),
     );
+    let per_tick = (per_second / 20).max(1);
     std::thread::spawn(move || {
-        let mut deliveries = Vec::new();
-        for chunk in msgs.chunks(burst) {
-            deliveries.extend(produce_all(&kafka, &topic, chunk));
-            std::thread::sleep(pause);
+        let producer = producer(&kafka);
+        let started = Instant::now();
+        let mut deliveries = Vec::with_capacity(msgs.len());
+        for (i, slice) in msgs.chunks(per_tick).enumerate() {
+            deliveries.extend(send_all(&producer, &topic, slice));
+            let next = started + TICK * (i as u32 + 1);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
         deliveries
     })

@@ -78,6 +78,8 @@ pub struct IngestStats {
     pub latencies: Mutex<VecDeque<f64>>,
     /// The production model in use.
     pub model: Mutex<Option<String>>,
+    /// Partitions assigned now (every source).
+    pub assigned: AtomicU64,
 }
 
 impl IngestStats {
@@ -708,7 +710,7 @@ impl Worker {
             list.push((elem.topic().to_string(), p));
         }
         self.pause_failed(consumer);
-        events::assignment("assign", &list, self.partitions.len());
+        self.assignment_changed("assign", &list);
     }
 
     /// Gives partitions up. Revoked ones are drained first (flushed, acknowledged, committed);
@@ -736,11 +738,14 @@ impl Worker {
             self.ownership[s].disown(p);
             list.push((self.sources[s].topic.clone(), p));
         }
-        events::assignment(
-            if lost { "lost" } else { "revoke" },
-            &list,
-            self.partitions.len(),
-        );
+        self.assignment_changed(if lost { "lost" } else { "revoke" }, &list);
+    }
+
+    fn assignment_changed(&self, kind: &'static str, list: &[(String, i32)]) {
+        self.stats
+            .assigned
+            .store(self.partitions.len() as u64, Ordering::Relaxed);
+        events::assignment(kind, list, self.partitions.len());
     }
 
     /// Flushes, acknowledges and commits `keys` (polled but unprocessed messages are left for
