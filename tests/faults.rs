@@ -1,7 +1,9 @@
 //! Production faults against real tansu and Redis: Redis killed with SIGKILL mid-stream and
 //! restarted from its AOF, with the worker and the API running (nothing is lost or counted
-//! twice, both report not-ready while Redis is gone and recover by themselves); a view edited
-//! under existing online state (never read wrong, refused until rebuilt).
+//! twice, both report not-ready while Redis is gone and recover by themselves); Redis coming
+//! back without writes it had acknowledged (repaired from below the commit, by a running worker
+//! and by a starting one); a view edited under existing online state (never read wrong,
+//! refused until rebuilt).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,12 +13,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::checks::{assert_exactly_once, assert_features_exact, assert_segments_never_overlap};
-use common::child::{admin_get, scrape, sigterm, spawn_worker};
+use common::child::{ChildWorker, admin_get, scrape, sigterm, spawn_worker};
 use common::stream::{assert_one_decision_per_event, messages, stream, transactions};
 use common::{
-    OwnRedis, REPO, TestEnv, copy_dir, eventually, http, produce_all, run_quiver, services,
-    start_api, start_in_process,
+    OwnRedis, REPO, TestEnv, committed, copy_dir, eventually, http, produce_all, run_quiver,
+    services, start_api, start_in_process,
 };
+use quiver_demo::Transaction;
 
 /// Seconds from `since` until `ready` holds (polled every 100 ms, at most `limit`).
 fn seconds_until(since: Instant, limit: Duration, mut ready: impl FnMut() -> bool) -> f64 {
@@ -115,6 +118,82 @@ fn redis_killed_and_restarted_mid_stream_loses_nothing_and_everything_recovers()
     // Every event once in every store, every user's and merchant's online state exactly the
     // reference (nothing lost with Redis, nothing applied twice), one decision per event.
     assert_exactly_once(&t, 8_000);
+    assert_segments_never_overlap(&t);
+    assert_features_exact(&t, &txns, &deliveries);
+    assert_one_decision_per_event(&t, &txns);
+}
+
+/// Produces `txns` and waits until the worker has predicted and committed all of them;
+/// returns their deliveries.
+fn produce_and_commit(t: &TestEnv, txns: &[Transaction], worker: &ChildWorker) -> Vec<(i32, i64)> {
+    let (kafka, topic) = (&services().kafka, t.topic("transactions"));
+    let before = scrape(&worker.admin, "quiver_predictions_total");
+    let deliveries = produce_all(kafka, &topic, &messages(txns));
+    let all_in = eventually(Duration::from_secs(90), || {
+        let committed = committed(kafka, &t.config.ingest.group_id, &topic, 4);
+        scrape(&worker.admin, "quiver_predictions_total") >= before + txns.len() as f64
+            && deliveries.iter().all(|&(p, o)| committed[p as usize] > o)
+    });
+    assert!(all_in, "{} events not predicted and committed", txns.len());
+    deliveries
+}
+
+fn repaired(worker: &ChildWorker) -> f64 {
+    scrape(&worker.admin, "quiver_ingest_online_repaired_offsets_total")
+}
+
+#[test]
+fn redis_that_lost_acknowledged_writes_is_repaired_from_below_the_commit() {
+    let probe = TestEnv::new("rollback-dir", &[]);
+    let mut redis = OwnRedis::start(&probe.dir.join("own-redis"));
+    let url = redis.url();
+    let t = TestEnv::new(
+        "rollback",
+        &[
+            ("QUIVER__REDIS__URL", url.as_str()),
+            ("QUIVER__REDIS__CONNECT_TIMEOUT_MS", "500"),
+            ("QUIVER__REDIS__COMMAND_TIMEOUT_MS", "1000"),
+            ("QUIVER__INGEST__SEGMENT_MAX_AGE_MS", "200"),
+            ("QUIVER__INGEST__COMMIT_INTERVAL_MS", "200"),
+        ],
+    );
+    t.create_topics();
+    t.deploy_model();
+    let txns = transactions(73, 0, 10_500);
+    let mut deliveries = Vec::new();
+
+    // 1. Under a running worker, Redis crashes and comes back without what it acknowledged
+    //    since a copy of its data was taken — 3 000 events, all of them committed.
+    let mut worker = spawn_worker(&t, &[]);
+    deliveries.extend(produce_and_commit(&t, &txns[..3_000], &worker));
+    let first_copy = probe.dir.join("redis-copy-1");
+    redis.copy_data(&first_copy);
+    deliveries.extend(produce_and_commit(&t, &txns[3_000..6_000], &worker));
+    redis.roll_back_to(&first_copy);
+    // The next events meet the loss.
+    deliveries.extend(produce_and_commit(&t, &txns[6_000..7_500], &worker));
+    assert!(
+        repaired(&worker) > 0.0,
+        "the running worker repaired nothing"
+    );
+
+    // 2. The same while no worker runs: the next one finds it when assigned.
+    let second_copy = probe.dir.join("redis-copy-2");
+    redis.copy_data(&second_copy);
+    deliveries.extend(produce_and_commit(&t, &txns[7_500..9_000], &worker));
+    assert!(sigterm(&mut worker.child).success());
+    redis.roll_back_to(&second_copy);
+    let mut worker = spawn_worker(&t, &[]);
+    deliveries.extend(produce_and_commit(&t, &txns[9_000..], &worker));
+    assert!(
+        repaired(&worker) > 0.0,
+        "the restarted worker repaired nothing"
+    );
+    assert!(sigterm(&mut worker.child).success());
+
+    // Every user's and merchant's online state is the reference again, and the repair sent,
+    // logged and stored nothing twice.
+    assert_exactly_once(&t, txns.len() as i64);
     assert_segments_never_overlap(&t);
     assert_features_exact(&t, &txns, &deliveries);
     assert_one_decision_per_event(&t, &txns);

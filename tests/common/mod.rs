@@ -212,6 +212,21 @@ impl OwnRedis {
         let _ = self.guard.wait();
     }
 
+    /// A copy of its data as it is on disk now: what a machine crash now would leave.
+    pub fn copy_data(&self, to: &Path) {
+        copy_dir(&self.dir, to);
+    }
+
+    /// Killed, its data replaced by `copy` (from [`Self::copy_data`]) and restarted: it has
+    /// lost every write it acknowledged since, as after a crash between fsyncs or a failover
+    /// to a replica that was behind.
+    pub fn roll_back_to(&mut self, copy: &Path) {
+        self.kill9();
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        copy_dir(copy, &self.dir);
+        self.restart();
+    }
+
     /// Starts it again on the same port from the same data (its AOF).
     pub fn restart(&mut self) {
         self.guard = spawn_redis(self.port, &self.dir, Some(&self.password));

@@ -16,10 +16,9 @@ use quiver_features::ViewCatalog;
 use quiver_online::OnlineStore;
 use quiver_store::{SegmentStore, Table};
 use quiver_telemetry::Health;
-use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::{info, warn};
@@ -39,16 +38,10 @@ const MAX_POLL: usize = 20_000;
 /// The worker's consumer.
 pub(crate) type WorkerConsumer = BaseConsumer<WorkerContext>;
 
-/// The outcome of an asynchronous commit, as librdkafka reported it.
-pub(crate) type CommitOutcome = std::result::Result<TopicPartitionList, (usize, KafkaError)>;
-
 /// The consumer's callbacks.
 pub(crate) struct WorkerContext {
     worker: Arc<Mutex<Worker>>,
     health: Health,
-    /// Commit outcomes reported inside `poll`, taken by the loop after it (the callback never
-    /// takes the worker: a synchronous commit made under its lock may report here too).
-    commits: Mutex<Vec<CommitOutcome>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,14 +77,6 @@ impl ConsumerContext for WorkerContext {
         if let Rebalance::Assign(tpl) = rebalance {
             lock(&self.worker).assign(consumer, tpl);
         }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let outcome = match result {
-            Ok(()) => Ok(offsets.clone()),
-            Err(error) => Err((offsets.count(), error)),
-        };
-        lock(&self.commits).push(outcome);
     }
 }
 
@@ -166,7 +151,6 @@ pub fn run(
     let context = WorkerContext {
         worker: Arc::clone(&worker),
         health: health.clone(),
-        commits: Mutex::new(Vec::new()),
     };
     let consumer: WorkerConsumer = quiver_kafka::client_config(&config.kafka)
         .set("group.id", &config.ingest.group_id)
@@ -197,9 +181,7 @@ pub fn run(
 
     while !shutdown.is_triggered() {
         poll(&consumer, &worker);
-        let commits = std::mem::take(&mut *lock(&consumer.context().commits));
         let mut w = lock(&worker);
-        w.commits_confirmed(commits);
         w.hot();
         w.pause_failed(&consumer);
         w.completions();

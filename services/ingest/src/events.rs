@@ -178,8 +178,35 @@ pub(crate) fn partition_failed(
     }
 }
 
-pub(crate) fn partition_resumed(source: &str, partition: i32, from: i64) {
-    info!(source, partition, from, "partition resumed");
+/// Redis holds less of a partition's shards than its commit covers: the partition resumes at
+/// `from`, below `committed`.
+pub(crate) fn online_state_behind(
+    source: &str,
+    partition: i32,
+    views: &[&str],
+    applied: &[Option<i64>],
+    from: i64,
+    committed: i64,
+) {
+    counter!(names::INGEST_ONLINE_REPAIRED, "source" => source.to_string())
+        .increment((committed - from).max(0) as u64);
+    let held: Vec<String> = views
+        .iter()
+        .zip(applied)
+        .map(|(v, a)| format!("{v}:{}", a.map_or("none".to_string(), |a| a.to_string())))
+        .collect();
+    warn!(
+        source,
+        partition,
+        from,
+        committed,
+        held = %held.join(","),
+        "Redis lost shards below the commit: re-applying them (online state only)"
+    );
+}
+
+pub(crate) fn partition_resumed(source: &str, partition: i32, from: i64, committed: Option<i64>) {
+    info!(source, partition, from, committed, "partition resumed");
 }
 
 pub(crate) fn committed(ok: bool, partitions: usize, error: Option<&dyn std::fmt::Display>) {

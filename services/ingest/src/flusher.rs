@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use quiver_features::Shard;
-use quiver_online::OnlineStore;
+use quiver_online::{Applied, OnlineStore};
 use quiver_store::{SegmentId, SegmentStore, Table};
 use tracing::warn;
 
@@ -52,6 +52,10 @@ pub(crate) struct FlushJob {
     /// The predictions, for a scored source.
     pub(crate) scores: Option<RecordBatch>,
     pub(crate) shards: Vec<ViewShards>,
+    /// Per view (in `shards` order), how far Redis should hold the partition's shards before
+    /// this flush: what the previous flush recorded, or what was read at the partition's
+    /// start (`None`: nothing known).
+    pub(crate) applied_before: Vec<Option<i64>>,
 }
 
 /// What the flusher is asked to do.
@@ -235,7 +239,7 @@ impl Stores {
             }
             self.scores.append(&job.source_name, job.date, id, scores)?;
         }
-        for view in &job.shards {
+        for (view, expected) in job.shards.iter().zip(&job.applied_before) {
             if fenced() {
                 return Ok(None);
             }
@@ -248,6 +252,19 @@ impl Stores {
                 .online
                 .write_shards(&view.view, job.partition, view.ttl, &shards)?;
             events::shard_writes(&view.view, writes.written, writes.refused);
+            // Only now, with every shard of the window written: Redis applies a connection's
+            // writes in order, so whatever it keeps of this mark, it keeps those shards too.
+            let applied =
+                self.online
+                    .advance_applied(&view.view, job.partition, job.range.1, *expected)?;
+            if let Applied::Behind { held } = applied {
+                return Err(Error::OnlineStateBehind {
+                    view: view.view.clone(),
+                    partition: job.partition,
+                    expected: expected.unwrap_or(-1),
+                    held: held.unwrap_or(-1),
+                });
+            }
         }
         events::flushed(&events::Flushed {
             source: &job.source_name,

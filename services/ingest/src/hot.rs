@@ -50,6 +50,8 @@ struct Draft {
     claimed: bool,
     /// Repeated from another member's claim (a replay or a race).
     repeated: bool,
+    /// Below the partition's commit (Redis lost its shards): applied to the state only.
+    settled: bool,
 }
 
 /// A draft's features as a model reads them.
@@ -293,6 +295,7 @@ impl Worker {
                 prediction_time: 0,
                 claimed: false,
                 repeated: false,
+                settled: offset < state.settled_below,
             };
             if let Some(claim) = claim {
                 adopt(&mut draft, claim);
@@ -352,7 +355,7 @@ impl Worker {
                     Applied::Applied => applied += 1,
                     Applied::Late => late += 1,
                 }
-                if draft.vectors[v].is_none() {
+                if draft.vectors[v].is_none() && !draft.settled {
                     let clock = entry.shards.clock(p);
                     let (as_of, values) = entry.shards.vector_as_of(&plan, p, draft.time, None);
                     draft.vectors[v] = Some(ViewVector {
@@ -470,7 +473,7 @@ impl Worker {
                 .collect();
             let fetched = self.online.fetch(&lookup.view().name, &keys)?;
             for (draft, shards) in drafts.iter_mut().zip(fetched) {
-                if draft.claimed {
+                if draft.claimed || draft.settled {
                     continue;
                 }
                 let mut entity = quiver_features::EntityShards::from_shards(shards);

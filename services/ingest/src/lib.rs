@@ -115,6 +115,29 @@ pub enum Error {
         /// The fingerprint of the definition loaded now.
         current: u64,
     },
+    /// Redis holds less of a partition's online state than it acknowledged (it crashed between
+    /// two fsyncs, or failed over to a replica that was behind): the partition is re-applied
+    /// from below what Redis lost.
+    #[error(
+        "Redis lost acknowledged writes of view `{view}`, partition {partition}: it holds its shards through offset {held}, this worker had written them through {expected}; re-applying from there"
+    )]
+    OnlineStateBehind {
+        /// View.
+        view: String,
+        /// Partition.
+        partition: i32,
+        /// The last offset this worker had recorded.
+        expected: i64,
+        /// What Redis holds (`-1`: nothing).
+        held: i64,
+    },
+    /// Another partition found that Redis lost acknowledged writes: this one's online state is
+    /// checked again too (it restarts from its commit, reading how far Redis holds it).
+    #[error("Redis lost acknowledged writes (found on {found_on}): checking this partition again")]
+    RedisLostWrites {
+        /// `<view>/<partition>` where it was found.
+        found_on: String,
+    },
     /// An unrecoverable condition that stopped the worker.
     #[error("ingest stopped: {0}")]
     Fatal(String),
@@ -129,7 +152,11 @@ impl Error {
             Error::Core(e) => e.retry(),
             Error::Store(e) => e.retry(),
             Error::Online(e) | Error::Unreachable { source: e, .. } => e.retry(),
-            Error::Kafka(_) | Error::Client { .. } | Error::Delivery { .. } => Retry::Transient,
+            Error::Kafka(_)
+            | Error::Client { .. }
+            | Error::Delivery { .. }
+            | Error::OnlineStateBehind { .. }
+            | Error::RedisLostWrites { .. } => Retry::Transient,
             Error::Models(quiver_models::Error::Io { .. }) => Retry::Transient,
             Error::Models(_)
             | Error::Features(_)

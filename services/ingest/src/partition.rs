@@ -157,6 +157,17 @@ impl Window {
     }
 }
 
+/// Where a partition whose group commit is `committed` resumes, given how far Redis holds each
+/// view's shards of it (`applied`, `None`: never recorded): below the commit when Redis lost
+/// writes of offsets the commit covers, so they are applied again.
+pub(crate) fn resume_from(committed: i64, applied: &[Option<i64>]) -> i64 {
+    applied
+        .iter()
+        .flatten()
+        .map(|last| last + 1)
+        .fold(committed, i64::min)
+}
+
 /// Why a partition is not consuming.
 #[derive(Debug, Clone)]
 pub(crate) enum Failure {
@@ -183,8 +194,15 @@ pub(crate) struct PartitionState {
     /// there, so what a replay publishes is each segment's end state, as the batch replay
     /// rebuilds it.
     pub(crate) boundaries: VecDeque<i64>,
-    /// Where consumption (re)started: the group's committed offset.
+    /// Where consumption (re)started: the group's committed offset, or below it when Redis
+    /// lost shards written before it ([`resume_from`]).
     pub(crate) start: i64,
+    /// Offsets below this were processed, predicted and committed before the (re)start: a
+    /// replay of them rebuilds online state only (nothing is scored, logged or sent again).
+    pub(crate) settled_below: i64,
+    /// Per view, how far Redis holds this partition's shards, as last recorded or read (empty:
+    /// not read). Each flush checks Redis still holds it before moving it.
+    pub(crate) applied: Vec<Option<i64>>,
     pub(crate) processed_through: i64,
     /// Last offsets of flushes in flight, oldest first.
     pub(crate) flushing: VecDeque<i64>,
@@ -219,6 +237,8 @@ impl PartitionState {
                 .filter(|l| *l >= start)
                 .collect(),
             start,
+            settled_below: start,
+            applied: Vec::new(),
             processed_through: start - 1,
             flushing: VecDeque::new(),
             flushed_through: start - 1,
@@ -278,6 +298,24 @@ mod tests {
             Window::new(&[], false),
             Arc::new(AtomicU64::new(0)),
         )
+    }
+
+    #[test]
+    fn a_partition_resumes_below_its_commit_only_when_redis_lost_shards_the_commit_covers() {
+        assert_eq!(resume_from(500, &[Some(499), Some(499)]), 500, "all there");
+        assert_eq!(
+            resume_from(500, &[Some(700)]),
+            500,
+            "a newer owner got further"
+        );
+        assert_eq!(resume_from(500, &[None, None]), 500, "nothing recorded yet");
+        assert_eq!(resume_from(500, &[]), 500);
+        assert_eq!(
+            resume_from(500, &[Some(499), Some(299)]),
+            300,
+            "the view furthest behind decides"
+        );
+        assert_eq!(resume_from(0, &[Some(-1)]), 0);
     }
 
     #[test]

@@ -17,11 +17,11 @@ use tracing::warn;
 
 use crate::cache::{Ownership, ViewCache};
 use crate::claims::{ClaimBatch, ClaimBook};
-use crate::consumer::{CommitOutcome, WorkerConsumer};
+use crate::consumer::WorkerConsumer;
 use crate::delivery::Producer;
 use crate::deploy::Models;
 use crate::flusher::{FlushJob, Flushed, Flusher, Job, Outcome, ViewShards};
-use crate::partition::{BACKOFF_MAX, BACKOFF_MIN, Failure, PartitionState, Window};
+use crate::partition::{BACKOFF_MAX, BACKOFF_MIN, Failure, PartitionState, Window, resume_from};
 use crate::sources::BoundSource;
 use crate::{Error, Result, events, scores};
 
@@ -387,9 +387,15 @@ impl Worker {
             logs,
             scores,
             shards,
+            applied_before: if state.applied.is_empty() {
+                vec![None; source.views.len()]
+            } else {
+                state.applied.clone()
+            },
         };
         self.flusher.submit(Job::Flush(Box::new(job)))?;
         state.flushing.push_back(range.1);
+        state.applied = vec![Some(range.1); source.views.len()];
         Ok(())
     }
 
@@ -438,6 +444,33 @@ impl Worker {
                     .fetch_add(report.raw_bytes, Ordering::Relaxed);
             }
             Outcome::Fenced => {}
+            Outcome::Failed(Error::OnlineStateBehind {
+                view,
+                partition,
+                expected,
+                held,
+            }) => {
+                // Redis lost writes of every partition, not only this one's: the others check
+                // theirs now rather than at their next flush (an idle one may have none soon).
+                let found_on = format!("{view}/{partition}");
+                let others: Vec<(usize, i32)> = self
+                    .partitions
+                    .iter()
+                    .filter(|(k, st)| **k != (s, p) && st.failure.is_none())
+                    .map(|(k, _)| *k)
+                    .collect();
+                let error = Error::OnlineStateBehind {
+                    view,
+                    partition,
+                    expected,
+                    held,
+                };
+                self.fail(s, p, error);
+                for (s, p) in others {
+                    let found_on = found_on.clone();
+                    self.fail(s, p, Error::RedisLostWrites { found_on });
+                }
+            }
             Outcome::Failed(error) => self.fail(s, p, error),
         }
     }
@@ -502,8 +535,8 @@ impl Worker {
             let committed = state.committed_next;
             match self.start_partition(s, p, from) {
                 Ok(mut fresh) => {
-                    fresh.committed_next = committed;
-                    let topic = self.sources[s].topic.clone();
+                    fresh.committed_next = fresh.committed_next.max(committed);
+                    let (topic, from) = (self.sources[s].topic.clone(), fresh.start);
                     if let Err(error) =
                         consumer.seek(&topic, p, Offset::Offset(from), Duration::from_secs(5))
                     {
@@ -518,7 +551,7 @@ impl Worker {
                     }
                     self.partitions.insert((s, p), fresh);
                     resume(consumer, &topic, p, true);
-                    events::partition_resumed(&self.sources[s].schema.name, p, from);
+                    events::partition_resumed(&self.sources[s].schema.name, p, from, committed);
                 }
                 Err(error) => {
                     if let Some(st) = self.partitions.get_mut(&(s, p)) {
@@ -556,21 +589,32 @@ impl Worker {
         let stale = claims.release(start);
         if !stale.is_empty() {
             self.flusher.submit(Job::Release {
-                source_name: name,
+                source_name: name.clone(),
                 partition: p,
                 ranges: stale,
             })?;
         }
+        let views: Vec<&str> = self.sources[s]
+            .views
+            .iter()
+            .map(|v| v.view().name.as_str())
+            .collect();
+        let applied = self.online.applied(&views, p)?;
+        let resume = resume_from(start, &applied);
+        if resume < start {
+            events::online_state_behind(&name, p, &views, &applied, resume, start);
+        }
         let fence = Arc::clone(self.fences.entry((s, p)).or_default());
         self.ownership[s].own(p);
         let fresh = self.window(s);
-        Ok(PartitionState::new(
-            start,
-            &raw_segments,
-            claims,
-            fresh,
-            fence,
-        ))
+        let mut state = PartitionState::new(resume, &raw_segments, claims, fresh, fence);
+        state.settled_below = start;
+        state.applied = applied;
+        if resume < start {
+            // Never commit below what the group has.
+            state.committed_next = Some(start);
+        }
+        Ok(state)
     }
 
     /// Commits every partition whose offsets moved, every `ingest.commit_interval_ms`. The
@@ -582,23 +626,15 @@ impl Worker {
         }
         self.last_commit = Instant::now();
         let keys: Vec<(usize, i32)> = self.partitions.keys().copied().collect();
-        self.commit(consumer, &keys, CommitMode::Async);
+        self.commit(consumer, &keys);
     }
 
-    /// Applies the outcomes of asynchronous commits (reported inside `poll`).
-    pub(crate) fn commits_confirmed(&mut self, outcomes: Vec<CommitOutcome>) {
-        for outcome in outcomes {
-            match outcome {
-                Ok(tpl) => self.committed(&tpl),
-                Err((count, error)) => events::committed(false, count, Some(&error)),
-            }
-        }
-    }
-
-    /// Commits what `keys` cover: asynchronously on the interval (confirmed through
-    /// [`Self::commits_confirmed`], the loop never waits for the broker), synchronously when a
-    /// partition is handed over or the worker stops.
-    fn commit(&mut self, consumer: &WorkerConsumer, keys: &[(usize, i32)], mode: CommitMode) {
+    /// Commits what `keys` cover, synchronously: a broker round trip, on the interval and when
+    /// a partition is handed over or the worker stops. (An asynchronous commit would never be
+    /// confirmed: librdkafka reports a manual one only to an `offset_commit_cb`, which
+    /// rust-rdkafka's event-based consumer does not set — and without the confirmation a retry
+    /// would resume from the assignment and claims would never be deleted.)
+    fn commit(&mut self, consumer: &WorkerConsumer, keys: &[(usize, i32)]) {
         let mut tpl = TopicPartitionList::new();
         let mut failed = Vec::new();
         for &(s, p) in keys {
@@ -625,10 +661,9 @@ impl Worker {
         if tpl.count() == 0 {
             return;
         }
-        match (consumer.commit(&tpl, mode), mode) {
-            (Ok(()), CommitMode::Sync) => self.committed(&tpl),
-            (Ok(()), CommitMode::Async) => {}
-            (Err(error), _) => events::committed(false, tpl.count(), Some(&error)),
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => self.committed(&tpl),
+            Err(error) => events::committed(false, tpl.count(), Some(&error)),
         }
     }
 
@@ -694,7 +729,16 @@ impl Worker {
                 })
                 .unwrap_or(0);
             match self.start_partition(s, p, start) {
-                Ok(state) => {
+                Ok(mut state) => {
+                    if state.start < start {
+                        // Consumption must start below the commit: seek there once the
+                        // assignment is in place (as a retry that is due at once).
+                        state.failure = Some(Failure::Retrying {
+                            at: Instant::now(),
+                            backoff: BACKOFF_MIN,
+                        });
+                        self.to_pause.push((s, p));
+                    }
                     self.partitions.insert((s, p), state);
                 }
                 Err(error) => {
@@ -772,7 +816,7 @@ impl Worker {
         }
         self.producer
             .flush(deadline.saturating_duration_since(Instant::now()));
-        self.commit(consumer, keys, CommitMode::Sync);
+        self.commit(consumer, keys);
     }
 
     /// Drains every partition and commits (shutdown).

@@ -35,6 +35,12 @@ impl Keys {
         format!("{}:#definition:{view}", self.prefix)
     }
 
+    /// How far each partition's shards of a view are written (fields: partitions; values: the
+    /// last offset of the last flush whose shards are all written).
+    pub fn applied(&self, view: &str) -> String {
+        format!("{}:#applied:{view}", self.prefix)
+    }
+
     /// Every claims hash of a source, as a `SCAN` pattern.
     pub fn claims_pattern(&self, source: &str) -> String {
         format!("{}:#claims:{source}:*", self.prefix)

@@ -29,7 +29,7 @@ mod store;
 pub use keys::Keys;
 pub use quiver_features::Shard;
 pub use reader::OnlineReader;
-pub use store::{ClaimedRange, OnlineStore, ShardWrites};
+pub use store::{Applied, ClaimedRange, OnlineStore, ShardWrites};
 
 use quiver_core::Retry;
 

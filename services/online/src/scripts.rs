@@ -1,7 +1,8 @@
 //! The Lua scripts that make Quiver's writes conditional, so that a member which lost its
-//! partitions can never undo the work of the member that has them now.
+//! partitions can never undo the work of the member that has them now, and that a Redis which
+//! lost acknowledged writes is noticed.
 //!
-//! Both are loaded once per connection (`SCRIPT LOAD`) and sent as `EVALSHA`; a
+//! They are loaded once per connection (`SCRIPT LOAD`) and sent as `EVALSHA`; a
 //! Redis that restarted (and forgot them) answers `NOSCRIPT`, on which they are loaded again.
 
 /// Writes one partition's shard of many entities, each unless its stored applied offset
@@ -58,4 +59,24 @@ if #clash == 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 return clash
+";
+
+/// Moves a partition's applied watermark of a view forward, after the shards of a flush are
+/// written — unless Redis holds less than the writer last saw there: then Redis lost writes it
+/// had acknowledged (a crash between two fsyncs, a failover to a replica that was behind), and
+/// nothing is written.
+///
+/// `KEYS[1]`: the view's watermark hash. `ARGV`: partition, the flush's last offset, the value
+/// the writer expects (`-1`: none known). Returns `{0, held}` when moved (or already past),
+/// `{1, held}` when Redis is behind; `held` is `-1` when nothing was recorded.
+pub const ADVANCE_APPLIED: &str = r"
+local held = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+local expected = tonumber(ARGV[3])
+if held < expected then
+  return {1, held}
+end
+if tonumber(ARGV[2]) > held then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return {0, held}
 ";

@@ -12,7 +12,7 @@ use redis::{Connection, RedisResult};
 use crate::Result;
 use crate::encoding::{encode, parse_hash};
 use crate::keys::Keys;
-use crate::scripts::{CLAIM, WRITE_SHARDS};
+use crate::scripts::{ADVANCE_APPLIED, CLAIM, WRITE_SHARDS};
 
 /// Keys per `EVALSHA` of a shard write. Redis runs a script to its end before it serves anyone
 /// else, and a 512-key write was seen taking 11.5 ms of Redis time (SLOWLOG) while the worker's
@@ -26,6 +26,19 @@ pub struct ShardWrites {
     pub written: usize,
     /// Shards refused because Redis already held a later one (a newer owner wrote it).
     pub refused: usize,
+}
+
+/// What Redis said when a flush moved a partition's applied watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Moved (or already past: another member got further).
+    Advanced,
+    /// Redis holds less than the writer last saw there (`None`: nothing at all): it lost
+    /// acknowledged writes, and nothing was written.
+    Behind {
+        /// What it holds.
+        held: Option<i64>,
+    },
 }
 
 /// One recorded claim: an offset range and its opaque bytes.
@@ -48,6 +61,7 @@ pub struct OnlineStore {
     command_timeout: Duration,
     write_shards: redis::Script,
     claim: redis::Script,
+    advance_applied: redis::Script,
 }
 
 impl std::fmt::Debug for OnlineStore {
@@ -76,6 +90,7 @@ impl OnlineStore {
             command_timeout,
             write_shards: redis::Script::new(WRITE_SHARDS),
             claim: redis::Script::new(CLAIM),
+            advance_applied: redis::Script::new(ADVANCE_APPLIED),
         };
         store.ping()?;
         Ok(store)
@@ -92,9 +107,15 @@ impl OnlineStore {
             .get_connection_with_timeout(self.connect_timeout)?;
         conn.set_read_timeout(Some(self.command_timeout))?;
         conn.set_write_timeout(Some(self.command_timeout))?;
-        self.write_shards.load(&mut conn)?;
-        self.claim.load(&mut conn)?;
+        self.load_scripts(&mut conn)?;
         Ok(conn)
+    }
+
+    fn load_scripts(&self, conn: &mut Connection) -> RedisResult<()> {
+        for script in [&self.write_shards, &self.claim, &self.advance_applied] {
+            script.load(conn)?;
+        }
+        Ok(())
     }
 
     /// Runs `op` on a live connection: opens one if needed, reloads the scripts once if Redis
@@ -114,8 +135,7 @@ impl OnlineStore {
                 }
                 Err(e) if e.kind() == redis::ErrorKind::NoScriptError && !reloaded => {
                     reloaded = true;
-                    self.write_shards.load(&mut conn)?;
-                    self.claim.load(&mut conn)?;
+                    self.load_scripts(&mut conn)?;
                     self.conn = Some(conn);
                 }
                 Err(e) => {
@@ -190,6 +210,48 @@ impl OnlineStore {
         Ok(ShardWrites {
             written: shards.len() - refused,
             refused,
+        })
+    }
+
+    /// How far each view's shards of `partition` are written, as recorded by
+    /// [`Self::advance_applied`] (`None`: never recorded), in one round trip.
+    pub fn applied(&mut self, views: &[&str], partition: i32) -> Result<Vec<Option<i64>>> {
+        let mut pipe = redis::pipe();
+        for view in views {
+            pipe.hget(self.keys.applied(view), partition);
+        }
+        let held: Vec<Option<i64>> = self.run(|c| pipe.query(c))?;
+        Ok(held)
+    }
+
+    /// Records that the shards of `partition` of a view are written through offset `last`,
+    /// after checking that Redis still holds `expected` (what this writer last recorded or
+    /// read there; `None`: nothing known). See [`crate::scripts::ADVANCE_APPLIED`].
+    pub fn advance_applied(
+        &mut self,
+        view: &str,
+        partition: i32,
+        last: i64,
+        expected: Option<i64>,
+    ) -> Result<Applied> {
+        let key = self.keys.applied(view);
+        let hash = self.advance_applied.get_hash().to_string();
+        let (behind, held): (i64, i64) = self.run(|c| {
+            redis::cmd("EVALSHA")
+                .arg(&hash)
+                .arg(1)
+                .arg(&key)
+                .arg(partition)
+                .arg(last)
+                .arg(expected.unwrap_or(-1))
+                .query(c)
+        })?;
+        Ok(if behind == 1 {
+            Applied::Behind {
+                held: (held >= 0).then_some(held),
+            }
+        } else {
+            Applied::Advanced
         })
     }
 
@@ -281,12 +343,12 @@ impl OnlineStore {
     }
 
     /// Deletes every entity of a view (its source topic was re-created, so the offsets its
-    /// shards recorded mean nothing any more), and its definition record. Returns how many
+    /// shards recorded mean nothing any more), its definition record and its watermarks. Returns how many
     /// keys were removed.
     pub fn clear_view(&mut self, view: &str) -> Result<u64> {
         let pattern = self.keys.view_pattern(view);
-        let key = self.keys.definition(view);
-        let removed = self.run(|c| redis::cmd("DEL").arg(&key).query::<u64>(c))?;
+        let records = [self.keys.definition(view), self.keys.applied(view)];
+        let removed = self.run(|c| redis::cmd("DEL").arg(&records).query::<u64>(c))?;
         Ok(removed + self.clear(&pattern)?)
     }
 

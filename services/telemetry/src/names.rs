@@ -26,6 +26,9 @@ pub const INGEST_COMMITS: &str = "quiver_ingest_commits_total";
 pub const INGEST_FLUSH_ERRORS: &str = "quiver_ingest_flush_errors_total";
 /// Partitions currently assigned to this process.
 pub const INGEST_ASSIGNED_PARTITIONS: &str = "quiver_ingest_assigned_partitions";
+/// Offsets below a partition's commit applied again because Redis lost shards it had
+/// acknowledged (a crash between fsyncs, a failover to a lagging replica). Labels: `source`.
+pub const INGEST_ONLINE_REPAIRED: &str = "quiver_ingest_online_repaired_offsets_total";
 
 /// Events folded into online feature state. Labels: `view`.
 pub const FEATURES_APPLIED: &str = "quiver_features_applied_total";
@@ -168,5 +171,10 @@ pub(crate) fn describe() {
         INGEST_ASSIGNED_PARTITIONS,
         Unit::Count,
         "Partitions assigned to this process"
+    );
+    describe_counter!(
+        INGEST_ONLINE_REPAIRED,
+        Unit::Count,
+        "Committed offsets applied again because Redis lost their shards"
     );
 }
