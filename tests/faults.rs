@@ -200,6 +200,67 @@ fn redis_that_lost_acknowledged_writes_is_repaired_from_below_the_commit() {
 }
 
 #[test]
+fn a_shard_that_does_not_decode_is_rebuilt_from_the_raw_store_and_nothing_stops() {
+    let t = TestEnv::new(
+        "undecodable",
+        &[("QUIVER__INGEST__SEGMENT_MAX_AGE_MS", "200")],
+    );
+    t.create_topics();
+    t.deploy_model();
+    let txns = transactions(79, 0, 4_000);
+    let (first, second) = txns.split_at(3_000);
+    let mut worker = spawn_worker(&t, &[]);
+    let mut deliveries = produce_and_commit(&t, first, &worker);
+    assert!(sigterm(&mut worker.child).success());
+
+    // Garbage where a user's and a merchant's shards were, for entities with events on both
+    // sides of the restart (so the restarted worker must load them).
+    let later = |entity: &dyn Fn(&Transaction) -> &str| {
+        first
+            .iter()
+            .zip(&deliveries)
+            .find(|(x, _)| second.iter().any(|y| entity(y) == entity(x)))
+            .map(|(x, &(partition, _))| (entity(x).to_string(), partition))
+            .unwrap()
+    };
+    let (user, user_partition) = later(&|x| x.user_id.as_str());
+    let (merchant, merchant_partition) = later(&|x| x.merchant_id.as_str());
+    let mut conn = redis::Client::open(t.config.redis.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let prefix = &t.config.redis.key_prefix;
+    for (view, entity, partition) in [
+        ("user_txn", &user, user_partition),
+        ("merchant_txn", &merchant, merchant_partition),
+    ] {
+        let key = format!("{prefix}:{view}:{entity}");
+        let field = format!("p{partition}");
+        let before: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(&field)
+            .query(&mut conn)
+            .unwrap();
+        assert!(before.is_some(), "{key} has no {field}");
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg(&field)
+            .arg(b"\x02not a shard".as_slice())
+            .query::<i64>(&mut conn)
+            .unwrap();
+    }
+
+    // The restarted worker reads them, rebuilds both from the raw store and goes on.
+    let mut worker = spawn_worker(&t, &[]);
+    deliveries.extend(produce_and_commit(&t, second, &worker));
+    let rebuilt = scrape(&worker.admin, "quiver_ingest_unreadable_shards_total");
+    assert!(sigterm(&mut worker.child).success());
+    assert!(rebuilt >= 2.0, "{rebuilt} shards rebuilt");
+    assert_exactly_once(&t, txns.len() as i64);
+    assert_features_exact(&t, &txns, &deliveries);
+}
+
+#[test]
 fn a_changed_view_is_never_read_wrong_and_is_refused_until_rebuilt() {
     let t = TestEnv::new("redefine", &[]);
     t.create_topics();

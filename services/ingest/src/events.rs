@@ -64,10 +64,34 @@ pub(crate) fn dead_letter(source: &str, partition: i32, offset: i64, reason: &st
     debug!(source, partition, offset, reason, detail, "dead letter");
 }
 
-pub(crate) fn unreadable_shards(view: &str, entity: &str, count: usize) {
+/// A shard Redis holds for `entity` in `partition` cannot be read (`why`); an owned partition's
+/// is rebuilt, another member's is left to it.
+pub(crate) fn unreadable_shard(view: &str, entity: &str, partition: i32, why: &str, owned: bool) {
+    let action = if owned { "rebuilt" } else { "ignored" };
+    counter!(names::INGEST_UNREADABLE_SHARDS, "view" => view.to_string(), "action" => action)
+        .increment(1);
     warn!(
         view,
-        entity, count, "shards in Redis this view cannot read (malformed) are ignored"
+        entity, partition, why, action, "a shard in Redis cannot be read"
+    );
+}
+
+pub(crate) fn shard_rebuilt(
+    view: &str,
+    entity: &str,
+    partition: i32,
+    applied_offset: Option<i64>,
+    events_read: usize,
+    took: Duration,
+) {
+    info!(
+        view,
+        entity,
+        partition,
+        applied_offset,
+        events_read,
+        took_ms = took.as_millis() as u64,
+        "shard rebuilt from the raw store"
     );
 }
 

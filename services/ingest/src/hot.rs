@@ -20,7 +20,7 @@ use arrow::array::RecordBatch;
 use chrono::Utc;
 use quiver_core::decode::RawEvent;
 use quiver_features::log::LogRow;
-use quiver_features::{Applied, Value};
+use quiver_features::{Applied, Shard, Value};
 use quiver_models::FeatureLookup;
 
 use crate::claims::{ClaimBatch, ClaimRecord, LookupVector, ViewVector, runs};
@@ -426,34 +426,65 @@ impl Worker {
             return Ok(());
         }
         let view = &self.sources[s].views[v];
-        let fetched = self.online.fetch(&view.view().name, &missing)?;
-        events::cache_loads(&view.view().name, missing.len());
+        let name = view.view().name.clone();
+        let fetched = self.online.fetch(&name, &missing)?;
+        events::cache_loads(&name, missing.len());
         let plan = Arc::clone(view.plan());
         // Shards of another definition of the view: never read or mixed with ours.
         if let Some(foreign) = fetched
             .iter()
-            .flatten()
+            .flat_map(|f| &f.shards)
             .map(|(_, shard)| shard)
             .find(|shard| shard.of_other_definition(&plan))
         {
             return Err(Error::DefinitionChanged {
-                view: view.view().name.clone(),
+                view: name,
                 recorded: foreign.definition,
                 current: plan.fingerprint(),
             });
         }
+        // Only what Redis held is checked (what the cache holds was checked when loaded). A
+        // shard that cannot be read is never used: an owned partition's is rebuilt from the raw
+        // store (starting it empty would forget the entity's history at the next write), another
+        // member's is left to its owner.
+        let mut loaded: Vec<(String, Vec<(i32, Shard)>)> = Vec::with_capacity(missing.len());
+        let mut rebuild = Vec::new();
+        for (key, fetched) in missing.iter().zip(fetched) {
+            let mut shards = fetched.shards;
+            let mut unreadable: Vec<(i32, String)> = fetched
+                .undecodable
+                .into_iter()
+                .map(|(q, error)| (q, error.to_string()))
+                .collect();
+            shards.retain(|(q, shard)| {
+                let readable = shard.readable_by(&plan);
+                if !readable {
+                    unreadable.push((*q, "it does not fit the view's layout".to_string()));
+                }
+                readable
+            });
+            for (q, why) in unreadable {
+                let owned = self.ownership[s].owns(q);
+                events::unreadable_shard(&name, key, q, &why, owned);
+                if owned {
+                    rebuild.push((loaded.len(), q));
+                }
+            }
+            loaded.push((key.to_string(), shards));
+        }
+        for (i, q) in rebuild {
+            let key = loaded[i].0.clone();
+            if let Some(shard) = self.rebuild_from_raw(s, v, q, &key)? {
+                let shards = &mut loaded[i].1;
+                shards.push((q, shard));
+                shards.sort_by_key(|(p, _)| *p);
+            }
+        }
         let cache = &mut self.caches[s][v];
         let partitions = &self.partitions;
         let durable = |q: i32| partitions.get(&(s, q)).map_or(-1, |st| st.flushed_through);
-        for (key, mut shards) in missing.iter().zip(fetched) {
-            // Only what Redis held is checked (what the cache holds was checked when loaded): a
-            // malformed shard is not read.
-            let before = shards.len();
-            shards.retain(|(_, shard)| shard.readable_by(&plan));
-            if shards.len() < before {
-                events::unreadable_shards(&view.view().name, key, before - shards.len());
-            }
-            cache.load(key, shards, &self.ownership[s], now, durable);
+        for (key, shards) in loaded {
+            cache.load(&key, shards, &self.ownership[s], now, durable);
         }
         Ok(())
     }
@@ -472,11 +503,17 @@ impl Worker {
                 .map(|d| k.map_or("", |k| d.keys[k].as_str()))
                 .collect();
             let fetched = self.online.fetch(&lookup.view().name, &keys)?;
-            for (draft, shards) in drafts.iter_mut().zip(fetched) {
+            for (draft, fetched) in drafts.iter_mut().zip(fetched) {
                 if draft.claimed || draft.settled {
                     continue;
                 }
-                let mut entity = quiver_features::EntityShards::from_shards(shards);
+                // Another source's view: its owner rebuilds what cannot be read.
+                let entity = k.map_or("", |k| draft.keys[k].as_str());
+                for (q, error) in &fetched.undecodable {
+                    let why = error.to_string();
+                    events::unreadable_shard(&lookup.view().name, entity, *q, &why, false);
+                }
+                let mut entity = quiver_features::EntityShards::from_shards(fetched.shards);
                 entity.retain_fitting(&lookup.plan);
                 draft.lookups.push(LookupVector {
                     event_time_max: entity.event_time_max(),

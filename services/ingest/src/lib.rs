@@ -34,6 +34,7 @@ mod flusher;
 mod hot;
 mod partition;
 mod prediction;
+mod rebuild;
 mod scores;
 mod sources;
 mod worker;

@@ -187,7 +187,7 @@ pub(crate) struct Worker {
     pub(crate) online: OnlineStore,
     pub(crate) producer: Producer,
     flusher: Flusher,
-    raw: SegmentStore,
+    pub(crate) raw: SegmentStore,
     pub(crate) models: Models,
     pub(crate) settings: Settings,
     pub(crate) stats: Arc<IngestStats>,

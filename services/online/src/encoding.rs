@@ -52,20 +52,48 @@ pub fn decode(key: &str, field: &str, bytes: &[u8]) -> Result<Shard> {
 }
 
 /// The shards of one hash (`HGETALL` reply), by partition; fields other than `p<n>` are
-/// skipped.
+/// skipped. Fails on the first shard that does not decode.
 pub fn parse_hash(
     key: &str,
     raw: impl IntoIterator<Item = (String, Vec<u8>)>,
 ) -> Result<Vec<(i32, Shard)>> {
+    let mut fetched = split_hash(key, raw);
+    match fetched.undecodable.pop() {
+        Some((_, error)) => Err(error),
+        None => Ok(fetched.shards),
+    }
+}
+
+/// One entity's hash as read: its shards and, apart, the partitions whose shard does not
+/// decode.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Its shards, by partition.
+    pub shards: Vec<(i32, Shard)>,
+    /// The partitions whose shard does not decode, and why.
+    pub undecodable: Vec<(i32, crate::Error)>,
+}
+
+/// The shards of one hash by partition, and apart the partitions whose shard does not decode
+/// (with why), so that one bad field does not make the others unreadable.
+pub fn split_hash(key: &str, raw: impl IntoIterator<Item = (String, Vec<u8>)>) -> Fetched {
     let mut shards = Vec::new();
+    let mut undecodable = Vec::new();
     for (name, bytes) in raw {
         let Some(partition) = name.strip_prefix('p').and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        shards.push((partition, decode(key, &name, &bytes)?));
+        match decode(key, &name, &bytes) {
+            Ok(shard) => shards.push((partition, shard)),
+            Err(error) => undecodable.push((partition, error)),
+        }
     }
     shards.sort_by_key(|(p, _)| *p);
-    Ok(shards)
+    undecodable.sort_by_key(|(p, _)| *p);
+    Fetched {
+        shards,
+        undecodable,
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +173,23 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(parsed, vec![(0, shard)]);
+        assert_eq!(parsed, vec![(0, shard.clone())]);
+
+        // One field that does not decode is set apart; the others are still read.
+        let hash = || {
+            [
+                ("p2".to_string(), b"\x02garbage".to_vec()),
+                ("p0".to_string(), encode(&shard)),
+                ("o2".to_string(), b"7".to_vec()),
+            ]
+        };
+        let fetched = split_hash("k", hash());
+        assert_eq!(fetched.shards, vec![(0, shard.clone())]);
+        let undecodable: Vec<i32> = fetched.undecodable.iter().map(|(p, _)| *p).collect();
+        assert_eq!(undecodable, [2]);
+        assert!(
+            parse_hash("k", hash()).is_err(),
+            "the strict reader refuses it"
+        );
     }
 }

@@ -26,6 +26,7 @@ mod reader;
 pub mod scripts;
 mod store;
 
+pub use encoding::Fetched;
 pub use keys::Keys;
 pub use quiver_features::Shard;
 pub use reader::OnlineReader;

@@ -10,7 +10,7 @@ use quiver_features::Shard;
 use redis::{Connection, RedisResult};
 
 use crate::Result;
-use crate::encoding::{encode, parse_hash};
+use crate::encoding::{Fetched, encode, split_hash};
 use crate::keys::Keys;
 use crate::scripts::{ADVANCE_APPLIED, CLAIM, WRITE_SHARDS};
 
@@ -155,8 +155,9 @@ impl OnlineStore {
         Ok(())
     }
 
-    /// The shards of many entities of a view, in one round trip, each in partition order.
-    pub fn fetch(&mut self, view: &str, entities: &[&str]) -> Result<Vec<Vec<(i32, Shard)>>> {
+    /// The shards of many entities of a view, in one round trip, each in partition order (a
+    /// shard that does not decode is returned apart, with why).
+    pub fn fetch(&mut self, view: &str, entities: &[&str]) -> Result<Vec<Fetched>> {
         if entities.is_empty() {
             return Ok(Vec::new());
         }
@@ -166,10 +167,11 @@ impl OnlineStore {
             pipe.hgetall(key);
         }
         let raw: Vec<BTreeMap<String, Vec<u8>>> = self.run(|c| pipe.query(c))?;
-        keys.iter()
+        Ok(keys
+            .iter()
             .zip(raw)
-            .map(|(key, hash)| parse_hash(key, hash))
-            .collect()
+            .map(|(key, hash)| split_hash(key, hash))
+            .collect())
     }
 
     /// Writes one partition's shard of many entities with the view's TTL, [`KEYS_PER_SCRIPT`]

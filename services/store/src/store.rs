@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
+use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
@@ -91,6 +92,14 @@ impl SegmentStore {
         }
         out.sort_by_key(|a| a.id);
         Ok(out)
+    }
+
+    /// The rows of a raw-store segment (Arrow IPC), in offset order.
+    pub fn read_raw(&self, segment: &SegmentFile) -> Result<Vec<RecordBatch>> {
+        let path = &segment.path;
+        let file = File::open(path).map_err(io("open", path))?;
+        let reader = FileReader::try_new(std::io::BufReader::new(file), None)?;
+        Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
     }
 
     /// The last durable offset of each partition of a stream.

@@ -26,6 +26,10 @@ pub const INGEST_COMMITS: &str = "quiver_ingest_commits_total";
 pub const INGEST_FLUSH_ERRORS: &str = "quiver_ingest_flush_errors_total";
 /// Partitions currently assigned to this process.
 pub const INGEST_ASSIGNED_PARTITIONS: &str = "quiver_ingest_assigned_partitions";
+/// Shards Redis held that could not be read (do not decode, or do not fit the view). Labels:
+/// `view`, `action` (`rebuilt`: an owned partition's, rebuilt from the raw store; `ignored`:
+/// another member's, left to its owner).
+pub const INGEST_UNREADABLE_SHARDS: &str = "quiver_ingest_unreadable_shards_total";
 /// Offsets below a partition's commit applied again because Redis lost shards it had
 /// acknowledged (a crash between fsyncs, a failover to a lagging replica). Labels: `source`.
 pub const INGEST_ONLINE_REPAIRED: &str = "quiver_ingest_online_repaired_offsets_total";
@@ -171,6 +175,11 @@ pub(crate) fn describe() {
         INGEST_ASSIGNED_PARTITIONS,
         Unit::Count,
         "Partitions assigned to this process"
+    );
+    describe_counter!(
+        INGEST_UNREADABLE_SHARDS,
+        Unit::Count,
+        "Shards in Redis that could not be read, rebuilt from the raw store or left to their owner"
     );
     describe_counter!(
         INGEST_ONLINE_REPAIRED,
