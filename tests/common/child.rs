@@ -14,6 +14,15 @@ pub struct ChildWorker {
     pub admin: String,
 }
 
+impl Drop for ChildWorker {
+    /// A test that fails half-way must not leave its worker running after it (polling a broker
+    /// that is gone, for as long as the machine is up).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts `quiver ingest` for `t` (debug logs as JSON in the test's dir).
 pub fn spawn_worker(t: &TestEnv, extra: &[(&str, &str)]) -> ChildWorker {
     let admin = format!("127.0.0.1:{}", free_port());
