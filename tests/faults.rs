@@ -332,6 +332,9 @@ fn a_changed_view_is_never_read_wrong_and_is_refused_until_rebuilt() {
     assert_features_exact(&edited, &all, &deliveries);
 }
 
+/// The API token of the fault suite's worker and API, which no log may show.
+const SUITE_TOKEN: &str = "suite-api-token-3f9a";
+
 /// Hostile events for the fault suite, each with the reason its dead letter must carry.
 fn hostile_events() -> Vec<(&'static str, Vec<u8>)> {
     let ok = r#""txn_id":"h","merchant_id":"m-00001","country":"FR""#;
@@ -425,6 +428,7 @@ fn the_fault_suite_loses_nothing_and_counts_nothing_twice() {
             ("QUIVER__REDIS__COMMAND_TIMEOUT_MS", "1000"),
             ("QUIVER__INGEST__SEGMENT_MAX_AGE_MS", "300"),
             ("QUIVER__INGEST__COMMIT_INTERVAL_MS", "300"),
+            ("QUIVER__API__TOKEN", SUITE_TOKEN),
         ],
     );
     t.create_topics();
@@ -440,7 +444,7 @@ fn the_fault_suite_loses_nothing_and_counts_nothing_twice() {
     let raw = |t: &TestEnv| t.raw_scalar("transactions", "SELECT count(*) FROM raw");
 
     let mut worker = spawn_worker(&t, &[]);
-    let api = start_api(&t, "");
+    let api = start_api(&t, SUITE_TOKEN);
     let started = Instant::now();
     let producer = stream(&t, &txns, rate);
     let mut figures: Vec<(&str, f64)> = Vec::new();
@@ -549,7 +553,24 @@ fn the_fault_suite_loses_nothing_and_counts_nothing_twice() {
                 "{} shows the password",
                 path.display()
             );
+            assert!(
+                !log.contains(SUITE_TOKEN),
+                "{} shows the API token",
+                path.display()
+            );
         }
+    }
+    // Claims are deleted once their offsets are committed: after the graceful stop none is left.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let pattern = format!("{}:#claims:*", t.config.redis.key_prefix);
+    let hashes: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).unwrap();
+    for hash in hashes {
+        let fields: Vec<String> = redis::cmd("HKEYS").arg(&hash).query(&mut conn).unwrap();
+        let ranges: Vec<&String> = fields.iter().filter(|f| *f != "through").collect();
+        assert!(ranges.is_empty(), "{hash} still holds claims {ranges:?}");
     }
 
     eprintln!(
