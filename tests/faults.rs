@@ -332,6 +332,34 @@ fn a_changed_view_is_never_read_wrong_and_is_refused_until_rebuilt() {
     assert_features_exact(&edited, &all, &deliveries);
 }
 
+#[test]
+fn a_backfill_materializing_under_a_running_worker_rolls_nothing_back() {
+    let t = TestEnv::new(
+        "backfill-live",
+        &[("QUIVER__INGEST__SEGMENT_MAX_AGE_MS", "200")],
+    );
+    t.create_topics();
+    t.deploy_model();
+    let txns = transactions(89, 0, 12_000);
+    let mut worker = spawn_worker(&t, &[]);
+    let producer = stream(&t, &txns, 600);
+    let raw = || t.raw_scalar("transactions", "SELECT count(*) FROM raw");
+    // Twice while the stream flows: each rebuild writes shards (and feature-log segments) as
+    // of the raw store's end, behind what the worker holds by the time they land.
+    for at in [4_000, 8_000] {
+        assert!(eventually(Duration::from_secs(60), || raw() >= at));
+        let (ok, out) = run_quiver(t.quiver(&["backfill", "--materialize"]));
+        assert!(ok, "{out}");
+    }
+    let deliveries = producer.join().unwrap();
+    assert!(eventually(Duration::from_secs(60), || raw() >= 12_000));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(sigterm(&mut worker.child).success());
+    assert_exactly_once(&t, 12_000);
+    assert_features_exact(&t, &txns, &deliveries);
+    assert_one_decision_per_event(&t, &txns);
+}
+
 /// The API token of the fault suite's worker and API, which no log may show.
 const SUITE_TOKEN: &str = "suite-api-token-3f9a";
 
