@@ -255,3 +255,61 @@ fn ingest_wait(t: &TestEnv, n: i64) {
         t, "user_txn"
     ) >= n));
 }
+
+#[test]
+fn a_trained_model_keeps_the_baseline_monitoring_compares_with() {
+    // The shared registry was made by `quiver dataset build` and `quiver train --promote`.
+    let store = common::trained_registry().parent().unwrap();
+    let registry = quiver_models::Registry::open(store).unwrap();
+    let id = registry.deployment().unwrap().production.unwrap();
+    let card = registry.card(&id).unwrap();
+    let baseline = registry
+        .baseline(&id)
+        .unwrap()
+        .expect("a baseline beside the model");
+    let names: Vec<&str> = baseline
+        .features
+        .iter()
+        .map(|f| f.feature.as_str())
+        .collect();
+    assert_eq!(
+        names, card.features,
+        "one reference per input feature, in model order"
+    );
+    assert_eq!(
+        baseline.rows as u64,
+        card.dataset["train"]["rows"].as_u64().unwrap()
+    );
+    for feature in &baseline.features {
+        match &feature.reference {
+            quiver_models::baseline::Reference::Numeric(r) => {
+                assert_eq!(r.count + r.missing, baseline.rows, "{}", feature.feature);
+                assert!(r.sample.len() <= quiver_models::baseline::SAMPLE);
+                assert_eq!(r.deciles.len(), 11, "{}", feature.feature);
+            }
+            quiver_models::baseline::Reference::Categorical(r) => {
+                assert_eq!(r.count + r.missing, baseline.rows, "{}", feature.feature);
+                assert_eq!(r.frequencies.values().sum::<usize>(), r.count);
+            }
+        }
+    }
+    assert!(
+        baseline
+            .features
+            .iter()
+            .any(|f| f.feature == "user_txn__last_country"
+                && matches!(
+                    f.reference,
+                    quiver_models::baseline::Reference::Categorical(_)
+                )),
+        "the country is categorical"
+    );
+    assert_eq!(baseline.scores.count, baseline.rows);
+    assert!(
+        baseline
+            .scores
+            .deciles
+            .iter()
+            .all(|s| (0.0..=1.0).contains(s))
+    );
+}

@@ -2,11 +2,13 @@
 //! model the scorer runs ([`model`]) and the registry of candidates and deployments
 //! ([`registry`]).
 
+pub mod baseline;
 pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod train;
 
+pub use baseline::Baseline;
 pub use metrics::Metrics;
 pub use model::{FeatureLookup, Model, Rejection};
 pub use registry::{Canary, Deployment, ModelCard, Registry};

@@ -1,5 +1,6 @@
 //! The model registry: a directory under the store dir, one folder per model id
-//! (`model.json`: what the scorer loads; `card.json`: how it was made and how it scored), and
+//! (`model.json`: what the scorer loads; `card.json`: how it was made and how it scored;
+//! `baseline.json`: the training split's reference for monitoring), and
 //! `registry.json`: which model is production, canary (with its traffic fraction) and shadow,
 //! plus the production history that `rollback` walks back. Every file is written to a
 //! temporary name and renamed, so a reader never sees half a file.
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::baseline::Baseline;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::train::{Kind, Params, Trained};
@@ -82,6 +84,9 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// The file holding a model's training baseline, beside `model.json` and `card.json`.
+const BASELINE: &str = "baseline.json";
+
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
@@ -133,6 +138,7 @@ impl Registry {
             train_seconds: trained.seconds,
         };
         write_atomic(&folder.join("model.json"), &to_json(&trained.model)?)?;
+        write_atomic(&folder.join(BASELINE), &to_json(&trained.baseline)?)?;
         write_atomic(&folder.join("card.json"), &to_json(&card)?)?;
         Ok(card)
     }
@@ -165,6 +171,15 @@ impl Registry {
             return Err(Error::Invalid(format!("no model `{id}` in the registry")));
         }
         read_json(&path)
+    }
+
+    /// A model's training baseline (`None` for a model registered before baselines were kept).
+    pub fn baseline(&self, id: &str) -> Result<Option<Baseline>> {
+        let path = self.root.join(id).join(BASELINE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_json(&path).map(Some)
     }
 
     /// Every card, oldest first.

@@ -16,6 +16,7 @@ use smartcore::linalg::basic::matrix::DenseMatrix;
 use smartcore::linear::logistic_regression::{LogisticRegression, LogisticRegressionParameters};
 use smartcore::tree::decision_tree_classifier::DecisionTreeClassifierParameters;
 
+use crate::baseline::Baseline;
 use crate::metrics::{Metrics, best_f1_threshold, evaluate};
 use crate::model::{Encoding, Estimator, Model, Tree};
 use crate::{Error, Result};
@@ -287,6 +288,8 @@ pub struct Trained {
     pub test: Metrics,
     /// Training wall time (seconds).
     pub seconds: f64,
+    /// What monitoring compares live inputs and scores with.
+    pub baseline: Baseline,
 }
 
 /// Scores every row of a split.
@@ -318,6 +321,12 @@ pub fn train(dataset: &Dataset, kind: Kind, params: Params, id: String) -> Resul
     };
     let seconds = started.elapsed().as_secs_f64();
     let test_scores = score_split(&model, &dataset.features, &dataset.test)?;
+    let baseline = Baseline::of(
+        &dataset.features,
+        &dataset.train.columns,
+        &train_scores,
+        params.seed,
+    );
     Ok(Trained {
         train: evaluate(&train_scores, &dataset.train.labels, threshold),
         test: evaluate(&test_scores, &dataset.test.labels, threshold),
@@ -325,6 +334,7 @@ pub fn train(dataset: &Dataset, kind: Kind, params: Params, id: String) -> Resul
         kind,
         params,
         seconds,
+        baseline,
     })
 }
 
