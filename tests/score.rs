@@ -304,7 +304,11 @@ fn a_trained_model_keeps_the_baseline_monitoring_compares_with() {
                 )),
         "the country is categorical"
     );
-    assert_eq!(baseline.scores.count, baseline.rows);
+    // Scores out of sample: one per test row.
+    assert_eq!(
+        baseline.scores.count as u64,
+        card.dataset["test"]["rows"].as_u64().unwrap()
+    );
     assert!(
         baseline
             .scores

@@ -76,6 +76,16 @@ pub(crate) fn unreadable_shard(view: &str, entity: &str, partition: i32, why: &s
     );
 }
 
+pub(crate) fn shard_rebuild_refused(view: &str, entity: &str, partition: i32, applied: i64) {
+    warn!(
+        view,
+        entity,
+        partition,
+        applied,
+        "Redis holds a later version of a shard it cannot read than the raw store rebuilds: the rebuilt one is used, Redis's left as it is"
+    );
+}
+
 pub(crate) fn shard_rebuilt(
     view: &str,
     entity: &str,

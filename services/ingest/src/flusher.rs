@@ -8,6 +8,7 @@
 //! A flush carries its partition's fence: when the partition is revoked, lost or reset, the
 //! fence moves and the flusher drops what it has not written yet.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -113,6 +114,10 @@ struct Stores {
     scores: SegmentStore,
     online: OnlineStore,
     failpoint: Failpoint,
+    /// The epoch of each partition whose last flush failed: its later flushes, queued before
+    /// the poll thread learnt of the failure, are dropped as fenced (each expects what the
+    /// failed one would have written, so writing them would only report Redis "behind").
+    failed: HashMap<(usize, i32), u64>,
 }
 
 impl Flusher {
@@ -124,6 +129,7 @@ impl Flusher {
             scores: SegmentStore::open(store_dir, Table::Scores)?,
             online,
             failpoint: Failpoint::from_env(),
+            failed: HashMap::new(),
         };
         let (jobs, incoming) = sync_channel::<Job>(QUEUE);
         let (report, done) = sync_channel::<Flushed>(QUEUE * 4);
@@ -190,10 +196,18 @@ impl Drop for Flusher {
 
 impl Stores {
     fn flush(&mut self, job: FlushJob) -> Flushed {
-        let outcome = match self.write(&job) {
-            Ok(Some(report)) => Outcome::Written(report),
-            Ok(None) => Outcome::Fenced,
-            Err(e) => Outcome::Failed(e),
+        let key = (job.source, job.partition);
+        let outcome = if self.failed.get(&key) == Some(&job.epoch) {
+            Outcome::Fenced
+        } else {
+            match self.write(&job) {
+                Ok(Some(report)) => Outcome::Written(report),
+                Ok(None) => Outcome::Fenced,
+                Err(e) => {
+                    self.failed.insert(key, job.epoch);
+                    Outcome::Failed(e)
+                }
+            }
         };
         Flushed {
             source: job.source,

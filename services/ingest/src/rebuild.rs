@@ -66,7 +66,8 @@ impl Worker {
         };
         let name = view.view().name.clone();
         let ttl = source.ttls[v];
-        self.online
+        let writes = self
+            .online
             .write_shards(&name, partition, ttl, &[(entity, &shard)])?;
         events::shard_rebuilt(
             &name,
@@ -76,6 +77,11 @@ impl Worker {
             events_read,
             started.elapsed(),
         );
+        if writes.refused > 0 {
+            // Redis holds a later applied offset than the raw store reaches: the raw store is
+            // behind Redis, which the write order never allows; said, not hidden.
+            events::shard_rebuild_refused(&name, entity, partition, shard.applied_offset);
+        }
         Ok(Some(shard))
     }
 }

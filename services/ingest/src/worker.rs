@@ -2,7 +2,7 @@
 //! `poll`, on the same thread): partitions, caches, clients, and the steps that move a
 //! partition's offsets forward — durable cuts, flush completions, commits — or reset it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -194,6 +194,10 @@ pub(crate) struct Worker {
     pub(crate) scratch: Vec<u8>,
     /// Partitions that failed and must stop being fetched.
     to_pause: Vec<(usize, i32)>,
+    /// Partitions whose applied watermarks Redis lost altogether while this worker ran (it held
+    /// none where this worker had recorded one): their next start re-applies from the topic's
+    /// first offset, since nothing in Redis says how far it holds them.
+    wiped: HashSet<(usize, i32)>,
     last_commit: Instant,
     last_evict: Instant,
 }
@@ -262,6 +266,7 @@ impl Worker {
             stats,
             scratch: Vec::new(),
             to_pause: Vec::new(),
+            wiped: HashSet::new(),
             last_commit: Instant::now(),
             last_evict: Instant::now(),
         }
@@ -421,7 +426,8 @@ impl Worker {
         let Some(state) = self.partitions.get_mut(&(s, p)) else {
             return;
         };
-        if done.epoch != state.epoch {
+        // A flush of an older epoch, or one finishing after its partition failed, is void.
+        if done.epoch != state.epoch || state.failure.is_some() {
             return;
         }
         match done.outcome {
@@ -453,6 +459,11 @@ impl Worker {
                 // Redis lost writes of every partition, not only this one's: the others check
                 // theirs now rather than at their next flush (an idle one may have none soon).
                 let found_on = format!("{view}/{partition}");
+                if held < 0 {
+                    // Nothing at all where a mark was: Redis lost everything (a new, empty
+                    // Redis behind the same address); every partition starts over.
+                    self.wiped.extend(self.partitions.keys().copied());
+                }
                 let others: Vec<(usize, i32)> = self
                     .partitions
                     .iter()
@@ -549,6 +560,21 @@ impl Worker {
                         }
                         continue;
                     }
+                    if fresh.start < fresh.settled_below {
+                        let views: Vec<&str> = self.sources[s]
+                            .views
+                            .iter()
+                            .map(|v| v.view().name.as_str())
+                            .collect();
+                        events::online_state_behind(
+                            &self.sources[s].schema.name,
+                            p,
+                            &views,
+                            &fresh.applied,
+                            fresh.start,
+                            fresh.settled_below,
+                        );
+                    }
                     self.partitions.insert((s, p), fresh);
                     resume(consumer, &topic, p, true);
                     events::partition_resumed(&self.sources[s].schema.name, p, from, committed);
@@ -599,11 +625,13 @@ impl Worker {
             .iter()
             .map(|v| v.view().name.as_str())
             .collect();
-        let applied = self.online.applied(&views, p)?;
-        let resume = resume_from(start, &applied);
-        if resume < start {
-            events::online_state_behind(&name, p, &views, &applied, resume, start);
+        let mut applied = self.online.applied(&views, p)?;
+        if self.wiped.remove(&(s, p)) {
+            for held in applied.iter_mut().filter(|a| a.is_none()) {
+                *held = Some(-1);
+            }
         }
+        let resume = resume_from(start, &applied);
         let fence = Arc::clone(self.fences.entry((s, p)).or_default());
         self.ownership[s].own(p);
         let fresh = self.window(s);

@@ -1,7 +1,7 @@
 //! The training baseline a model is monitored against: per input feature, a compact reference
 //! of the training split (numeric: decile edges, moments and a deterministic sample of at most
 //! [`SAMPLE`] values; categorical: category frequencies), and the distribution of the model's
-//! scores on that split. Stored beside the model in the registry (`baseline.json`); pure, so
+//! scores on the test split (out of sample). Stored beside the model in the registry (`baseline.json`); pure, so
 //! every rule is unit-tested here.
 //!
 //! What a drift test needs is kept, not decided: the number of distinct values (capped at
@@ -33,7 +33,7 @@ pub struct Baseline {
     pub rows: usize,
     /// One reference per input feature, in model order.
     pub features: Vec<FeatureReference>,
-    /// The model's scores on the training split.
+    /// The model's scores on the test split (out of sample).
     pub scores: NumericReference,
 }
 
@@ -90,8 +90,8 @@ pub struct CategoricalReference {
 }
 
 impl Baseline {
-    /// The baseline of `columns` (one per feature, named by `features`) and of the model's
-    /// `scores` on the same rows.
+    /// The baseline of `columns` (one per feature, named by `features`, the training split's)
+    /// and of the model's `scores` (on the test split).
     pub fn of(features: &[String], columns: &[Vec<Value>], scores: &[f64], seed: u64) -> Self {
         let rows = columns.first().map_or(scores.len(), Vec::len);
         Self {

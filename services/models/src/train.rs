@@ -321,10 +321,12 @@ pub fn train(dataset: &Dataset, kind: Kind, params: Params, id: String) -> Resul
     };
     let seconds = started.elapsed().as_secs_f64();
     let test_scores = score_split(&model, &dataset.features, &dataset.test)?;
+    // Inputs as the model was fitted on them; scores out of sample (a forest is overconfident
+    // on its own training rows, which would bias score drift and the estimated performance).
     let baseline = Baseline::of(
         &dataset.features,
         &dataset.train.columns,
-        &train_scores,
+        &test_scores,
         params.seed,
     );
     Ok(Trained {

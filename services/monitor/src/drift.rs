@@ -4,12 +4,13 @@
 //! | reference rows | column | test | drift when |
 //! |---|---|---|---|
 //! | ≤ 1 000 | numeric, > 5 distinct values | two-sample Kolmogorov–Smirnov | p < 0.05 |
-//! | ≤ 1 000 | two values | two-proportion Z-test | p < 0.05 |
+//! | ≤ 1 000 | at most two values | two-proportion Z-test | p < 0.05 |
 //! | ≤ 1 000 | otherwise (categorical, ≤ 5 values) | chi-squared | p < 0.05 |
 //! | > 1 000 | numeric, > 5 distinct values | Wasserstein distance ÷ the reference's std | ≥ 0.1 |
 //! | > 1 000 | otherwise | Jensen–Shannon distance (natural log) | ≥ 0.1 |
 //!
-//! A numeric reference is its baseline sample (at most 1 000 values, so the KS and Wasserstein
+//! Distinct values are counted over the reference and the window together, as Evidently
+//! does. A numeric reference is its baseline sample (at most 1 000 values, so the KS and Wasserstein
 //! references are that sample); a numeric column with few values is compared as categories
 //! counted in that sample. The KS p-value is the limiting Kolmogorov distribution's at
 //! `√(nm/(n+m)) · D` (scipy's `kstwobign`); on the test vectors below it is within 0.014 of
@@ -111,7 +112,15 @@ pub fn numeric(
     if reference.sample.is_empty() || current.is_empty() {
         return None;
     }
-    if reference.distinct <= FEW_VALUES {
+    // Evidently counts distinct values over both sides together.
+    let mut seen: BTreeSet<u64> = BTreeSet::new();
+    for v in reference.sample.iter().chain(&current) {
+        seen.insert(v.to_bits());
+        if seen.len() > FEW_VALUES {
+            break;
+        }
+    }
+    if seen.len() <= FEW_VALUES {
         let counts = |values: &[f64]| {
             let mut out: BTreeMap<String, usize> = BTreeMap::new();
             for v in values {
@@ -180,7 +189,7 @@ pub fn categorical(
         let js = jensen_shannon(pairs.iter().map(|(r, c)| (r / total_ref, c / total_cur)));
         return Some(Drift::distance(DriftTest::JensenShannon, js));
     }
-    if reference.len() == 2 && keys.len() == 2 {
+    if keys.len() <= 2 {
         let (x1, x2) = pairs[0];
         let p1 = x1 / total_ref;
         let p2 = x2 / total_cur;
@@ -310,6 +319,20 @@ mod tests {
         // D 0.046: kstwobign p 0.9351186400750535 (exact 0.921453274819607).
         let same = numeric(&reference, 300, &current_values(0.0)).unwrap();
         close(same.statistic, 0.935_118_640_075_053_5, 1e-10);
+        assert!(!same.drifted);
+    }
+
+    #[test]
+    fn distinct_values_are_counted_over_both_sides() {
+        // Five values in training, a sixth live: a numeric test, not "a new category".
+        let training: Vec<f64> = (0..300).map(|i| f64::from(i % 5)).collect();
+        let reference = numeric_reference(&training);
+        let live: Vec<f64> = (0..200).map(|i| f64::from(i % 6)).collect();
+        assert_eq!(numeric(&reference, 300, &live).unwrap().test, DriftTest::Ks);
+        // One value on both sides: nothing to compare, no drift.
+        let constant = numeric_reference(&[1.0; 50]);
+        let same = numeric(&constant, 50, &[1.0; 20]).unwrap();
+        assert_eq!(same.test, DriftTest::ZTest);
         assert!(!same.drifted);
     }
 
