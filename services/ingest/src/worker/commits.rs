@@ -1,0 +1,106 @@
+//! Commits: the committable offset of every partition, sent synchronously on the interval and
+//! when partitions are handed over; a confirmed commit releases the claims below it.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tracing::warn;
+
+use super::Worker;
+use crate::consumer::WorkerConsumer;
+use crate::flusher::Job;
+use crate::{Error, events};
+
+impl Worker {
+    /// Commits every partition whose offsets moved, every `ingest.commit_interval_ms`. The
+    /// commit is synchronous (a broker round trip, once per interval): claims are deleted only
+    /// once the broker confirmed the offsets past them ([`Worker::committed`]).
+    pub(crate) fn commit_due(&mut self, consumer: &WorkerConsumer) {
+        if self.last_commit.elapsed() < self.settings.commit_every {
+            return;
+        }
+        self.last_commit = Instant::now();
+        let keys: Vec<(usize, i32)> = self.partitions.keys().copied().collect();
+        self.commit(consumer, &keys);
+    }
+
+    /// Commits what `keys` cover, synchronously: a broker round trip, on the interval and when
+    /// a partition is handed over or the worker stops. (An asynchronous commit would never be
+    /// confirmed: librdkafka reports a manual one only to an `offset_commit_cb`, which
+    /// rust-rdkafka's event-based consumer does not set — and without the confirmation a retry
+    /// would resume from the assignment and claims would never be deleted.)
+    pub(super) fn commit(&mut self, consumer: &WorkerConsumer, keys: &[(usize, i32)]) {
+        let mut tpl = TopicPartitionList::new();
+        let mut failed = Vec::new();
+        for &(s, p) in keys {
+            let Some(state) = self.partitions.get_mut(&(s, p)) else {
+                continue;
+            };
+            if state.failure.is_some() {
+                continue;
+            }
+            match state.committable() {
+                Ok(Some(next)) => {
+                    // Infallible for a fresh (topic, partition) with a concrete offset.
+                    let _ =
+                        tpl.add_partition_offset(&self.sources[s].topic, p, Offset::Offset(next));
+                }
+                Ok(None) => {}
+                Err(detail) => failed.push((s, p, detail)),
+            }
+        }
+        for (s, p, detail) in failed {
+            let topic = self.settings.predictions_topic.clone();
+            self.fail(s, p, Error::Delivery { topic, detail });
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => self.committed(&tpl),
+            Err(error) => events::committed(false, tpl.count(), Some(&error)),
+        }
+    }
+
+    /// A commit was confirmed: claims below it are deleted.
+    fn committed(&mut self, tpl: &TopicPartitionList) {
+        let mut moved = 0;
+        for elem in tpl.elements() {
+            let (Some(&s), Offset::Offset(next)) = (self.by_topic.get(elem.topic()), elem.offset())
+            else {
+                continue;
+            };
+            let p = elem.partition();
+            let Some(state) = self.partitions.get_mut(&(s, p)) else {
+                continue;
+            };
+            if state.committed_next.is_some_and(|c| c >= next) {
+                continue;
+            }
+            moved += 1;
+            state.committed_next = Some(next);
+            events::commit_lag(
+                &self.sources[s].schema.name,
+                p,
+                state.processed_through + 1 - next,
+            );
+            let ranges = state.claims.release(next);
+            if !ranges.is_empty() {
+                let job = Job::Release {
+                    source_name: self.sources[s].schema.name.clone(),
+                    partition: p,
+                    ranges,
+                };
+                if let Err(error) = self.flusher.submit(job) {
+                    warn!(%error, "cannot queue the deletion of committed claims");
+                }
+            }
+        }
+        if moved > 0 {
+            events::committed(true, moved, None);
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
