@@ -7,7 +7,9 @@
 
 pub mod drift;
 pub mod estimate;
+pub mod report;
 pub mod stats;
 
 pub use drift::{Drift, DriftTest, drift_share};
 pub use estimate::estimated_roc_auc;
+pub use report::{ModelReport, Observation, report};
