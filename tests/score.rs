@@ -317,3 +317,80 @@ fn a_trained_model_keeps_the_baseline_monitoring_compares_with() {
             .all(|s| (0.0..=1.0).contains(s))
     );
 }
+
+#[test]
+fn monitor_report_gives_the_realised_auc_of_the_predictions_and_their_labels() {
+    let t = TestEnv::new("monitor", &[]);
+    t.create_topics();
+    t.deploy_model();
+    let txns = transactions(61, 0, 2_000);
+    produce(&t, &txns, true);
+    let worker = start_in_process(&t);
+    assert!(eventually(Duration::from_secs(90), || {
+        worker.stats.predictions.load(Ordering::Relaxed) >= 2_000
+            && t.raw_scalar("labels", "SELECT count(*) FROM raw") >= 2_000
+    }));
+    worker.stop();
+
+    let out = quiver(
+        &t,
+        &[
+            "monitor",
+            "report",
+            "--json",
+            "--window",
+            "1h",
+            "--min-rows",
+            "200",
+        ],
+    );
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let production = t.production_model();
+    let r = reports
+        .iter()
+        .find(|r| r["model_id"] == production.as_str())
+        .unwrap_or_else(|| panic!("no report for {production}: {out}"));
+    assert_eq!(r["variant"], "production");
+    assert_eq!(r["served"], 2_000);
+    assert_eq!(
+        (r["labels_joined"].as_u64(), r["labels_pending"].as_u64()),
+        (Some(2_000), Some(0))
+    );
+
+    // The realised ROC AUC is the one computed independently from the predictions topic and
+    // the labels produced.
+    let fraud: BTreeMap<&str, bool> = txns
+        .iter()
+        .map(|x| (x.txn_id.as_str(), x.is_fraud))
+        .collect();
+    let (scores, labels): (Vec<f64>, Vec<bool>) = predictions(&t, 2_000)
+        .iter()
+        .map(|p| {
+            (
+                p["score"].as_f64().unwrap(),
+                fraud[p["txn_id"].as_str().unwrap()],
+            )
+        })
+        .unzip();
+    let independent = quiver_models::metrics::roc_auc(&scores, &labels);
+    let realised = r["realised"]["roc_auc"].as_f64().unwrap();
+    assert!(
+        (realised - independent).abs() < 1e-6,
+        "{realised} vs {independent}"
+    );
+    let estimated = r["estimated_roc_auc"].as_f64().unwrap();
+    eprintln!(
+        "monitor: realised ROC AUC {realised:.4}, estimated {estimated:.4}, test {}",
+        r["test"]["roc_auc"]
+    );
+    assert!(r["drift"].as_array().is_some_and(|d| !d.is_empty()), "{r}");
+
+    // Text output, and a clear error for a bad window.
+    let text = quiver(&t, &["monitor", "report", "--window", "1h"]);
+    assert!(
+        text.contains(&production) && text.contains("ROC AUC: realised"),
+        "{text}"
+    );
+    let (ok, err) = common::run_quiver(t.quiver(&["monitor", "report", "--window", "ten"]));
+    assert!(!ok && err.contains("window `ten`"), "{err}");
+}

@@ -19,6 +19,7 @@ use quiver_store::{SegmentStore, Table};
 
 pub mod backfill;
 pub mod dataset;
+pub mod monitor;
 pub mod replay;
 pub mod verify;
 

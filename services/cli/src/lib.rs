@@ -7,6 +7,7 @@
 mod batch;
 mod commands;
 mod models;
+mod monitor;
 mod up;
 
 use std::path::PathBuf;
@@ -72,6 +73,44 @@ pub enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Monitoring of the deployed models.
+    #[command(subcommand)]
+    Monitor(MonitorCommand),
+}
+
+/// `quiver monitor ...`.
+#[derive(Debug, Subcommand)]
+pub enum MonitorCommand {
+    /// Each model that made predictions in the window against its training baseline: served,
+    /// latency, drift per input and of the scores, labels joined, realised ROC AUC next to the
+    /// estimated one and the test split's.
+    Report(MonitorReportArgs),
+}
+
+/// `quiver monitor report`.
+#[derive(Debug, Clone, Args)]
+pub struct MonitorReportArgs {
+    /// Only this model.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// How far back: a number and s, m, h or d.
+    #[arg(long, default_value = "10m")]
+    pub window: String,
+    /// Predictions needed before drift and realised metrics are reported.
+    #[arg(long, default_value_t = 200)]
+    pub min_rows: usize,
+    /// The scored source (default: the first source with an event id that is not the labels).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// The source whose events label the predictions (joined by event id).
+    #[arg(long, default_value = "labels")]
+    pub labels: String,
+    /// Its boolean column (default: its only boolean field).
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// Print JSON (the report's stable field names) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `quiver up`.
@@ -320,6 +359,9 @@ pub fn run(cli: Cli, ctx: Context) -> anyhow::Result<()> {
             Command::Models(cmd) => models::models(&ctx, cmd),
             Command::Demo(DemoCommand::Produce(args)) => commands::produce(&ctx, args).await,
             Command::Stack(cmd) => commands::stack(&ctx, cmd).await,
+            Command::Monitor(MonitorCommand::Report(args)) => {
+                monitor::report_command(&ctx, args).await
+            }
             Command::Config(ConfigCommand::Show) => {
                 print!("{}", ctx.config.to_toml());
                 Ok(())

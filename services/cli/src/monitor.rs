@@ -1,0 +1,159 @@
+//! `quiver monitor report`: each model that made predictions in the window, against its
+//! training baseline — served, latency, drift per input and of the scores, labels joined,
+//! realised metrics next to the estimated ROC AUC and the test split's.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, bail};
+use quiver_batch::monitor::{Labels, observations};
+use quiver_models::Registry;
+use quiver_monitor::report::{ModelReport, Settings, report};
+
+use crate::{Context, MonitorReportArgs};
+
+pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> anyhow::Result<()> {
+    let window = parse_window(&args.window)?;
+    let scored = match &args.source {
+        Some(name) => ctx.catalog.source(name),
+        None => ctx
+            .catalog
+            .sources
+            .iter()
+            .find(|s| s.id.is_some() && s.name != args.labels),
+    }
+    .context("no scored source with an event id: name it with --source")?;
+    let labels = ctx
+        .catalog
+        .source(&args.labels)
+        .with_context(|| format!("no source `{}` to read labels from", args.labels))?;
+    let stores = quiver_batch::open(&ctx.config, &ctx.catalog, &ctx.views).await?;
+    let since = chrono::Utc::now().timestamp_micros() - window.as_micros() as i64;
+    let label_spec = Labels {
+        source: labels,
+        column: args.label_column.as_deref(),
+    };
+    let observed = observations(&stores, scored, &label_spec, since).await?;
+    let mut by_model: BTreeMap<(String, String), Vec<quiver_monitor::Observation>> =
+        BTreeMap::new();
+    for o in observed {
+        if args.model.as_ref().is_none_or(|m| *m == o.model_id) {
+            by_model
+                .entry((o.model_id, o.variant))
+                .or_default()
+                .push(o.observation);
+        }
+    }
+    let registry = Registry::open(&ctx.config.store.dir)?;
+    let settings = Settings {
+        min_rows: args.min_rows,
+        ..Settings::default()
+    };
+    let mut reports = Vec::new();
+    for ((model, variant), window) in by_model {
+        let card = registry.card(&model)?;
+        let Some(baseline) = registry.baseline(&model)? else {
+            eprintln!(
+                "monitor: {model} has no training baseline (trained before baselines were kept); skipped"
+            );
+            continue;
+        };
+        reports.push(report(
+            &model, &variant, &baseline, &card.test, &window, settings,
+        ));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else if reports.is_empty() {
+        println!("monitor: no prediction in the last {}", args.window);
+    } else {
+        for r in &reports {
+            print_report(r);
+        }
+    }
+    Ok(())
+}
+
+/// `30s`, `10m`, `1h`, `2d`.
+fn parse_window(text: &str) -> anyhow::Result<std::time::Duration> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("window `{text}`: expected a number and s, m, h or d"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3_600,
+        "d" => n * 86_400,
+        _ => bail!("window `{text}`: the unit is s, m, h or d"),
+    };
+    if seconds == 0 {
+        bail!("window `{text}` is empty");
+    }
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
+fn print_report(r: &ModelReport) {
+    println!(
+        "{} ({}): {} predictions, {} positive",
+        r.model_id, r.variant, r.served, r.positive_decisions
+    );
+    if let Some(l) = r.latency {
+        println!(
+            "  latency event → prediction: p50 {:.1} ms, p99 {:.1} ms",
+            l.p50_ms, l.p99_ms
+        );
+    }
+    if r.drift.is_empty() {
+        println!("  drift: not enough predictions in the window");
+    } else {
+        println!(
+            "  {:<40} {:<15} {:>10} {:>9}  drifted",
+            "feature", "test", "statistic", "threshold"
+        );
+        for d in &r.drift {
+            println!(
+                "  {:<40} {:<15} {:>10.4} {:>9}  {}{}",
+                d.feature,
+                format!("{:?}", d.drift.test),
+                d.drift.statistic,
+                d.drift.threshold,
+                if d.drift.drifted { "yes" } else { "no" },
+                if d.in_share {
+                    ""
+                } else {
+                    " (not in the share)"
+                }
+            );
+        }
+        if let Some(share) = r.drift_share {
+            println!("  drift share: {:.0} %", share * 100.0);
+        }
+    }
+    let auc = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    println!(
+        "  ROC AUC: realised {} ({} labels joined, {} pending), estimated {}, test split {:.4}",
+        auc(r.realised.as_ref().map(|m| m.roc_auc)),
+        r.labels_joined,
+        r.labels_pending,
+        auc(r.estimated_roc_auc),
+        r.test.roc_auc
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_parse_with_their_unit_and_nonsense_is_refused() {
+        assert_eq!(parse_window("30s").unwrap().as_secs(), 30);
+        assert_eq!(parse_window("10m").unwrap().as_secs(), 600);
+        assert_eq!(parse_window("2d").unwrap().as_secs(), 172_800);
+        for bad in ["", "m", "10", "10y", "0m", "-1h"] {
+            assert!(parse_window(bad).is_err(), "{bad}");
+        }
+    }
+}
