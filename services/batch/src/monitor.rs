@@ -36,7 +36,9 @@ pub struct Labels<'a> {
 }
 
 /// The predictions of `scored` made at or after `since_us` (µs since the epoch), each with its
-/// label if one arrived.
+/// label if one arrived (the production and canary decisions; shadow scores are not read yet).
+/// Every call scans the whole score store and label store (the `date=` directories are not
+/// pruned yet).
 pub async fn observations(
     stores: &Stores,
     scored: &SourceSchema,
@@ -56,8 +58,14 @@ pub async fn observations(
     let label_table = format!("raw_{}", labels.source.name);
     let label = if registered(stores, &label_table) {
         let column = label_column(labels)?;
+        let label_id = labels.source.id.as_deref().ok_or_else(|| {
+            Error::Invalid(format!(
+                "label source `{}` declares no event id to join predictions on",
+                labels.source.name
+            ))
+        })?;
         format!(
-            "(SELECT \"{id}\" AS label_id, bool_or(\"{column}\") AS label FROM {label_table} GROUP BY 1)"
+            "(SELECT \"{label_id}\" AS label_id, bool_or(\"{column}\") AS label FROM \"{label_table}\" GROUP BY 1)"
         )
     } else {
         "(SELECT CAST(NULL AS VARCHAR) AS label_id, CAST(NULL AS BOOLEAN) AS label)".to_string()
@@ -65,7 +73,7 @@ pub async fn observations(
     let query = format!(
         "SELECT s.model_id, s.variant, s.score, s.decision, s.features, l.label, \
            CAST(s.prediction_time AS BIGINT) - CAST(s.event_time AS BIGINT) AS latency_us \
-         FROM {scores} s LEFT JOIN {label} l ON s.\"{id}\" = l.label_id \
+         FROM \"{scores}\" s LEFT JOIN {label} l ON s.\"{id}\" = l.label_id \
          WHERE CAST(s.prediction_time AS BIGINT) >= {since_us}"
     );
     let batches = crate::collect(stores.sql(&query).await?).await?;
@@ -76,7 +84,8 @@ pub async fn observations(
     Ok(out)
 }
 
-fn registered(stores: &Stores, table: &str) -> bool {
+/// Whether `table` is registered (it has data).
+pub fn registered(stores: &Stores, table: &str) -> bool {
     stores.tables.iter().any(|(name, _)| name == table)
 }
 

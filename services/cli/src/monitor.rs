@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
-use quiver_batch::monitor::{Labels, observations};
+use quiver_batch::monitor::{Labels, observations, registered};
 use quiver_models::Registry;
 use quiver_monitor::report::{ModelReport, Settings, report};
 
@@ -13,21 +13,43 @@ use crate::{Context, MonitorReportArgs};
 
 pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> anyhow::Result<()> {
     let window = parse_window(&args.window)?;
+    let stores = quiver_batch::open(&ctx.config, &ctx.catalog, &ctx.views).await?;
     let scored = match &args.source {
-        Some(name) => ctx.catalog.source(name),
-        None => ctx
+        Some(name) => ctx
             .catalog
-            .sources
-            .iter()
-            .find(|s| s.id.is_some() && s.name != args.labels),
-    }
-    .context("no scored source with an event id: name it with --source")?;
+            .source(name)
+            .with_context(|| format!("no source `{name}`"))?,
+        None => {
+            // The sources with predictions in the score store.
+            let with_scores: Vec<_> = ctx
+                .catalog
+                .sources
+                .iter()
+                .filter(|s| registered(&stores, &format!("scores_{}", s.name)))
+                .collect();
+            match with_scores.as_slice() {
+                [one] => *one,
+                [] => {
+                    println!("monitor: no prediction in the score store yet");
+                    return Ok(());
+                }
+                several => bail!(
+                    "several sources have predictions ({}): name one with --source",
+                    several
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
     let labels = ctx
         .catalog
         .source(&args.labels)
         .with_context(|| format!("no source `{}` to read labels from", args.labels))?;
-    let stores = quiver_batch::open(&ctx.config, &ctx.catalog, &ctx.views).await?;
-    let since = chrono::Utc::now().timestamp_micros() - window.as_micros() as i64;
+    let since = chrono::Utc::now().timestamp_micros()
+        - i64::try_from(window.as_micros()).context("the window is too long")?;
     let label_spec = Labels {
         source: labels,
         column: args.label_column.as_deref(),
@@ -46,11 +68,15 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
     let registry = Registry::open(&ctx.config.store.dir)?;
     let settings = Settings {
         min_rows: args.min_rows,
+        lifetime: lifetime_features(&ctx.views),
         ..Settings::default()
     };
     let mut reports = Vec::new();
     for ((model, variant), window) in by_model {
-        let card = registry.card(&model)?;
+        let Ok(card) = registry.card(&model) else {
+            eprintln!("monitor: {model} is not in the registry; skipped");
+            continue;
+        };
         let Some(baseline) = registry.baseline(&model)? else {
             eprintln!(
                 "monitor: {model} has no training baseline (trained before baselines were kept); skipped"
@@ -58,19 +84,41 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
             continue;
         };
         reports.push(report(
-            &model, &variant, &baseline, &card.test, &window, settings,
+            &model, &variant, &baseline, &card.test, &window, &settings,
         ));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else if reports.is_empty() {
-        println!("monitor: no prediction in the last {}", args.window);
+        let by = args
+            .model
+            .as_ref()
+            .map(|m| format!(" by {m}"))
+            .unwrap_or_default();
+        println!(
+            "monitor: no prediction{by} to report in the last {}",
+            args.window
+        );
     } else {
         for r in &reports {
             print_report(r);
         }
     }
     Ok(())
+}
+
+/// The inputs that are lifetime aggregates, as models name them (`<view>__<feature>`).
+fn lifetime_features(views: &quiver_features::ViewCatalog) -> std::collections::BTreeSet<String> {
+    views
+        .views
+        .iter()
+        .flat_map(|v| {
+            v.aggregations
+                .iter()
+                .filter(|a| a.window == quiver_features::Window::Lifetime)
+                .map(move |a| format!("{}__{}", v.name, a.name))
+        })
+        .collect()
 }
 
 /// `30s`, `10m`, `1h`, `2d`.
@@ -82,13 +130,16 @@ fn parse_window(text: &str) -> anyhow::Result<std::time::Duration> {
     let n: u64 = number
         .parse()
         .with_context(|| format!("window `{text}`: expected a number and s, m, h or d"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3_600,
-        "d" => n * 86_400,
+    let unit_seconds: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
         _ => bail!("window `{text}`: the unit is s, m, h or d"),
     };
+    let seconds = n
+        .checked_mul(unit_seconds)
+        .with_context(|| format!("window `{text}` is too long"))?;
     if seconds == 0 {
         bail!("window `{text}` is empty");
     }
@@ -107,7 +158,9 @@ fn print_report(r: &ModelReport) {
         );
     }
     if r.drift.is_empty() {
-        println!("  drift: not enough predictions in the window");
+        println!(
+            "  drift: not measured (fewer than --min-rows predictions, or no input matches the baseline)"
+        );
     } else {
         println!(
             "  {:<40} {:<15} {:>10} {:>9}  drifted",
@@ -132,6 +185,21 @@ fn print_report(r: &ModelReport) {
             println!("  drift share: {:.0} %", share * 100.0);
         }
     }
+    if let Some(d) = r.score_drift {
+        println!(
+            "  scores: {:?} {:.4} (threshold {}), {}",
+            d.test,
+            d.statistic,
+            d.threshold,
+            if d.drifted { "drifted" } else { "no drift" }
+        );
+    }
+    if let Some(m) = &r.realised {
+        println!(
+            "  realised at threshold {:.3}: PR AUC {:.4}, log loss {:.4}, precision {:.4}, recall {:.4}",
+            m.threshold, m.pr_auc, m.log_loss, m.precision, m.recall
+        );
+    }
     let auc = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     println!(
         "  ROC AUC: realised {} ({} labels joined, {} pending), estimated {}, test split {:.4}",
@@ -152,7 +220,7 @@ mod tests {
         assert_eq!(parse_window("30s").unwrap().as_secs(), 30);
         assert_eq!(parse_window("10m").unwrap().as_secs(), 600);
         assert_eq!(parse_window("2d").unwrap().as_secs(), 172_800);
-        for bad in ["", "m", "10", "10y", "0m", "-1h"] {
+        for bad in ["", "m", "10", "10y", "0m", "-1h", "99999999999999999d"] {
             assert!(parse_window(bad).is_err(), "{bad}");
         }
     }

@@ -5,7 +5,7 @@
 //!
 //! Field names are the report's JSON (`quiver monitor report --json`), so they are stable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use quiver_features::Value;
 use quiver_models::baseline::{Baseline, Reference};
@@ -31,12 +31,15 @@ pub struct Observation {
 }
 
 /// How the report is built.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Rows a window needs before drift or realised performance is reported.
     pub min_rows: usize,
-    /// Whether lifetime aggregates count in the drift share (they grow by construction, so they
-    /// drift by construction: reported, but left out by default).
+    /// The inputs that are lifetime aggregates (`<view>__<feature>` with a lifetime window):
+    /// they grow by construction, so they drift by construction — reported, but left out of
+    /// the drift share unless `lifetime_in_share`.
+    pub lifetime: BTreeSet<String>,
+    /// Whether lifetime aggregates count in the drift share.
     pub lifetime_in_share: bool,
 }
 
@@ -44,6 +47,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             min_rows: 200,
+            lifetime: BTreeSet::new(),
             lifetime_in_share: false,
         }
     }
@@ -75,7 +79,7 @@ pub struct Latency {
 pub struct ModelReport {
     /// Model id.
     pub model_id: String,
-    /// `production`, `canary` or `shadow`.
+    /// `production` or `canary` (shadow scores are not reported yet).
     pub variant: String,
     /// Predictions in the window.
     pub served: usize,
@@ -109,7 +113,7 @@ pub fn report(
     baseline: &Baseline,
     test: &Metrics,
     window: &[Observation],
-    settings: Settings,
+    settings: &Settings,
 ) -> ModelReport {
     let enough = window.len() >= settings.min_rows;
     let drift_rows: Vec<FeatureDrift> = if enough {
@@ -118,7 +122,7 @@ pub fn report(
             .iter()
             .filter_map(|f| {
                 let d = feature_drift(&f.feature, &f.reference, baseline.rows, window)?;
-                let lifetime = f.feature.contains("lifetime");
+                let lifetime = settings.lifetime.contains(&f.feature);
                 Some(FeatureDrift {
                     feature: f.feature.clone(),
                     drift: d,
@@ -175,7 +179,13 @@ fn feature_drift(
     let values = window.iter().filter_map(|o| o.features.get(feature));
     match reference {
         Reference::Numeric(_) => {
-            let numbers: Vec<f64> = values.filter_map(Value::as_f64).collect();
+            // Booleans as 0/1, as the baseline keeps them.
+            let numbers: Vec<f64> = values
+                .filter_map(|v| match v {
+                    Value::Bool(b) => Some(f64::from(u8::from(*b))),
+                    other => other.as_f64(),
+                })
+                .collect();
             drift(reference, rows, &Current::Numeric(&numbers))
         }
         Reference::Categorical(_) => {
@@ -239,6 +249,13 @@ mod tests {
         Baseline::of(&names, &columns, &scores, 3)
     }
 
+    fn settings() -> Settings {
+        Settings {
+            lifetime: BTreeSet::from(["v__count_lifetime".to_string()]),
+            ..Settings::default()
+        }
+    }
+
     fn test_metrics() -> Metrics {
         let scores = [0.9, 0.8, 0.2, 0.1];
         evaluate(&scores, &[true, true, false, false], 0.5)
@@ -277,7 +294,7 @@ mod tests {
             &baseline(),
             &test_metrics(),
             &window(400, false, 0),
-            Settings::default(),
+            &settings(),
         );
         let drifted: Vec<&str> = r
             .drift
@@ -302,7 +319,7 @@ mod tests {
             &baseline(),
             &test_metrics(),
             &window(400, true, 0),
-            Settings::default(),
+            &settings(),
         );
         let flagged: Vec<(&str, bool)> = r
             .drift
@@ -320,7 +337,7 @@ mod tests {
         assert_eq!(r.drift_share, Some(1.0), "both inputs in the share drifted");
         let with_lifetime = Settings {
             lifetime_in_share: true,
-            ..Settings::default()
+            ..settings()
         };
         let all = report(
             "m",
@@ -328,7 +345,7 @@ mod tests {
             &baseline(),
             &test_metrics(),
             &window(400, true, 0),
-            with_lifetime,
+            &with_lifetime,
         );
         assert!(all.drift.iter().all(|d| d.in_share));
     }
@@ -342,7 +359,7 @@ mod tests {
             &baseline(),
             &test_metrics(),
             &observations,
-            Settings::default(),
+            &settings(),
         );
         let (s, l): (Vec<f64>, Vec<bool>) = observations
             .iter()
@@ -359,7 +376,7 @@ mod tests {
             &baseline(),
             &test_metrics(),
             &window(50, true, 50),
-            Settings::default(),
+            &settings(),
         );
         assert!(small.drift.is_empty() && small.drift_share.is_none());
         assert!(small.realised.is_none() && small.score_drift.is_none());
