@@ -41,6 +41,13 @@ pub(crate) struct BoundSource {
     pub(crate) lookups: Vec<Lookup>,
 }
 
+impl BoundSource {
+    /// The names of its views, in order.
+    pub(crate) fn view_names(&self) -> Vec<&str> {
+        self.views.iter().map(|v| v.view().name.as_str()).collect()
+    }
+}
+
 /// Binds the sources the worker consumes (`ingest.sources`) to their views; scored sources are
 /// `score.sources`, or every source with a view.
 pub(crate) fn bind(

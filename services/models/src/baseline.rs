@@ -189,7 +189,7 @@ impl NumericReference {
 }
 
 /// The `q` quantile of sorted, non-empty `values` by nearest rank.
-fn nearest_rank(values: &[f64], q: f64) -> f64 {
+pub fn nearest_rank(values: &[f64], q: f64) -> f64 {
     let rank = (q * values.len() as f64).ceil() as usize;
     values[rank.clamp(1, values.len()) - 1]
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use quiver_features::Value;
-use quiver_models::baseline::{Baseline, Reference};
+use quiver_models::baseline::{Baseline, Reference, nearest_rank};
 use quiver_models::metrics::{Metrics, evaluate};
 use serde::{Deserialize, Serialize};
 
@@ -211,10 +211,9 @@ fn latency(window: &[Observation]) -> Option<Latency> {
         return None;
     }
     ms.sort_by(f64::total_cmp);
-    let rank = |q: f64| ms[((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
     Some(Latency {
-        p50_ms: rank(0.5),
-        p99_ms: rank(0.99),
+        p50_ms: nearest_rank(&ms, 0.5),
+        p99_ms: nearest_rank(&ms, 0.99),
     })
 }
 

@@ -94,11 +94,7 @@ impl Worker {
                         continue;
                     }
                     if fresh.start < fresh.settled_below {
-                        let views: Vec<&str> = self.sources[s]
-                            .views
-                            .iter()
-                            .map(|v| v.view().name.as_str())
-                            .collect();
+                        let views = self.sources[s].view_names();
                         events::online_state_behind(
                             &self.sources[s].schema.name,
                             p,
@@ -158,11 +154,7 @@ impl Worker {
                 ranges: stale,
             })?;
         }
-        let views: Vec<&str> = self.sources[s]
-            .views
-            .iter()
-            .map(|v| v.view().name.as_str())
-            .collect();
+        let views = self.sources[s].view_names();
         let mut applied = self.online.applied(&views, p)?;
         if self.wiped.remove(&(s, p)) {
             for held in applied.iter_mut().filter(|a| a.is_none()) {
