@@ -8,19 +8,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::checks::{assert_exactly_once, assert_features_exact, assert_segments_never_overlap};
+use common::checks::{
+    assert_exactly_once, assert_features_exact, assert_no_log_shows, assert_segments_never_overlap,
+};
 use common::child::{ChildWorker, admin_get, scrape, sigterm, spawn_worker};
 use common::stream::{assert_one_decision_per_event, stream, transactions};
-use common::{OwnRedis, TestEnv, eventually, http, produce_all, read_topic, services, start_api};
-
-/// Seconds from `since` until `ready` holds (polled every 100 ms, at most `limit`).
-fn seconds_until(since: Instant, limit: Duration, mut ready: impl FnMut() -> bool) -> f64 {
-    assert!(
-        eventually(limit, &mut ready),
-        "not recovered within {limit:?}"
-    );
-    since.elapsed().as_secs_f64()
-}
+use common::{
+    TestEnv, eventually, http, produce_all, read_topic, seconds_until, services, start_api,
+    with_own_redis,
+};
 
 /// The API token of the fault suite's worker and API, which no log may show.
 const SUITE_TOKEN: &str = "suite-api-token-3f9a";
@@ -107,15 +103,9 @@ fn the_fault_suite_loses_nothing_and_counts_nothing_twice() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let rate = (n / 40).max(500);
-    let probe = TestEnv::new("suite-dir", &[]);
-    let mut redis = OwnRedis::start(&probe.dir.join("own-redis"));
-    let url = redis.url();
-    let t = TestEnv::new(
+    let (mut redis, t) = with_own_redis(
         "suite",
         &[
-            ("QUIVER__REDIS__URL", url.as_str()),
-            ("QUIVER__REDIS__CONNECT_TIMEOUT_MS", "500"),
-            ("QUIVER__REDIS__COMMAND_TIMEOUT_MS", "1000"),
             ("QUIVER__INGEST__SEGMENT_MAX_AGE_MS", "300"),
             ("QUIVER__INGEST__COMMIT_INTERVAL_MS", "300"),
             ("QUIVER__API__TOKEN", SUITE_TOKEN),
@@ -177,10 +167,7 @@ fn the_fault_suite_loses_nothing_and_counts_nothing_twice() {
 
     // 4. Redis paused for 3 s (past the poll interval and the command timeout) at 60 %.
     assert!(eventually(Duration::from_secs(120), || raw(&t) >= valid(0.60)));
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut conn = redis.connection();
     redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(3_000)
@@ -234,27 +221,9 @@ fn the_fault_suite_loses_nothing_and_counts_nothing_twice() {
     got.sort_unstable();
     want.sort_unstable();
     assert_eq!(got, want, "dead-letter reasons");
-    for entry in std::fs::read_dir(&t.dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "log") {
-            let log = std::fs::read_to_string(&path).unwrap();
-            assert!(
-                !log.contains(&redis.password),
-                "{} shows the password",
-                path.display()
-            );
-            assert!(
-                !log.contains(SUITE_TOKEN),
-                "{} shows the API token",
-                path.display()
-            );
-        }
-    }
+    assert_no_log_shows(&t, &[&redis.password, SUITE_TOKEN]);
     // Claims are deleted once their offsets are committed: after the graceful stop none is left.
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut conn = redis.connection();
     let pattern = format!("{}:#claims:*", t.config.redis.key_prefix);
     let hashes: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).unwrap();
     for hash in hashes {

@@ -12,35 +12,22 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::checks::{assert_exactly_once, assert_features_exact, assert_segments_never_overlap};
+use common::checks::{
+    assert_exactly_once, assert_features_exact, assert_no_log_shows, assert_segments_never_overlap,
+};
 use common::child::{ChildWorker, admin_get, scrape, sigterm, spawn_worker};
 use common::stream::{assert_one_decision_per_event, messages, stream, transactions};
 use common::{
-    OwnRedis, REPO, TestEnv, committed, copy_dir, eventually, http, produce_all, run_quiver,
-    services, start_api, start_in_process,
+    REPO, TestEnv, committed, copy_dir, eventually, http, produce_all, run_quiver, seconds_until,
+    services, start_api, start_in_process, with_own_redis,
 };
 use quiver_demo::Transaction;
 
-/// Seconds from `since` until `ready` holds (polled every 100 ms, at most `limit`).
-fn seconds_until(since: Instant, limit: Duration, mut ready: impl FnMut() -> bool) -> f64 {
-    assert!(
-        eventually(limit, &mut ready),
-        "not recovered within {limit:?}"
-    );
-    since.elapsed().as_secs_f64()
-}
-
 #[test]
 fn redis_killed_and_restarted_mid_stream_loses_nothing_and_everything_recovers() {
-    let probe = TestEnv::new("redis-kill-dir", &[]);
-    let mut redis = OwnRedis::start(&probe.dir.join("own-redis"));
-    let url = redis.url();
-    let t = TestEnv::new(
+    let (mut redis, t) = with_own_redis(
         "redis-kill",
         &[
-            ("QUIVER__REDIS__URL", url.as_str()),
-            ("QUIVER__REDIS__CONNECT_TIMEOUT_MS", "500"),
-            ("QUIVER__REDIS__COMMAND_TIMEOUT_MS", "1000"),
             ("QUIVER__INGEST__SEGMENT_MAX_AGE_MS", "300"),
             ("QUIVER__INGEST__COMMIT_INTERVAL_MS", "300"),
         ],
@@ -103,17 +90,7 @@ fn redis_killed_and_restarted_mid_stream_loses_nothing_and_everything_recovers()
     assert!(sigterm(&mut worker.child).success());
 
     // Through every reconnection, the worker never logged Redis's password.
-    for entry in std::fs::read_dir(&t.dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "log") {
-            let log = std::fs::read_to_string(&path).unwrap();
-            assert!(
-                !log.contains(&redis.password),
-                "{} shows the password",
-                path.display()
-            );
-        }
-    }
+    assert_no_log_shows(&t, &[&redis.password]);
 
     // Every event once in every store, every user's and merchant's online state exactly the
     // reference (nothing lost with Redis, nothing applied twice), one decision per event.
@@ -144,15 +121,9 @@ fn repaired(worker: &ChildWorker) -> f64 {
 
 #[test]
 fn redis_that_lost_acknowledged_writes_is_repaired_from_below_the_commit() {
-    let probe = TestEnv::new("rollback-dir", &[]);
-    let mut redis = OwnRedis::start(&probe.dir.join("own-redis"));
-    let url = redis.url();
-    let t = TestEnv::new(
+    let (mut redis, t) = with_own_redis(
         "rollback",
         &[
-            ("QUIVER__REDIS__URL", url.as_str()),
-            ("QUIVER__REDIS__CONNECT_TIMEOUT_MS", "500"),
-            ("QUIVER__REDIS__COMMAND_TIMEOUT_MS", "1000"),
             ("QUIVER__INGEST__SEGMENT_MAX_AGE_MS", "200"),
             ("QUIVER__INGEST__COMMIT_INTERVAL_MS", "200"),
         ],
@@ -166,7 +137,7 @@ fn redis_that_lost_acknowledged_writes_is_repaired_from_below_the_commit() {
     //    since a copy of its data was taken — 3 000 events, all of them committed.
     let mut worker = spawn_worker(&t, &[]);
     deliveries.extend(produce_and_commit(&t, &txns[..3_000], &worker));
-    let first_copy = probe.dir.join("redis-copy-1");
+    let first_copy = t.dir.join("redis-copy-1");
     redis.copy_data(&first_copy);
     deliveries.extend(produce_and_commit(&t, &txns[3_000..6_000], &worker));
     redis.roll_back_to(&first_copy);
@@ -178,7 +149,7 @@ fn redis_that_lost_acknowledged_writes_is_repaired_from_below_the_commit() {
     );
 
     // 2. The same while no worker runs: the next one finds it when assigned.
-    let second_copy = probe.dir.join("redis-copy-2");
+    let second_copy = t.dir.join("redis-copy-2");
     redis.copy_data(&second_copy);
     deliveries.extend(produce_and_commit(&t, &txns[7_500..9_000], &worker));
     assert!(sigterm(&mut worker.child).success());

@@ -161,3 +161,16 @@ pub fn predictions_by_id(
     }
     by_id
 }
+
+/// No log file in the test's directory shows any of `secrets`.
+pub fn assert_no_log_shows(t: &TestEnv, secrets: &[&str]) {
+    for entry in std::fs::read_dir(&t.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let log = std::fs::read_to_string(&path).unwrap();
+            for secret in secrets {
+                assert!(!log.contains(secret), "{} shows a secret", path.display());
+            }
+        }
+    }
+}

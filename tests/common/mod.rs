@@ -187,12 +187,17 @@ impl OwnRedis {
         format!("redis://:{}@{}", self.password, self.addr)
     }
 
-    /// `kill -9` of redis-server itself (its pid from `INFO server`); returns once it is gone.
-    pub fn kill9(&mut self) {
-        let mut conn = redis::Client::open(self.url())
+    /// A connection to it.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
             .unwrap()
             .get_connection()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `kill -9` of redis-server itself (its pid from `INFO server`); returns once it is gone.
+    pub fn kill9(&mut self) {
+        let mut conn = self.connection();
         let info: String = redis::cmd("INFO").arg("server").query(&mut conn).unwrap();
         let pid = info
             .lines()
@@ -234,6 +239,22 @@ impl OwnRedis {
             redis_ping_as(&self.addr, Some(&self.password))
         });
     }
+}
+
+/// A test's world on a Redis of its own (password-protected, AOF on; its data beside the
+/// test's directory), with short Redis timeouts so faults show quickly, plus `extra`.
+pub fn with_own_redis(test: &str, extra: &[(&str, &str)]) -> (OwnRedis, TestEnv) {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let redis = OwnRedis::start(&services().dir.join(format!("{test}-own-redis-{n}")));
+    let url = redis.url();
+    let mut env = vec![
+        ("QUIVER__REDIS__URL", url.as_str()),
+        ("QUIVER__REDIS__CONNECT_TIMEOUT_MS", "500"),
+        ("QUIVER__REDIS__COMMAND_TIMEOUT_MS", "1000"),
+    ];
+    env.extend_from_slice(extra);
+    let t = TestEnv::new(test, &env);
+    (redis, t)
 }
 
 /// Removes the `quiver-it-<pid>` directories of test processes that are no longer running, so
@@ -541,6 +562,16 @@ pub fn committed(kafka: &str, group: &str, topic: &str, partitions: i32) -> Vec<
             _ => -1,
         })
         .collect()
+}
+
+/// Seconds from `since` until `ready` holds (polled like [`eventually`], at most `limit`);
+/// fails the test past it.
+pub fn seconds_until(since: Instant, limit: Duration, mut ready: impl FnMut() -> bool) -> f64 {
+    assert!(
+        eventually(limit, &mut ready),
+        "not recovered within {limit:?}"
+    );
+    since.elapsed().as_secs_f64()
 }
 
 /// Polls `check` until it returns true or `timeout` passes; returns whether it did.

@@ -255,6 +255,18 @@ mod tests {
         }
     }
 
+    /// The report of `observations` for the baseline above.
+    fn reported(observations: &[Observation], settings: &Settings) -> ModelReport {
+        report(
+            "m",
+            "production",
+            &baseline(),
+            &test_metrics(),
+            observations,
+            settings,
+        )
+    }
+
     fn test_metrics() -> Metrics {
         let scores = [0.9, 0.8, 0.2, 0.1];
         evaluate(&scores, &[true, true, false, false], 0.5)
@@ -287,14 +299,7 @@ mod tests {
 
     #[test]
     fn without_a_shift_only_the_lifetime_count_drifts_and_it_stays_out_of_the_share() {
-        let r = report(
-            "m",
-            "production",
-            &baseline(),
-            &test_metrics(),
-            &window(400, false, 0),
-            &settings(),
-        );
+        let r = reported(&window(400, false, 0), &settings());
         let drifted: Vec<&str> = r
             .drift
             .iter()
@@ -312,14 +317,7 @@ mod tests {
 
     #[test]
     fn a_shift_of_one_numeric_and_one_categorical_input_flags_exactly_those() {
-        let r = report(
-            "m",
-            "production",
-            &baseline(),
-            &test_metrics(),
-            &window(400, true, 0),
-            &settings(),
-        );
+        let r = reported(&window(400, true, 0), &settings());
         let flagged: Vec<(&str, bool)> = r
             .drift
             .iter()
@@ -338,28 +336,14 @@ mod tests {
             lifetime_in_share: true,
             ..settings()
         };
-        let all = report(
-            "m",
-            "production",
-            &baseline(),
-            &test_metrics(),
-            &window(400, true, 0),
-            &with_lifetime,
-        );
+        let all = reported(&window(400, true, 0), &with_lifetime);
         assert!(all.drift.iter().all(|d| d.in_share));
     }
 
     #[test]
     fn realised_metrics_are_those_of_the_joined_predictions_and_small_windows_say_nothing() {
         let observations = window(600, false, 450);
-        let r = report(
-            "m",
-            "canary",
-            &baseline(),
-            &test_metrics(),
-            &observations,
-            &settings(),
-        );
+        let r = reported(&observations, &settings());
         let (s, l): (Vec<f64>, Vec<bool>) = observations
             .iter()
             .filter_map(|o| o.label.map(|l| (o.score, l)))
@@ -369,14 +353,7 @@ mod tests {
         assert!((realised.roc_auc - roc_auc(&s, &l)).abs() < 1e-12);
         assert_eq!(realised.threshold, 0.5, "the model's threshold");
         assert_eq!((r.labels_joined, r.labels_pending), (450, 150));
-        let small = report(
-            "m",
-            "canary",
-            &baseline(),
-            &test_metrics(),
-            &window(50, true, 50),
-            &settings(),
-        );
+        let small = reported(&window(50, true, 50), &settings());
         assert!(small.drift.is_empty() && small.drift_share.is_none());
         assert!(small.realised.is_none() && small.score_drift.is_none());
         assert_eq!(small.served, 50);
