@@ -7,20 +7,16 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{TestEnv, eventually, produce_all, read_topic, services, start_in_process};
-use quiver_demo::{GeneratorOptions, Transaction};
+use common::checks::unique_predictions as predictions;
+use common::{TestEnv, eventually, produce_all, services, start_in_process};
+use quiver_demo::Transaction;
 
 fn transactions(seed: u64, from: usize, n: usize) -> Vec<Transaction> {
-    let options = GeneratorOptions {
-        users: 150,
-        fraud_rate: 0.03,
-        ..GeneratorOptions::default()
-    };
-    common::stream::demo_transactions(seed, options, 2_000, from, n)
+    common::stream::scored_transactions(seed, from, n)
 }
 
 fn produce(t: &TestEnv, txns: &[Transaction], labels: bool) {
@@ -39,31 +35,6 @@ fn registered_id(text: &str) -> String {
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("no model registered: {text}"))
         .to_string()
-}
-
-/// One prediction per event id. A replay (e.g. after a rebalance) may deliver one twice: the
-/// copies must be identical in model, score and decision.
-fn predictions(t: &TestEnv, expected: usize) -> Vec<serde_json::Value> {
-    let all: Vec<serde_json::Value> = read_topic(
-        &services().kafka,
-        &t.topic("predictions"),
-        expected,
-        Duration::from_secs(60),
-    )
-    .into_iter()
-    .map(|m| serde_json::from_slice(&m.payload).unwrap())
-    .collect();
-    let mut by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    for p in all {
-        let id = p["txn_id"].as_str().unwrap().to_string();
-        if let Some(seen) = by_id.get(&id) {
-            for field in ["model_id", "score", "decision", "features"] {
-                assert_eq!(seen[field], p[field], "two different predictions for {id}");
-            }
-        }
-        by_id.insert(id, p);
-    }
-    by_id.into_values().collect()
 }
 
 #[test]
@@ -316,81 +287,4 @@ fn a_trained_model_keeps_the_baseline_monitoring_compares_with() {
             .iter()
             .all(|s| (0.0..=1.0).contains(s))
     );
-}
-
-#[test]
-fn monitor_report_gives_the_realised_auc_of_the_predictions_and_their_labels() {
-    let t = TestEnv::new("monitor", &[]);
-    t.create_topics();
-    t.deploy_model();
-    let txns = transactions(61, 0, 2_000);
-    produce(&t, &txns, true);
-    let worker = start_in_process(&t);
-    assert!(eventually(Duration::from_secs(90), || {
-        worker.stats.predictions.load(Ordering::Relaxed) >= 2_000
-            && t.raw_scalar("labels", "SELECT count(*) FROM raw") >= 2_000
-    }));
-    worker.stop();
-
-    let out = quiver(
-        &t,
-        &[
-            "monitor",
-            "report",
-            "--json",
-            "--window",
-            "1h",
-            "--min-rows",
-            "200",
-        ],
-    );
-    let reports: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    let production = t.production_model();
-    let r = reports
-        .iter()
-        .find(|r| r["model_id"] == production.as_str())
-        .unwrap_or_else(|| panic!("no report for {production}: {out}"));
-    assert_eq!(r["variant"], "production");
-    assert_eq!(r["served"], 2_000);
-    assert_eq!(
-        (r["labels_joined"].as_u64(), r["labels_pending"].as_u64()),
-        (Some(2_000), Some(0))
-    );
-
-    // The realised ROC AUC is the one computed independently from the predictions topic and
-    // the labels produced.
-    let fraud: BTreeMap<&str, bool> = txns
-        .iter()
-        .map(|x| (x.txn_id.as_str(), x.is_fraud))
-        .collect();
-    let (scores, labels): (Vec<f64>, Vec<bool>) = predictions(&t, 2_000)
-        .iter()
-        .map(|p| {
-            (
-                p["score"].as_f64().unwrap(),
-                fraud[p["txn_id"].as_str().unwrap()],
-            )
-        })
-        .unzip();
-    let independent = quiver_models::metrics::roc_auc(&scores, &labels);
-    let realised = r["realised"]["roc_auc"].as_f64().unwrap();
-    assert!(
-        (realised - independent).abs() < 1e-6,
-        "{realised} vs {independent}"
-    );
-    let estimated = r["estimated_roc_auc"].as_f64().unwrap();
-    eprintln!(
-        "monitor: realised ROC AUC {realised:.4}, estimated {estimated:.4}, test {}",
-        r["test"]["roc_auc"]
-    );
-    assert!(r["drift"].as_array().is_some_and(|d| !d.is_empty()), "{r}");
-
-    // Text output, and a clear error for a bad window.
-    let text = quiver(&t, &["monitor", "report", "--window", "1h"]);
-    assert!(
-        text.contains(&production) && text.contains("ROC AUC: realised"),
-        "{text}"
-    );
-    let (ok, err) = common::run_quiver(t.quiver(&["monitor", "report", "--window", "ten"]));
-    assert!(!ok && err.contains("window `ten`"), "{err}");
 }

@@ -174,3 +174,28 @@ pub fn assert_no_log_shows(t: &TestEnv, secrets: &[&str]) {
         }
     }
 }
+
+/// One prediction per event id. A replay (e.g. after a rebalance) may deliver one twice: the
+/// copies must be identical in model, score and decision.
+pub fn unique_predictions(t: &TestEnv, expected: usize) -> Vec<serde_json::Value> {
+    let all: Vec<serde_json::Value> = super::read_topic(
+        &super::services().kafka,
+        &t.topic("predictions"),
+        expected,
+        Duration::from_secs(60),
+    )
+    .into_iter()
+    .map(|m| serde_json::from_slice(&m.payload).unwrap())
+    .collect();
+    let mut by_id: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for p in all {
+        let id = p["txn_id"].as_str().unwrap().to_string();
+        if let Some(seen) = by_id.get(&id) {
+            for field in ["model_id", "score", "decision", "features"] {
+                assert_eq!(seen[field], p[field], "two different predictions for {id}");
+            }
+        }
+        by_id.insert(id, p);
+    }
+    by_id.into_values().collect()
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{TestEnv, free_port};
 
-/// A `quiver ingest` child process with its admin listener on a free port.
+/// A `quiver ingest` (or `monitor run`) child process with its admin listener on a free port.
 pub struct ChildWorker {
     pub child: Child,
     pub admin: String,

@@ -36,6 +36,17 @@ pub fn transactions(seed: u64, from: usize, n: usize) -> Vec<Transaction> {
     demo_transactions(seed, options, 40, from, n)
 }
 
+/// Transactions `from..from + n` of the scoring tests' stream (150 users, 3 % fraud, 2 s apart):
+/// enough of each class for a model and its metrics.
+pub fn scored_transactions(seed: u64, from: usize, n: usize) -> Vec<Transaction> {
+    let options = GeneratorOptions {
+        users: 150,
+        fraud_rate: 0.03,
+        ..GeneratorOptions::default()
+    };
+    demo_transactions(seed, options, 2_000, from, n)
+}
+
 /// (key, payload) of each transaction, keyed by user.
 pub fn messages(txns: &[Transaction]) -> Vec<(String, Vec<u8>)> {
     txns.iter()

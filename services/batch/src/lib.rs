@@ -141,6 +141,18 @@ pub async fn open(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Re
             tables.push((name, dir.clone()));
         }
     }
+    // The monitor's history: `monitor`.
+    let monitor = SegmentStore::open(&config.store.dir, Table::Monitor)?;
+    let stream = quiver_store::MONITOR_STREAM;
+    if monitor.segments(stream)?.is_empty() {
+        empty.push("monitor".to_string());
+    } else {
+        let dir = monitor.stream_dir(stream);
+        let options = ParquetReadOptions::default().table_partition_cols(date());
+        ctx.register_parquet("monitor", format!("{}/", dir.display()), options)
+            .await?;
+        tables.push(("monitor".to_string(), dir));
+    }
     Ok(Stores { ctx, tables, empty })
 }
 

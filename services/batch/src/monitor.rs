@@ -9,7 +9,6 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::DataType;
 use quiver_core::SourceSchema;
-use quiver_core::schema::FieldType;
 use quiver_features::Value;
 use quiver_monitor::Observation;
 
@@ -90,24 +89,10 @@ pub fn registered(stores: &Stores, table: &str) -> bool {
 }
 
 fn label_column(labels: &Labels<'_>) -> Result<String> {
-    if let Some(column) = labels.column {
-        return Ok(column.to_string());
-    }
-    let bools: Vec<&String> = labels
+    labels
         .source
-        .fields
-        .iter()
-        .filter(|f| f.ty == FieldType::Bool)
-        .map(|f| &f.name)
-        .collect();
-    match bools.as_slice() {
-        [one] => Ok((*one).clone()),
-        _ => Err(Error::Invalid(format!(
-            "source `{}` has {} boolean fields: name the label column with --label-column",
-            labels.source.name,
-            bools.len()
-        ))),
-    }
+        .label_column(labels.column)
+        .map_err(|e| Error::Invalid(format!("{e} (--label-column)")))
 }
 
 /// A named column of a query result, as `T`.

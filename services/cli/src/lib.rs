@@ -85,6 +85,10 @@ pub enum MonitorCommand {
     /// latency, drift per input and of the scores, labels joined, realised ROC AUC next to the
     /// estimated one and the test split's.
     Report(MonitorReportArgs),
+    /// The live monitor: reads predictions and labels, and every `monitor.interval` reports
+    /// each deployed model's window (`monitor.window`) as metrics on `monitor.admin_listen` and
+    /// as a row of the `monitor` table. `quiver up` runs it too.
+    Run,
 }
 
 /// `quiver monitor report`.
@@ -362,6 +366,7 @@ pub fn run(cli: Cli, ctx: Context) -> anyhow::Result<()> {
             Command::Monitor(MonitorCommand::Report(args)) => {
                 monitor::report_command(&ctx, args).await
             }
+            Command::Monitor(MonitorCommand::Run) => monitor::run_command(&ctx).await,
             Command::Config(ConfigCommand::Show) => {
                 print!("{}", ctx.config.to_toml());
                 Ok(())

@@ -7,9 +7,55 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, bail};
 use quiver_batch::monitor::{Labels, observations, registered};
 use quiver_models::Registry;
-use quiver_monitor::report::{ModelReport, Settings, report};
+use quiver_monitor::report::{ModelReport, Settings, Window, report};
 
 use crate::{Context, MonitorReportArgs};
+
+/// `quiver monitor run`: the live monitor until Ctrl-C or SIGTERM.
+pub(crate) async fn run_command(ctx: &Context) -> anyhow::Result<()> {
+    let shutdown = quiver_ingest::Shutdown::default();
+    crate::commands::stop_on_signal(shutdown.clone());
+    let health = quiver_telemetry::Health::default();
+    if let Some(addr) = start_monitor_admin(ctx, &health).await? {
+        tracing::info!(%addr, "monitor admin listener: /metrics /healthz /readyz");
+    }
+    let summary = spawn_monitor(ctx, shutdown, health)
+        .await
+        .context("monitor thread panicked")??;
+    println!(
+        "monitor stopped: {} predictions, {} labels, {} unreadable, {} evaluations",
+        summary.predictions, summary.labels, summary.unreadable, summary.evaluations
+    );
+    Ok(())
+}
+
+/// Starts the monitor's admin listener if configured (its address).
+pub(crate) async fn start_monitor_admin(
+    ctx: &Context,
+    health: &quiver_telemetry::Health,
+) -> anyhow::Result<Option<String>> {
+    let listen = &ctx.config.monitor.admin_listen;
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let metrics = quiver_telemetry::metrics_handle();
+    quiver_telemetry::serve_admin(listen, metrics, health.clone()).await?;
+    Ok(Some(listen.clone()))
+}
+
+/// Runs the live monitor on a blocking thread until `shutdown`.
+pub(crate) fn spawn_monitor(
+    ctx: &Context,
+    shutdown: quiver_ingest::Shutdown,
+    health: quiver_telemetry::Health,
+) -> tokio::task::JoinHandle<quiver_monitor_run::Result<quiver_monitor_run::MonitorSummary>> {
+    let (config, catalog, views) = (ctx.config.clone(), ctx.catalog.clone(), ctx.views.clone());
+    tokio::task::spawn_blocking(move || {
+        quiver_monitor_run::run(&config, &catalog, &views, &health, &|| {
+            shutdown.is_triggered()
+        })
+    })
+}
 
 pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> anyhow::Result<()> {
     let window = parse_window(&args.window)?;
@@ -68,7 +114,7 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
     let registry = Registry::open(&ctx.config.store.dir)?;
     let settings = Settings {
         min_rows: args.min_rows,
-        lifetime: lifetime_features(&ctx.views),
+        lifetime: ctx.views.lifetime_inputs(),
         ..Settings::default()
     };
     let mut reports = Vec::new();
@@ -84,7 +130,12 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
             continue;
         };
         reports.push(report(
-            &model, &variant, &baseline, &card.test, &window, &settings,
+            &model,
+            &variant,
+            &baseline,
+            &card.test,
+            &Window::of(&window),
+            &settings,
         ));
     }
     if args.json {
@@ -105,20 +156,6 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
         }
     }
     Ok(())
-}
-
-/// The inputs that are lifetime aggregates, as models name them (`<view>__<feature>`).
-fn lifetime_features(views: &quiver_features::ViewCatalog) -> std::collections::BTreeSet<String> {
-    views
-        .views
-        .iter()
-        .flat_map(|v| {
-            v.aggregations
-                .iter()
-                .filter(|a| a.window == quiver_features::Window::Lifetime)
-                .map(move |a| format!("{}__{}", v.name, a.name))
-        })
-        .collect()
 }
 
 /// `30s`, `10m`, `1h`, `2d`.

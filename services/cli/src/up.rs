@@ -162,6 +162,17 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
             .map(|a| format!(", metrics at http://{a}/metrics"))
             .unwrap_or_default()
     );
+    let monitor_health = Health::default();
+    let monitor_admin = crate::monitor::start_monitor_admin(ctx, &monitor_health).await?;
+    let monitor = crate::monitor::spawn_monitor(ctx, shutdown.clone(), monitor_health);
+    println!(
+        "      monitor: every {} over the last {}: drift, realised vs estimated AUC, latency{} and `quiver sql \"SELECT * FROM monitor\"`",
+        config.monitor.interval,
+        config.monitor.window,
+        monitor_admin
+            .map(|a| format!(" at http://{a}/metrics"))
+            .unwrap_or_default()
+    );
     let api = {
         let (config, views, shutdown) = (config.clone(), ctx.views.clone(), shutdown.clone());
         tokio::spawn(async move { quiver_serve::serve(&config, &views, stopped(shutdown)).await })
@@ -297,6 +308,11 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     let result = ingest.await.context("worker thread panicked")?;
     result?;
     api.await.context("API task panicked")??;
+    let watched = monitor.await.context("monitor thread panicked")??;
+    println!(
+        "monitor: {} predictions and {} labels read, {} evaluations (`quiver monitor report` for the window)",
+        watched.predictions, watched.labels, watched.evaluations
+    );
     println!("stopped: {}", ingest_line(&stats, started));
     Ok(())
 }

@@ -44,6 +44,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The local development stack.
     pub stack: StackConfig,
+    /// The live monitor (`quiver monitor run`).
+    pub monitor: MonitorConfig,
 }
 
 /// `[kafka]`.
@@ -170,6 +172,46 @@ pub struct TelemetryConfig {
 pub struct StackConfig {
     /// Work dir of the local stack.
     pub work_dir: PathBuf,
+}
+
+/// `[monitor]`: the live monitor of deployed models (`quiver monitor run`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// `/metrics`, `/healthz` and `/readyz` of the monitor; empty disables the listener.
+    pub admin_listen: String,
+    /// The sliding window every report covers (`30s`, `10m`, `1h`).
+    pub window: String,
+    /// How often the window is evaluated (metrics updated, a row appended to `monitor`).
+    pub interval: String,
+    /// Predictions a window needs before drift or realised performance is reported.
+    pub min_rows: usize,
+    /// How long a prediction waits for its label before it is given up on.
+    pub label_horizon: String,
+    /// The source whose events are the observed labels (joined to predictions by event id).
+    pub labels: String,
+    /// Its boolean column (empty: its only boolean field).
+    pub label_column: String,
+    /// Feature rows kept per model and interval for the drift tests (a uniform sample; counts,
+    /// scores, latencies and labels are kept whole).
+    pub sample_rows: usize,
+}
+
+impl MonitorConfig {
+    /// `window` in microseconds (validated at load).
+    pub fn window_us(&self) -> i64 {
+        crate::duration::parse(&self.window).unwrap_or(crate::duration::MINUTE_US)
+    }
+
+    /// `interval` in microseconds (validated at load).
+    pub fn interval_us(&self) -> i64 {
+        crate::duration::parse(&self.interval).unwrap_or(crate::duration::SECOND_US)
+    }
+
+    /// `label_horizon` in microseconds (validated at load).
+    pub fn label_horizon_us(&self) -> i64 {
+        crate::duration::parse(&self.label_horizon).unwrap_or(crate::duration::HOUR_US)
+    }
 }
 
 /// Where a value came from, for error messages.
@@ -313,6 +355,42 @@ impl Config {
             );
         }
         check_listen("api.listen", &self.api.listen, &mut errors);
+        if !self.monitor.admin_listen.is_empty() {
+            check_listen(
+                "monitor.admin_listen",
+                &self.monitor.admin_listen,
+                &mut errors,
+            );
+        }
+        for (key, value) in [
+            ("monitor.window", &self.monitor.window),
+            ("monitor.interval", &self.monitor.interval),
+            ("monitor.label_horizon", &self.monitor.label_horizon),
+        ] {
+            if crate::duration::parse(value).is_none() {
+                errors.push(format!(
+                    "{key}: `{value}` is not a duration (a positive number and s, m, h or d)"
+                ));
+            }
+        }
+        if let (Some(window), Some(interval)) = (
+            crate::duration::parse(&self.monitor.window),
+            crate::duration::parse(&self.monitor.interval),
+        ) && interval > window
+        {
+            errors.push(format!(
+                "monitor.interval: `{}` is longer than monitor.window `{}`",
+                self.monitor.interval, self.monitor.window
+            ));
+        }
+        for (key, value) in [
+            ("monitor.min_rows", self.monitor.min_rows),
+            ("monitor.sample_rows", self.monitor.sample_rows),
+        ] {
+            if value == 0 {
+                errors.push(format!("{key}: must be greater than 0"));
+            }
+        }
         if self.score.predictions_topic.trim().is_empty() {
             errors.push("score.predictions_topic: must not be empty".to_string());
         }
@@ -692,6 +770,32 @@ mod tests {
             ]),
         ));
         assert_eq!(errs.len(), 4, "{errs:?}");
+    }
+
+    #[test]
+    fn monitor_durations_and_sizes_are_checked() {
+        let config = Config::from_layers(None, env(&[("QUIVER__MONITOR__WINDOW", "30s")])).unwrap();
+        assert_eq!(config.monitor.window_us(), 30_000_000);
+        assert_eq!(config.monitor.label_horizon_us(), 3_600_000_000);
+        let errs = errors(Config::from_layers(
+            None,
+            env(&[
+                ("QUIVER__MONITOR__WINDOW", "ten"),
+                ("QUIVER__MONITOR__LABEL_HORIZON", "0h"),
+                ("QUIVER__MONITOR__MIN_ROWS", "0"),
+                ("QUIVER__MONITOR__ADMIN_LISTEN", "nowhere"),
+            ]),
+        ));
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("monitor.window: `ten`")));
+        let errs = errors(Config::from_layers(
+            None,
+            env(&[
+                ("QUIVER__MONITOR__WINDOW", "1m"),
+                ("QUIVER__MONITOR__INTERVAL", "2m"),
+            ]),
+        ));
+        assert!(errs[0].contains("longer than monitor.window"), "{errs:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod duration;
 pub mod error;
 pub mod schema;
 

@@ -119,6 +119,30 @@ struct RawSource {
 }
 
 impl SourceSchema {
+    /// The boolean column that holds this source's labels: `named` (it must be a boolean field
+    /// of the source), or else its only boolean field. The error says what to name.
+    pub fn label_column(&self, named: Option<&str>) -> std::result::Result<String, String> {
+        let bools: Vec<&String> = self
+            .fields
+            .iter()
+            .filter(|f| f.ty == FieldType::Bool)
+            .map(|f| &f.name)
+            .collect();
+        match (named, bools.as_slice()) {
+            (Some(name), _) if bools.iter().any(|b| *b == name) => Ok(name.to_string()),
+            (Some(name), _) => Err(format!(
+                "source `{}` has no boolean field `{name}`",
+                self.name
+            )),
+            (None, [one]) => Ok((*one).clone()),
+            (None, _) => Err(format!(
+                "source `{}` has {} boolean fields: name the label column",
+                self.name,
+                bools.len()
+            )),
+        }
+    }
+
     /// Parses one source file's text; `origin` names it in errors.
     pub fn parse(origin: &str, text: &str) -> std::result::Result<Self, Vec<String>> {
         let raw: RawSource = parse_toml(origin, text)?;

@@ -336,6 +336,29 @@ pub struct ViewCatalog {
 }
 
 impl ViewCatalog {
+    /// The features that are lifetime aggregates moving one way by construction (count, sum,
+    /// distinct count, min, max over a lifetime window), as models name their inputs
+    /// (`<view>__<feature>`): their live values leave the training range however stable the
+    /// stream is, so monitoring reports their drift but keeps them out of the drift share. (A
+    /// lifetime `last`, `mean` or `stddev` does not drift by construction and counts.)
+    pub fn lifetime_inputs(&self) -> std::collections::BTreeSet<String> {
+        self.views
+            .iter()
+            .flat_map(|v| {
+                v.aggregations
+                    .iter()
+                    .filter(|a| {
+                        a.window == Window::Lifetime
+                            && matches!(
+                                a.op,
+                                Op::Count | Op::Sum | Op::DistinctCount | Op::Min | Op::Max
+                            )
+                    })
+                    .map(move |a| format!("{}__{}", v.name, a.name))
+            })
+            .collect()
+    }
+
     /// Loads `<dir>/views/*.toml` (none is fine), reporting every problem at once.
     pub fn load(dir: &Path, catalog: &Catalog) -> Result<Self> {
         let files = quiver_core::schema::read_toml_files(&dir.join("views"), false)?;
@@ -439,6 +462,40 @@ event_time = "timestamp"
         ] {
             assert_ne!(base, view(&changed, ""), "{changed}");
         }
+    }
+
+    #[test]
+    fn lifetime_inputs_are_the_lifetime_aggregates_that_only_move_one_way() {
+        let text = r#"
+name = "u"
+entity = "user_id"
+source = "transactions"
+[[features]]
+name = "n"
+op = "count"
+window = "lifetime"
+[[features]]
+name = "top"
+op = "max"
+column = "amount"
+window = "lifetime"
+[[features]]
+name = "country"
+op = "last"
+column = "country"
+window = "lifetime"
+[[features]]
+name = "n_1h"
+op = "count"
+window = "1h"
+"#;
+        let views = ViewCatalog {
+            views: vec![Arc::new(
+                FeatureView::parse("u.toml", text, &catalog()).unwrap(),
+            )],
+        };
+        let lifetime: Vec<String> = views.lifetime_inputs().into_iter().collect();
+        assert_eq!(lifetime, ["u__n", "u__top"]);
     }
 
     #[test]

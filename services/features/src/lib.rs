@@ -19,7 +19,7 @@
 
 pub mod bind;
 pub mod definition;
-pub mod duration;
+pub use quiver_core::duration;
 pub mod hll;
 pub mod log;
 pub mod order;

@@ -170,6 +170,11 @@ pub(crate) fn deployment_loaded(production: &str, canary: &str, shadow: &str) {
     info!(production, canary, shadow, "deployment loaded");
 }
 
+/// Now minus the latest event time of a view's durable online state.
+pub(crate) fn freshness(view: &str, seconds: f64) {
+    gauge!(names::FEATURE_FRESHNESS_SECONDS, "view" => view.to_string()).set(seconds);
+}
+
 pub(crate) fn cache_size(view: &str, entities: usize) {
     gauge!(names::STATE_CACHE_ENTITIES, "view" => view.to_string()).set(entities as f64);
 }

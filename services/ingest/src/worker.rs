@@ -202,6 +202,8 @@ pub(crate) struct Worker {
     /// first offset, since nothing in Redis says how far it holds them.
     wiped: HashSet<(usize, i32)>,
     last_commit: Instant,
+    /// Per view, the latest event time its durable online state holds (µs): freshness.
+    freshest: BTreeMap<String, i64>,
     last_evict: Instant,
 }
 
@@ -271,6 +273,7 @@ impl Worker {
             to_pause: Vec::new(),
             wiped: HashSet::new(),
             last_commit: Instant::now(),
+            freshest: BTreeMap::new(),
             last_evict: Instant::now(),
         }
     }
@@ -436,6 +439,17 @@ impl Worker {
         match done.outcome {
             Outcome::Written(report) => {
                 // Other partitions' reads now see these shards as written.
+                for view in &done.shards {
+                    let latest = view
+                        .shards
+                        .iter()
+                        .filter_map(|(_, shard)| shard.state.event_time_max)
+                        .max();
+                    if let Some(latest) = latest {
+                        let known = self.freshest.entry(view.view.clone()).or_insert(latest);
+                        *known = (*known).max(latest);
+                    }
+                }
                 for (v, view) in done.shards.into_iter().enumerate() {
                     self.caches[s][v].publish(p, view.shards);
                 }

@@ -62,6 +62,50 @@ pub struct Deployment {
     pub shadow: Option<String>,
     /// When it last changed (RFC 3339).
     pub updated_at: Option<String>,
+    /// Every change, oldest first (registries written before it was kept start empty).
+    #[serde(default)]
+    pub timeline: Vec<Change>,
+}
+
+/// One deployment change, as the registry history and the monitor show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// When (RFC 3339).
+    pub at: String,
+    /// `promoted`, `rolled_back`, `canary`, `canary_removed`, `shadow`, `shadow_removed`.
+    pub action: String,
+    /// The model the change is about.
+    pub model_id: String,
+    /// Why, when a policy made the change (empty when a user did).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl Deployment {
+    /// When `model_id` entered the slot it holds now (`production`, `canary` or `shadow`), as
+    /// the timeline recorded it: the latest change that put it there.
+    pub fn deployed_at(&self, model_id: &str, variant: &str) -> Option<&str> {
+        let action = match variant {
+            "production" => ["promoted", "rolled_back"].as_slice(),
+            "canary" => ["canary"].as_slice(),
+            "shadow" => ["shadow"].as_slice(),
+            _ => return None,
+        };
+        self.timeline
+            .iter()
+            .rev()
+            .find(|c| c.model_id == model_id && action.contains(&c.action.as_str()))
+            .map(|c| c.at.as_str())
+    }
+
+    fn record(&mut self, action: &str, model_id: &str) {
+        self.timeline.push(Change {
+            at: chrono::Utc::now().to_rfc3339(),
+            action: action.to_string(),
+            model_id: model_id.to_string(),
+            reason: String::new(),
+        });
+    }
 }
 
 /// The registry rooted at `<store>/models`.
@@ -224,6 +268,7 @@ impl Registry {
         if d.canary.as_ref().is_some_and(|c| c.id == id) {
             d.canary = None;
         }
+        d.record("promoted", id);
         self.save(d)
     }
 
@@ -234,6 +279,7 @@ impl Registry {
             .history
             .pop()
             .ok_or_else(|| Error::Invalid("no earlier production model to roll back to".into()))?;
+        d.record("rolled_back", &previous);
         d.production = Some(previous);
         self.save(d)
     }
@@ -250,6 +296,11 @@ impl Registry {
             }
         }
         let mut d = self.deployment()?;
+        match (&canary, &d.canary) {
+            (Some(new), _) => d.record("canary", &new.id),
+            (None, Some(old)) => d.record("canary_removed", &old.id.clone()),
+            (None, None) => {}
+        }
         d.canary = canary;
         self.save(d)
     }
@@ -260,7 +311,51 @@ impl Registry {
             self.card(id)?;
         }
         let mut d = self.deployment()?;
+        match (&id, &d.shadow) {
+            (Some(new), _) => d.record("shadow", new),
+            (None, Some(old)) => d.record("shadow_removed", &old.clone()),
+            (None, None) => {}
+        }
         d.shadow = id;
         self.save(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(at: &str, action: &str, model_id: &str) -> Change {
+        Change {
+            at: at.into(),
+            action: action.into(),
+            model_id: model_id.into(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_model_is_deployed_since_the_last_change_that_put_it_in_its_slot() {
+        let d = Deployment {
+            timeline: vec![
+                change("t1", "promoted", "a"),
+                change("t2", "canary", "b"),
+                change("t3", "promoted", "b"),
+                change("t4", "rolled_back", "a"),
+                change("t5", "shadow", "b"),
+            ],
+            ..Deployment::default()
+        };
+        assert_eq!(d.deployed_at("a", "production"), Some("t4"));
+        assert_eq!(d.deployed_at("b", "canary"), Some("t2"));
+        assert_eq!(d.deployed_at("b", "shadow"), Some("t5"));
+        assert_eq!(d.deployed_at("c", "production"), None);
+        assert_eq!(d.deployed_at("a", "elsewhere"), None);
+        // Registries written before the timeline existed still read.
+        let old: Deployment = serde_json::from_str(
+            r#"{"production":"a","history":[],"canary":null,"shadow":null,"updated_at":null}"#,
+        )
+        .unwrap();
+        assert!(old.timeline.is_empty());
     }
 }

@@ -48,6 +48,19 @@ pub enum DriftTest {
     JensenShannon,
 }
 
+impl DriftTest {
+    /// Its name in JSON, the `monitor` table and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftTest::Ks => "ks",
+            DriftTest::ZTest => "z_test",
+            DriftTest::ChiSquare => "chi_square",
+            DriftTest::Wasserstein => "wasserstein",
+            DriftTest::JensenShannon => "jensen_shannon",
+        }
+    }
+}
+
 /// One drift measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Drift {

@@ -9,7 +9,9 @@ pub mod drift;
 pub mod estimate;
 pub mod report;
 pub mod stats;
+pub mod tracker;
 
 pub use drift::{Drift, DriftTest, drift_share};
 pub use estimate::estimated_roc_auc;
-pub use report::{ModelReport, Observation, report};
+pub use report::{ModelReport, Observation, Window, report};
+pub use tracker::{Limits, Seen, Slot, Tracker};

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::drift::{Current, Drift, drift, drift_share, numeric};
 use crate::estimate::estimated_roc_auc;
 
-/// One prediction in the window, with its label if it arrived.
+/// One prediction in the window, with its label if it arrived (what the batch report reads
+/// from the stores; [`Window::of`] gathers them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     /// The model's score.
@@ -28,6 +29,68 @@ pub struct Observation {
     pub label: Option<bool>,
     /// Event time → prediction time (ms).
     pub latency_ms: f64,
+}
+
+/// What monitoring saw of one model over a window: every prediction's score, decision, latency
+/// and label (once joined), and its inputs — all of them, or a uniform sample of them when the
+/// live monitor bounds its memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Window {
+    /// Predictions made in the window.
+    pub served: usize,
+    /// Positive decisions among them.
+    pub positive: usize,
+    /// Their event → prediction latencies (ms).
+    pub latencies_ms: Vec<f64>,
+    /// Their scores.
+    pub scores: Vec<f64>,
+    /// `(score, label)` of those whose label arrived.
+    pub joined: Vec<(f64, bool)>,
+    /// The inputs' names: the columns of `rows`.
+    pub inputs: Vec<String>,
+    /// Input rows of (a sample of) the predictions, one value per name of `inputs`.
+    pub rows: Vec<Vec<Value>>,
+}
+
+impl Window {
+    /// The window of these predictions, every input row kept.
+    pub fn of(observations: &[Observation]) -> Self {
+        let inputs: Vec<String> = observations
+            .iter()
+            .flat_map(|o| o.features.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .cloned()
+            .collect();
+        Self {
+            served: observations.len(),
+            positive: observations.iter().filter(|o| o.decision).count(),
+            latencies_ms: observations.iter().map(|o| o.latency_ms).collect(),
+            scores: observations.iter().map(|o| o.score).collect(),
+            joined: observations
+                .iter()
+                .filter_map(|o| o.label.map(|l| (o.score, l)))
+                .collect(),
+            rows: observations
+                .iter()
+                .map(|o| {
+                    inputs
+                        .iter()
+                        .map(|name| o.features.get(name).cloned().unwrap_or(Value::Null))
+                        .collect()
+                })
+                .collect(),
+            inputs,
+        }
+    }
+
+    /// The values of input `name` over the rows (none if it is not an input).
+    fn column(&self, name: &str) -> impl Iterator<Item = &Value> {
+        let index = self.inputs.iter().position(|i| i == name);
+        self.rows
+            .iter()
+            .filter_map(move |row| index.and_then(|i| row.get(i)))
+    }
 }
 
 /// How the report is built.
@@ -112,16 +175,16 @@ pub fn report(
     variant: &str,
     baseline: &Baseline,
     test: &Metrics,
-    window: &[Observation],
+    window: &Window,
     settings: &Settings,
 ) -> ModelReport {
-    let enough = window.len() >= settings.min_rows;
+    let enough = window.served >= settings.min_rows;
     let drift_rows: Vec<FeatureDrift> = if enough {
         baseline
             .features
             .iter()
             .filter_map(|f| {
-                let d = feature_drift(&f.feature, &f.reference, baseline.rows, window)?;
+                let d = feature_drift(&f.reference, baseline.rows, window.column(&f.feature))?;
                 let lifetime = settings.lifetime.contains(&f.feature);
                 Some(FeatureDrift {
                     feature: f.feature.clone(),
@@ -134,11 +197,8 @@ pub fn report(
         Vec::new()
     };
     let share = drift_share(drift_rows.iter().filter(|f| f.in_share).map(|f| &f.drift));
-    let scores: Vec<f64> = window.iter().map(|o| o.score).collect();
-    let joined: Vec<(f64, bool)> = window
-        .iter()
-        .filter_map(|o| o.label.map(|l| (o.score, l)))
-        .collect();
+    let scores = &window.scores;
+    let joined = &window.joined;
     let realised = (joined.len() >= settings.min_rows
         && joined.iter().any(|(_, l)| *l)
         && joined.iter().any(|(_, l)| !*l))
@@ -149,19 +209,19 @@ pub fn report(
     ModelReport {
         model_id: model_id.to_string(),
         variant: variant.to_string(),
-        served: window.len(),
-        positive_decisions: window.iter().filter(|o| o.decision).count(),
-        latency: latency(window),
+        served: window.served,
+        positive_decisions: window.positive,
+        latency: latency(&window.latencies_ms),
         drift: drift_rows,
         drift_share: share.map(|(s, _)| s),
         score_drift: enough
-            .then(|| numeric(&baseline.scores, baseline.scores.count, &scores))
+            .then(|| numeric(&baseline.scores, baseline.scores.count, scores))
             .flatten(),
         labels_joined: joined.len(),
-        labels_pending: window.len() - joined.len(),
+        labels_pending: window.served.saturating_sub(joined.len()),
         realised,
         estimated_roc_auc: if enough {
-            estimated_roc_auc(&scores)
+            estimated_roc_auc(scores)
         } else {
             None
         },
@@ -170,13 +230,11 @@ pub fn report(
 }
 
 /// One input's drift over the window (its values as the model read them).
-fn feature_drift(
-    feature: &str,
+fn feature_drift<'a>(
     reference: &Reference,
     rows: usize,
-    window: &[Observation],
+    values: impl Iterator<Item = &'a Value>,
 ) -> Option<Drift> {
-    let values = window.iter().filter_map(|o| o.features.get(feature));
     match reference {
         Reference::Numeric(_) => {
             // Booleans as 0/1, as the baseline keeps them.
@@ -201,10 +259,10 @@ fn feature_drift(
 }
 
 /// Nearest-rank percentiles of the window's latencies.
-fn latency(window: &[Observation]) -> Option<Latency> {
-    let mut ms: Vec<f64> = window
+fn latency(latencies_ms: &[f64]) -> Option<Latency> {
+    let mut ms: Vec<f64> = latencies_ms
         .iter()
-        .map(|o| o.latency_ms)
+        .copied()
         .filter(|v| v.is_finite())
         .collect();
     if ms.is_empty() {
@@ -262,7 +320,7 @@ mod tests {
             "production",
             &baseline(),
             &test_metrics(),
-            observations,
+            &Window::of(observations),
             settings,
         )
     }

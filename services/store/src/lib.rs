@@ -80,6 +80,9 @@ pub(crate) fn io<'a>(
     }
 }
 
+/// The monitor table's one stream (`<store>/monitor/history/`), read as the `monitor` table.
+pub const MONITOR_STREAM: &str = "history";
+
 /// The kinds of segment tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
@@ -89,6 +92,9 @@ pub enum Table {
     FeatureLog,
     /// The score store: `scores/<source>/…/*.parquet` (zstd Parquet).
     Scores,
+    /// The monitor's history: `monitor/<stream>/…/*.parquet`, a segment per evaluation named by
+    /// its window's end (ms) instead of offsets.
+    Monitor,
 }
 
 impl Table {
@@ -98,6 +104,7 @@ impl Table {
             Table::Raw => "raw",
             Table::FeatureLog => "offline",
             Table::Scores => "scores",
+            Table::Monitor => "monitor",
         }
     }
 
@@ -105,7 +112,7 @@ impl Table {
     pub fn extension(self) -> &'static str {
         match self {
             Table::Raw => "arrow",
-            Table::FeatureLog | Table::Scores => "parquet",
+            Table::FeatureLog | Table::Scores | Table::Monitor => "parquet",
         }
     }
 }

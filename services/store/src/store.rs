@@ -238,7 +238,7 @@ impl SegmentStore {
         let file = File::create(&tmp).map_err(io("create", &tmp))?;
         let file = match self.table {
             Table::Raw => encode_ipc(file, batch)?,
-            Table::FeatureLog | Table::Scores => encode_parquet(file, batch)?,
+            Table::FeatureLog | Table::Scores | Table::Monitor => encode_parquet(file, batch)?,
         };
         file.sync_all().map_err(io("fsync", &tmp))?;
         let bytes = file.metadata().map_err(io("stat", &tmp))?.len();

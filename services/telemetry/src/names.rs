@@ -22,8 +22,6 @@ pub const INGEST_FLUSH_SECONDS: &str = "quiver_ingest_segment_flush_seconds";
 pub const INGEST_COMMIT_LAG: &str = "quiver_ingest_commit_lag_events";
 /// Offset commits. Labels: `result` (`ok` / `error`).
 pub const INGEST_COMMITS: &str = "quiver_ingest_commits_total";
-/// Segment flushes that failed and will be retried. Labels: `source`.
-pub const INGEST_FLUSH_ERRORS: &str = "quiver_ingest_flush_errors_total";
 /// Partitions currently assigned to this process.
 pub const INGEST_ASSIGNED_PARTITIONS: &str = "quiver_ingest_assigned_partitions";
 /// Shards Redis held that could not be read (do not decode, or do not fit the view). Labels:
@@ -75,6 +73,37 @@ pub const CLAIMS_ADOPTED: &str = "quiver_claims_adopted_total";
 /// backoff; `permanent`: stopped until restart).
 pub const PARTITION_FAILURES: &str = "quiver_partition_failures_total";
 
+/// When each deployed model entered its slot (Unix seconds), from the registry's timeline.
+/// Labels: `model_id`, `variant`.
+pub const MODEL_DEPLOYED_TIMESTAMP: &str = "quiver_model_deployed_timestamp_seconds";
+/// Now minus the latest event time of each view's durable online state (seconds), per worker.
+/// Labels: `view`.
+pub const FEATURE_FRESHNESS_SECONDS: &str = "quiver_feature_freshness_seconds";
+/// The last window's drift statistic of a model's input against its training baseline.
+/// Labels: `model_id`, `feature`, `test` (`ks`, `z_test`, `chi_square`, `wasserstein`,
+/// `jensen_shannon`).
+pub const FEATURE_DRIFT_SCORE: &str = "quiver_feature_drift_score";
+/// Whether that input drifted in the last window (0/1). Labels: `model_id`, `feature`.
+pub const FEATURE_DRIFTED: &str = "quiver_feature_drifted";
+/// Share of a model's inputs (lifetime aggregates left out) that drifted in the last window.
+/// Labels: `model_id`.
+pub const MODEL_DRIFT_SHARE: &str = "quiver_model_drift_share";
+/// A model's performance over the last window. Labels: `model_id`, `metric` (`roc_auc`,
+/// `pr_auc`, `log_loss`, `precision`, `recall`), `kind` (`realised` on the labels joined,
+/// `estimated` from its scores, `test` on its test split).
+pub const MODEL_PERFORMANCE: &str = "quiver_model_performance";
+/// Labels joined to a model's predictions. Labels: `model_id`.
+pub const LABELS_JOINED: &str = "quiver_labels_joined_total";
+/// Predictions of a model in the last window. Labels: `model_id`, `variant`.
+pub const MONITOR_WINDOW_PREDICTIONS: &str = "quiver_monitor_window_predictions";
+/// Predictions still waiting for their label (at most `monitor.label_horizon` old).
+pub const MONITOR_LABELS_PENDING: &str = "quiver_monitor_labels_pending";
+/// Messages the monitor read. Labels: `topic`, `result` (`ok`, `repeated`: a replayed
+/// prediction, `unreadable`: not a prediction or label it understands).
+pub const MONITOR_MESSAGES: &str = "quiver_monitor_messages_total";
+/// Evaluations of the window. Labels: `result` (`ok`, `error`).
+pub const MONITOR_EVALUATIONS: &str = "quiver_monitor_evaluations_total";
+
 /// Histogram buckets (seconds) for latencies.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -82,6 +111,83 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 /// Registers help texts.
 pub(crate) fn describe() {
+    describe_counter!(
+        FEATURES_APPLIED,
+        Unit::Count,
+        "Events folded into online feature state"
+    );
+    describe_counter!(
+        FEATURES_LATE,
+        Unit::Count,
+        "Events dropped from aggregation for lateness"
+    );
+    describe_counter!(
+        FEATURES_REPLAY_SKIPPED,
+        Unit::Count,
+        "Replayed events already in an entity's online state"
+    );
+    describe_counter!(
+        FEATURES_LOG_ROWS,
+        Unit::Count,
+        "Rows written to the feature log"
+    );
+    describe_counter!(API_REQUESTS, Unit::Count, "Online feature requests");
+    describe_histogram!(
+        API_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Online feature request latency"
+    );
+    describe_gauge!(
+        MODEL_DEPLOYED_TIMESTAMP,
+        Unit::Seconds,
+        "When each deployed model entered its slot (Unix seconds)"
+    );
+    describe_gauge!(
+        FEATURE_FRESHNESS_SECONDS,
+        Unit::Seconds,
+        "Now minus the latest event time of the view's durable online state"
+    );
+    describe_gauge!(
+        FEATURE_DRIFT_SCORE,
+        "Drift statistic of a model input against its training baseline (last window)"
+    );
+    describe_gauge!(
+        FEATURE_DRIFTED,
+        "Whether a model input drifted in the last window (0/1)"
+    );
+    describe_gauge!(
+        MODEL_DRIFT_SHARE,
+        "Share of a model's inputs that drifted in the last window"
+    );
+    describe_gauge!(
+        MODEL_PERFORMANCE,
+        "Model performance over the last window: realised, estimated, test split"
+    );
+    describe_counter!(
+        LABELS_JOINED,
+        Unit::Count,
+        "Labels joined to a model's predictions"
+    );
+    describe_gauge!(
+        MONITOR_WINDOW_PREDICTIONS,
+        Unit::Count,
+        "Predictions of a model in the last window"
+    );
+    describe_gauge!(
+        MONITOR_LABELS_PENDING,
+        Unit::Count,
+        "Predictions waiting for their label"
+    );
+    describe_counter!(
+        MONITOR_MESSAGES,
+        Unit::Count,
+        "Messages the monitor read, by topic and result"
+    );
+    describe_counter!(
+        MONITOR_EVALUATIONS,
+        Unit::Count,
+        "Evaluations of the monitor's window"
+    );
     describe_counter!(
         PREDICTIONS,
         Unit::Count,
@@ -166,11 +272,6 @@ pub(crate) fn describe() {
         "Events consumed but not yet covered by a committed offset"
     );
     describe_counter!(INGEST_COMMITS, Unit::Count, "Offset commits by result");
-    describe_counter!(
-        INGEST_FLUSH_ERRORS,
-        Unit::Count,
-        "Segment flushes that failed and are retried"
-    );
     describe_gauge!(
         INGEST_ASSIGNED_PARTITIONS,
         Unit::Count,
@@ -186,4 +287,25 @@ pub(crate) fn describe() {
         Unit::Count,
         "Committed offsets applied again because Redis lost their shards"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every metric named here is documented in docs/metrics.md (both files are compiled in:
+    /// no I/O at test time).
+    #[test]
+    fn every_metric_is_documented() {
+        let source = include_str!("names.rs");
+        let docs = include_str!("../../../docs/metrics.md");
+        let names: Vec<&str> = source
+            .split('"')
+            .filter(|s| s.len() > "quiver_".len() && s.starts_with("quiver_") && !s.contains(' '))
+            .collect();
+        assert!(names.len() > 30, "{names:?}");
+        let missing: Vec<&&str> = names
+            .iter()
+            .filter(|n| !docs.contains(&format!("`{n}`")))
+            .collect();
+        assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+    }
 }

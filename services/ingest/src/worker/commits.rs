@@ -22,6 +22,10 @@ impl Worker {
             return;
         }
         self.last_commit = Instant::now();
+        let now_us = chrono::Utc::now().timestamp_micros();
+        for (view, latest) in &self.freshest {
+            events::freshness(view, (now_us - latest) as f64 / 1e6);
+        }
         let keys: Vec<(usize, i32)> = self.partitions.keys().copied().collect();
         self.commit(consumer, &keys);
     }
