@@ -19,8 +19,21 @@ pub fn demo_transactions(
     from: usize,
     n: usize,
 ) -> Vec<Transaction> {
-    let mut g = Generator::new(seed, options);
     let start = DateTime::<Utc>::from_timestamp(1_795_687_200, 0).unwrap();
+    demo_transactions_from(seed, options, start, step_ms, from, n)
+}
+
+/// Transactions `from..from + n` of the seeded demo stream over `options`, `step_ms` apart from
+/// `start`.
+pub fn demo_transactions_from(
+    seed: u64,
+    options: GeneratorOptions,
+    start: DateTime<Utc>,
+    step_ms: i64,
+    from: usize,
+    n: usize,
+) -> Vec<Transaction> {
+    let mut g = Generator::new(seed, options);
     (0..from + n)
         .map(|i| g.next_transaction(start + chrono::Duration::milliseconds(i as i64 * step_ms)))
         .skip(from)

@@ -103,6 +103,7 @@ pub(crate) fn produce_options(args: &ProduceArgs) -> ProduceOptions {
         malformed_ratio: args.malformed.clamp(0.0, 1.0),
         generator: GeneratorOptions {
             users: args.users.max(1),
+            shift_after: args.shift_after.map(|s| s.events(args.rate)),
             ..GeneratorOptions::default()
         },
     }

@@ -285,6 +285,40 @@ pub struct ProduceArgs {
     /// Distinct users.
     #[arg(long, default_value_t = 5_000)]
     pub users: u32,
+    /// Change the world after this many transactions (`20000`) or this long (`2m`: at the
+    /// rate): legitimate amounts grow 2.5×, card holders pay abroad half of the time, and fraud
+    /// takes a shape the first model never saw — for watching drift flagged and performance
+    /// fall. In `quiver up` it counts from the start of the live traffic.
+    #[arg(long, value_parser = parse_shift)]
+    pub shift_after: Option<Shift>,
+}
+
+/// When the demo's world changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shift {
+    /// After this many transactions.
+    Events(u64),
+    /// After this many seconds (at the producer's rate).
+    Seconds(u64),
+}
+
+impl Shift {
+    /// The transaction count after which it happens, at `rate` per second.
+    pub fn events(self, rate: u64) -> u64 {
+        match self {
+            Shift::Events(n) => n,
+            Shift::Seconds(s) => s.saturating_mul(rate.max(1)),
+        }
+    }
+}
+
+fn parse_shift(text: &str) -> Result<Shift, String> {
+    if let Ok(n) = text.parse::<u64>() {
+        return Ok(Shift::Events(n));
+    }
+    quiver_core::duration::parse(text)
+        .map(|us| Shift::Seconds(u64::try_from(us / 1_000_000).unwrap_or(0)))
+        .ok_or_else(|| format!("`{text}`: a number of transactions or a duration like 2m"))
 }
 
 /// `quiver stack ...`.

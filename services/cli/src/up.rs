@@ -203,8 +203,13 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
         live.label_delay.as_secs_f64()
     );
     let model = Arc::new(std::sync::Mutex::new(String::from("none yet")));
+    // The world changes (`--shift-after`) during the live traffic only.
     let warm = quiver_demo::ProduceOptions {
         count: history,
+        generator: quiver_demo::GeneratorOptions {
+            shift_after: None,
+            ..live.generator.clone()
+        },
         ..live.clone()
     };
     let mut produced = demo(

@@ -383,6 +383,16 @@ impl Config {
                 self.monitor.interval, self.monitor.window
             ));
         }
+        if let (Some(window), Some(horizon)) = (
+            crate::duration::parse(&self.monitor.window),
+            crate::duration::parse(&self.monitor.label_horizon),
+        ) && horizon < window
+        {
+            errors.push(format!(
+                "monitor.label_horizon: `{}` is shorter than monitor.window `{}` (predictions of the window must wait for their labels at least that long)",
+                self.monitor.label_horizon, self.monitor.window
+            ));
+        }
         for (key, value) in [
             ("monitor.min_rows", self.monitor.min_rows),
             ("monitor.sample_rows", self.monitor.sample_rows),

@@ -20,6 +20,11 @@ pub struct GeneratorOptions {
     pub merchants: u32,
     /// Probability that a transaction starts a fraud burst on its user's card.
     pub fraud_rate: f64,
+    /// After this many transactions the world changes (for watching monitoring work): legitimate
+    /// amounts grow 2.5×, card holders pay abroad half of the time, and fraud takes a new shape
+    /// (at home, at the holder's usual merchants, for 1–2× the usual amount) that a model trained
+    /// before does not recognise. `None`: never.
+    pub shift_after: Option<u64>,
 }
 
 impl Default for GeneratorOptions {
@@ -28,6 +33,7 @@ impl Default for GeneratorOptions {
             users: 5_000,
             merchants: 800,
             fraud_rate: 0.004,
+            shift_after: None,
         }
     }
 }
@@ -162,7 +168,14 @@ impl Generator {
         };
         let user = &self.users[user_index as usize];
         let noise: f64 = self.rng.random_range(-0.6f64..0.6);
-        let (merchant, country, amount) = if fraud {
+        let shifted = self.options.shift_after.is_some_and(|n| self.sequence > n);
+        let (merchant, country, amount) = if fraud && shifted {
+            (
+                user.favourites[self.rng.random_range(0..4)],
+                user.home,
+                user.typical * self.rng.random_range(1.0..2.0) * noise.exp(),
+            )
+        } else if fraud {
             let country = if self.rng.random_bool(0.8) {
                 FAR_COUNTRIES[self.rng.random_range(0..FAR_COUNTRIES.len())]
             } else {
@@ -182,12 +195,13 @@ impl Generator {
                 self.rng
                     .random_range(RISKY_MERCHANTS..self.options.merchants)
             };
-            let country = if self.rng.random_bool(0.03) {
+            let (abroad, scale) = if shifted { (0.5, 2.5) } else { (0.03, 1.0) };
+            let country = if self.rng.random_bool(abroad) {
                 COUNTRIES[self.rng.random_range(0..COUNTRIES.len())]
             } else {
                 user.home
             };
-            (merchant, country, user.typical * noise.exp())
+            (merchant, country, user.typical * noise.exp() * scale)
         };
         Transaction {
             txn_id: format!("txn-{:x}-{:08}", self.seed, self.sequence),
@@ -252,6 +266,43 @@ mod tests {
         let mean = |v: &[&Transaction]| v.iter().map(|t| t.amount).sum::<f64>() / v.len() as f64;
         let legit: Vec<_> = txns.iter().filter(|t| !t.is_fraud).collect();
         assert!(mean(&fraud) > 3.0 * mean(&legit));
+    }
+
+    #[test]
+    fn a_shift_changes_amounts_countries_and_fraud_only_after_it() {
+        let options = GeneratorOptions {
+            shift_after: Some(20_000),
+            ..GeneratorOptions::default()
+        };
+        let t = DateTime::<Utc>::from_timestamp(1_795_687_200, 0).unwrap();
+        let mut g = Generator::new(1, options);
+        let shifted: Vec<Transaction> = (0..40_000).map(|_| g.next_transaction(t)).collect();
+        let plain = run(1, 20_000);
+        assert_eq!(
+            shifted[..20_000],
+            plain[..],
+            "the same stream before the shift"
+        );
+        let (before, after) = shifted.split_at(20_000);
+        let legit_mean = |v: &[Transaction]| {
+            let legit: Vec<f64> = v.iter().filter(|t| !t.is_fraud).map(|t| t.amount).collect();
+            legit.iter().sum::<f64>() / legit.len() as f64
+        };
+        let ratio = legit_mean(after) / legit_mean(before);
+        assert!((2.2..2.8).contains(&ratio), "amounts ×{ratio}");
+        // Fraud is now at usual merchants, never far away.
+        let fraud_after: Vec<&Transaction> = after.iter().filter(|t| t.is_fraud).collect();
+        assert!(!fraud_after.is_empty());
+        assert!(
+            fraud_after
+                .iter()
+                .all(|t| t.merchant_id.as_str() >= "m-00020")
+        );
+        assert!(
+            fraud_after
+                .iter()
+                .all(|t| !FAR_COUNTRIES.contains(&t.country.as_str()))
+        );
     }
 
     #[test]

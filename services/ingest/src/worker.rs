@@ -202,8 +202,9 @@ pub(crate) struct Worker {
     /// first offset, since nothing in Redis says how far it holds them.
     wiped: HashSet<(usize, i32)>,
     last_commit: Instant,
-    /// Per view, the latest event time its durable online state holds (µs): freshness.
-    freshest: BTreeMap<String, i64>,
+    /// Per view and partition (source, partition), the latest event time its durable online
+    /// state holds (µs): freshness.
+    freshest: BTreeMap<(String, usize, i32), i64>,
     last_evict: Instant,
 }
 
@@ -446,7 +447,8 @@ impl Worker {
                         .filter_map(|(_, shard)| shard.state.event_time_max)
                         .max();
                     if let Some(latest) = latest {
-                        let known = self.freshest.entry(view.view.clone()).or_insert(latest);
+                        let key = (view.view.clone(), s, p);
+                        let known = self.freshest.entry(key).or_insert(latest);
                         *known = (*known).max(latest);
                     }
                 }

@@ -98,6 +98,17 @@ impl Deployment {
             .map(|c| c.at.as_str())
     }
 
+    /// The deployed models with their slots: production, canary, shadow.
+    pub fn slots(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        [
+            (self.production.as_deref(), "production"),
+            (self.canary.as_ref().map(|c| c.id.as_str()), "canary"),
+            (self.shadow.as_deref(), "shadow"),
+        ]
+        .into_iter()
+        .filter_map(|(model, slot)| model.map(|m| (m, slot)))
+    }
+
     fn record(&mut self, action: &str, model_id: &str) {
         self.timeline.push(Change {
             at: chrono::Utc::now().to_rfc3339(),

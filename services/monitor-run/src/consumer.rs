@@ -40,13 +40,13 @@ pub(crate) fn assigned(config: &Config, topics: &[String], from_ms: i64) -> Resu
         }
     }
     let mut start = consumer.offsets_for_times(wanted, timeout)?;
-    // A broker without timestamp lookups (tansu's memory engine) answers "none": read those
-    // partitions from the beginning (the loop skips messages older than `from_ms`). On Kafka
-    // "none" means no message that recent: reading from the beginning skips them all too.
+    // No message that recent: the end (`Offset::End`). A broker without timestamp lookups
+    // answers something else: read those partitions from the beginning (the loop skips
+    // messages older than `from_ms`).
     let unknown: Vec<(String, i32)> = start
         .elements()
         .iter()
-        .filter(|e| !matches!(e.offset(), Offset::Offset(o) if o >= 0))
+        .filter(|e| !matches!(e.offset(), Offset::Offset(o) if o >= 0) && e.offset() != Offset::End)
         .map(|e| (e.topic().to_string(), e.partition()))
         .collect();
     for (topic, partition) in unknown {

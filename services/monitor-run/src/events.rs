@@ -20,7 +20,31 @@ pub(crate) fn labels_joined(model_id: &str) {
     counter!(names::LABELS_JOINED, "model_id" => model_id.to_string()).increment(1);
 }
 
-/// One model's window, as gauges.
+/// A poll that failed (the consumer retries by itself).
+pub(crate) fn consumer_error(error: &dyn std::fmt::Display) {
+    counter!(names::MONITOR_MESSAGES, "topic" => "", "result" => "error").increment(1);
+    tracing::warn!(%error, "monitor: reading the topics failed; retrying");
+}
+
+/// The window's backlog is read: evaluations start.
+pub(crate) fn caught_up(predictions: u64, labels: u64) {
+    tracing::info!(predictions, labels, "monitor: caught up with the window");
+}
+
+/// A model no longer in the window: its window gauges are blanked (NaN), not left showing its
+/// last figures.
+pub(crate) fn left_window(model_id: &str) {
+    let model = || model_id.to_string();
+    gauge!(names::MODEL_DRIFT_SHARE, "model_id" => model()).set(f64::NAN);
+    for metric in ["roc_auc", "pr_auc", "log_loss", "precision", "recall"] {
+        for kind in ["realised", "estimated"] {
+            gauge!(names::MODEL_PERFORMANCE, "model_id" => model(), "metric" => metric, "kind" => kind)
+                .set(f64::NAN);
+        }
+    }
+}
+
+/// One model's window, as gauges (a figure the window does not give is NaN).
 pub(crate) fn reported(r: &ModelReport) {
     let model = || r.model_id.clone();
     gauge!(names::MONITOR_WINDOW_PREDICTIONS, "model_id" => model(), "variant" => r.variant.clone())
@@ -36,25 +60,24 @@ pub(crate) fn reported(r: &ModelReport) {
         gauge!(names::FEATURE_DRIFTED, "model_id" => model(), "feature" => d.feature.clone())
             .set(f64::from(u8::from(d.drift.drifted)));
     }
-    if let Some(share) = r.drift_share {
-        gauge!(names::MODEL_DRIFT_SHARE, "model_id" => model()).set(share);
-    }
+    gauge!(names::MODEL_DRIFT_SHARE, "model_id" => model()).set(r.drift_share.unwrap_or(f64::NAN));
     let performance = |metric: &'static str, kind: &'static str, value: f64| {
         gauge!(names::MODEL_PERFORMANCE, "model_id" => model(), "metric" => metric, "kind" => kind)
             .set(value);
     };
     for (kind, metrics) in [("realised", r.realised.as_ref()), ("test", Some(&r.test))] {
-        if let Some(m) = metrics {
-            performance("roc_auc", kind, m.roc_auc);
-            performance("pr_auc", kind, m.pr_auc);
-            performance("log_loss", kind, m.log_loss);
-            performance("precision", kind, m.precision);
-            performance("recall", kind, m.recall);
-        }
+        let value = |f: fn(&quiver_models::metrics::Metrics) -> f64| metrics.map_or(f64::NAN, f);
+        performance("roc_auc", kind, value(|m| m.roc_auc));
+        performance("pr_auc", kind, value(|m| m.pr_auc));
+        performance("log_loss", kind, value(|m| m.log_loss));
+        performance("precision", kind, value(|m| m.precision));
+        performance("recall", kind, value(|m| m.recall));
     }
-    if let Some(auc) = r.estimated_roc_auc {
-        performance("roc_auc", "estimated", auc);
-    }
+    performance(
+        "roc_auc",
+        "estimated",
+        r.estimated_roc_auc.unwrap_or(f64::NAN),
+    );
 }
 
 /// When a deployed model entered its slot.

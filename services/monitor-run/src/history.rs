@@ -34,7 +34,7 @@ pub fn append(store: &SegmentStore, start_us: i64, end_us: i64, rows: &[Row<'_>]
     let batch = batch(start_us, end_us, end_ms, rows)?;
     let date = chrono::DateTime::from_timestamp_micros(end_us)
         .map(|t| t.date_naive())
-        .ok_or_else(|| Error::Unreadable(format!("window end {end_us} µs is not a date")))?;
+        .ok_or_else(|| Error::History(format!("window end {end_us} µs is not a date")))?;
     let id = SegmentId {
         partition: 0,
         first_offset: end_ms,
@@ -78,103 +78,117 @@ pub fn schema() -> Schema {
 }
 
 fn batch(start_us: i64, end_us: i64, end_ms: i64, rows: &[Row<'_>]) -> Result<RecordBatch> {
-    let n = rows.len();
-    let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut end = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut model = StringBuilder::new();
-    let mut variant = StringBuilder::new();
-    let mut deployed = StringBuilder::new();
-    let mut counts: [Int64Builder; 5] = std::array::from_fn(|_| Int64Builder::with_capacity(n));
-    let mut floats: [Float64Builder; 11] =
-        std::array::from_fn(|_| Float64Builder::with_capacity(n));
-    let mut drifted = StringBuilder::new();
-    let mut drift = StringBuilder::new();
-    let mut score_drifted = BooleanBuilder::with_capacity(n);
+    let mut columns = Columns::default();
     for row in rows {
+        columns.push(start_us, end_us, end_ms, row)?;
+    }
+    Ok(RecordBatch::try_new(Arc::new(schema()), columns.finish())?)
+}
+
+/// The table's columns being built, one builder per column of [`schema`], by name.
+#[derive(Default)]
+struct Columns {
+    window_start: TimestampMicrosecondBuilder,
+    window_end: TimestampMicrosecondBuilder,
+    model_id: StringBuilder,
+    variant: StringBuilder,
+    deployed_at: StringBuilder,
+    served: Int64Builder,
+    positive_decisions: Int64Builder,
+    latency_p50_ms: Float64Builder,
+    latency_p99_ms: Float64Builder,
+    drift_share: Float64Builder,
+    drifted_features: StringBuilder,
+    drift: StringBuilder,
+    score_drift: Float64Builder,
+    score_drifted: BooleanBuilder,
+    labels_joined: Int64Builder,
+    labels_pending: Int64Builder,
+    realised_roc_auc: Float64Builder,
+    realised_pr_auc: Float64Builder,
+    realised_log_loss: Float64Builder,
+    realised_precision: Float64Builder,
+    realised_recall: Float64Builder,
+    estimated_roc_auc: Float64Builder,
+    test_roc_auc: Float64Builder,
+    offset: Int64Builder,
+}
+
+impl Columns {
+    fn push(&mut self, start_us: i64, end_us: i64, end_ms: i64, row: &Row<'_>) -> Result<()> {
         let r = row.report;
-        start.append_value(start_us);
-        end.append_value(end_us);
-        model.append_value(&r.model_id);
-        variant.append_value(&r.variant);
-        deployed.append_option(row.deployed_at);
-        for (builder, value) in counts.iter_mut().zip([
-            r.served,
-            r.positive_decisions,
-            r.labels_joined,
-            r.labels_pending,
-        ]) {
-            builder.append_value(i64::try_from(value).unwrap_or(i64::MAX));
-        }
-        counts[4].append_value(end_ms);
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let realised = |f: fn(&Metrics) -> f64| r.realised.as_ref().map(f);
-        for (builder, value) in floats.iter_mut().zip([
-            r.latency.map(|l| l.p50_ms),
-            r.latency.map(|l| l.p99_ms),
-            r.drift_share,
-            r.score_drift.map(|d| d.statistic),
-            realised(|m| m.roc_auc),
-            realised(|m| m.pr_auc),
-            realised(|m| m.log_loss),
-            realised(|m| m.precision),
-            realised(|m| m.recall),
-            r.estimated_roc_auc,
-            Some(r.test.roc_auc),
-        ]) {
-            builder.append_option(value);
-        }
-        let names: Vec<&str> = r
+        self.window_start.append_value(start_us);
+        self.window_end.append_value(end_us);
+        self.model_id.append_value(&r.model_id);
+        self.variant.append_value(&r.variant);
+        self.deployed_at.append_option(row.deployed_at);
+        self.served.append_value(count(r.served));
+        self.positive_decisions
+            .append_value(count(r.positive_decisions));
+        self.latency_p50_ms
+            .append_option(r.latency.map(|l| l.p50_ms));
+        self.latency_p99_ms
+            .append_option(r.latency.map(|l| l.p99_ms));
+        self.drift_share.append_option(r.drift_share);
+        let drifted: Vec<&str> = r
             .drift
             .iter()
             .filter(|d| d.drift.drifted)
             .map(|d| d.feature.as_str())
             .collect();
-        drifted.append_value(names.join(","));
-        drift.append_value(
-            serde_json::to_string(&r.drift).map_err(|e| Error::Unreadable(e.to_string()))?,
-        );
-        score_drifted.append_option(r.score_drift.map(|d| d.drifted));
+        self.drifted_features.append_value(drifted.join(","));
+        let drift = serde_json::to_string(&r.drift).map_err(|e| Error::History(e.to_string()))?;
+        self.drift.append_value(drift);
+        self.score_drift
+            .append_option(r.score_drift.map(|d| d.statistic));
+        self.score_drifted
+            .append_option(r.score_drift.map(|d| d.drifted));
+        self.labels_joined.append_value(count(r.labels_joined));
+        self.labels_pending.append_value(count(r.labels_pending));
+        self.realised_roc_auc.append_option(realised(|m| m.roc_auc));
+        self.realised_pr_auc.append_option(realised(|m| m.pr_auc));
+        self.realised_log_loss
+            .append_option(realised(|m| m.log_loss));
+        self.realised_precision
+            .append_option(realised(|m| m.precision));
+        self.realised_recall.append_option(realised(|m| m.recall));
+        self.estimated_roc_auc.append_option(r.estimated_roc_auc);
+        self.test_roc_auc.append_value(r.test.roc_auc);
+        self.offset.append_value(end_ms);
+        Ok(())
     }
-    let [served, positive, joined, pending, offset] = counts.map(|mut b| b.finish());
-    let [
-        p50,
-        p99,
-        share,
-        score_drift,
-        roc,
-        pr,
-        log_loss,
-        precision,
-        recall,
-        estimated,
-        test,
-    ] = floats.map(|mut b| b.finish());
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(start.finish()),
-        Arc::new(end.finish()),
-        Arc::new(model.finish()),
-        Arc::new(variant.finish()),
-        Arc::new(deployed.finish()),
-        Arc::new(served),
-        Arc::new(positive),
-        Arc::new(p50),
-        Arc::new(p99),
-        Arc::new(share),
-        Arc::new(drifted.finish()),
-        Arc::new(drift.finish()),
-        Arc::new(score_drift),
-        Arc::new(score_drifted.finish()),
-        Arc::new(joined),
-        Arc::new(pending),
-        Arc::new(roc),
-        Arc::new(pr),
-        Arc::new(log_loss),
-        Arc::new(precision),
-        Arc::new(recall),
-        Arc::new(estimated),
-        Arc::new(test),
-        Arc::new(offset),
-    ];
-    Ok(RecordBatch::try_new(Arc::new(schema()), columns)?)
+
+    /// The arrays, in [`schema`]'s order.
+    fn finish(mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.window_start.finish().with_timezone("UTC")),
+            Arc::new(self.window_end.finish().with_timezone("UTC")),
+            Arc::new(self.model_id.finish()),
+            Arc::new(self.variant.finish()),
+            Arc::new(self.deployed_at.finish()),
+            Arc::new(self.served.finish()),
+            Arc::new(self.positive_decisions.finish()),
+            Arc::new(self.latency_p50_ms.finish()),
+            Arc::new(self.latency_p99_ms.finish()),
+            Arc::new(self.drift_share.finish()),
+            Arc::new(self.drifted_features.finish()),
+            Arc::new(self.drift.finish()),
+            Arc::new(self.score_drift.finish()),
+            Arc::new(self.score_drifted.finish()),
+            Arc::new(self.labels_joined.finish()),
+            Arc::new(self.labels_pending.finish()),
+            Arc::new(self.realised_roc_auc.finish()),
+            Arc::new(self.realised_pr_auc.finish()),
+            Arc::new(self.realised_log_loss.finish()),
+            Arc::new(self.realised_precision.finish()),
+            Arc::new(self.realised_recall.finish()),
+            Arc::new(self.estimated_roc_auc.finish()),
+            Arc::new(self.test_roc_auc.finish()),
+            Arc::new(self.offset.finish()),
+        ]
+    }
 }
 
 /// The monitor table of the store under `dir`.

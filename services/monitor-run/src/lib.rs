@@ -13,7 +13,7 @@ mod events;
 pub mod history;
 pub mod read;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use quiver_core::{Catalog, Config, Retry};
@@ -53,6 +53,10 @@ pub enum Error {
     /// A batch of the monitor table did not build.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// A row of the monitor table could not be made (a time out of range, a report that does
+    /// not serialise).
+    #[error("monitor table: {0}")]
+    History(String),
 }
 
 impl Error {
@@ -61,9 +65,11 @@ impl Error {
         match self {
             Error::Kafka(_) => Retry::Transient,
             Error::Store(e) => e.retry(),
-            Error::Registry(_) | Error::Invalid(_) | Error::Unreadable(_) | Error::Arrow(_) => {
-                Retry::Permanent
-            }
+            Error::Registry(_)
+            | Error::Invalid(_)
+            | Error::Unreadable(_)
+            | Error::Arrow(_)
+            | Error::History(_) => Retry::Permanent,
         }
     }
 }
@@ -93,6 +99,84 @@ pub fn run(
     stop: &dyn Fn() -> bool,
 ) -> Result<MonitorSummary> {
     let m = &config.monitor;
+    let limits = Limits {
+        window_us: m.window_us(),
+        interval_us: m.interval_us(),
+        label_horizon_us: m.label_horizon_us(),
+        sample_rows: m.sample_rows,
+    };
+    let from_ms = (now_us() - limits.window_us.max(limits.label_horizon_us)) / 1_000;
+    let mut state = State {
+        from_ms,
+        fields: fields(config, catalog, views)?,
+        predictions_topic: config.kafka.topic(&config.score.predictions_topic),
+        labels_topic: String::new(),
+        tracker: Tracker::new(limits),
+        summary: MonitorSummary::default(),
+    };
+    if let Some(labels) = catalog.source(&m.labels) {
+        state.labels_topic = config.kafka.topic(&labels.topic);
+    }
+    let topics = [state.predictions_topic.clone(), state.labels_topic.clone()];
+    let consumer = consumer::assigned(config, &topics, from_ms)?;
+    events::started(&topics, from_ms);
+    let mut evaluation = Evaluation {
+        registry: Registry::open(&config.store.dir)?,
+        history: history::open(&config.store.dir)?,
+        settings: Settings {
+            min_rows: m.min_rows,
+            lifetime: views.lifetime_inputs(),
+            ..Settings::default()
+        },
+        references: BTreeMap::new(),
+        shown: BTreeSet::new(),
+    };
+    // Nothing is evaluated before the backlog of the window is read (a first evaluation
+    // would report a part of it as the whole).
+    let mut caught_up = false;
+    let mut next = now_us();
+    while !stop() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                state.take(&message);
+                health.set_ready();
+            }
+            Some(Err(error)) => {
+                // The consumer retries by itself; say so and wait a little.
+                events::consumer_error(&error);
+                health.set_not_ready(format!("kafka: {error}"));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            None => {
+                if !caught_up {
+                    events::caught_up(state.summary.predictions, state.summary.labels);
+                    health.set_ready();
+                }
+                caught_up = true;
+            }
+        }
+        let now = now_us();
+        if caught_up && now >= next {
+            next = now + limits.interval_us;
+            state.summary.evaluations += 1;
+            let evaluated = evaluation.run(&mut state.tracker, now);
+            events::evaluated(
+                evaluated.as_ref().map_or(0, |n| *n),
+                state.tracker.pending(),
+                evaluated
+                    .as_ref()
+                    .err()
+                    .map(|e| e as &dyn std::fmt::Display),
+            );
+        }
+    }
+    Ok(state.summary)
+}
+
+/// How predictions and labels name their fields: the scored sources' event ids, the label
+/// source's id and boolean column.
+fn fields(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Result<Fields> {
+    let m = &config.monitor;
     let label_source = catalog.source(&m.labels).ok_or_else(|| {
         Error::Invalid(format!(
             "monitor.labels: no source `{}` to read labels from",
@@ -109,74 +193,30 @@ pub fn run(
     let label = label_source
         .label_column(named)
         .map_err(|e| Error::Invalid(format!("monitor.label_column: {e}")))?;
-    let fields = Fields {
-        prediction_ids: catalog
-            .sources
-            .iter()
-            .filter_map(|s| s.id.clone())
-            .collect(),
+    // The scored sources: `score.sources`, or every source with a view (as the worker reads it).
+    let prediction_ids: Vec<String> = catalog
+        .sources
+        .iter()
+        .filter(|s| {
+            if config.score.sources.is_empty() {
+                views.views.iter().any(|v| v.source == s.name)
+            } else {
+                config.score.sources.contains(&s.name)
+            }
+        })
+        .filter_map(|s| s.id.clone())
+        .collect();
+    if prediction_ids.is_empty() {
+        return Err(Error::Invalid(
+            "no scored source declares an event id: predictions cannot be joined with labels"
+                .into(),
+        ));
+    }
+    Ok(Fields {
+        prediction_ids,
         label_id,
         label,
-    };
-    let limits = Limits {
-        window_us: m.window_us(),
-        interval_us: m.interval_us(),
-        label_horizon_us: m.label_horizon_us(),
-        sample_rows: m.sample_rows,
-    };
-    let predictions_topic = config.kafka.topic(&config.score.predictions_topic);
-    let labels_topic = config.kafka.topic(&label_source.topic);
-    let now = now_us();
-    let from_ms = (now - limits.window_us.max(limits.label_horizon_us)) / 1_000;
-    let topics = [predictions_topic.clone(), labels_topic.clone()];
-    let consumer = consumer::assigned(config, &topics, from_ms)?;
-    events::started(&topics, from_ms);
-    health.set_ready();
-
-    let registry = Registry::open(&config.store.dir)?;
-    let history = history::open(&config.store.dir)?;
-    let settings = Settings {
-        min_rows: m.min_rows,
-        lifetime: views.lifetime_inputs(),
-        ..Settings::default()
-    };
-    let mut state = State {
-        from_ms,
-        fields,
-        predictions_topic,
-        labels_topic,
-        tracker: Tracker::new(limits),
-        summary: MonitorSummary::default(),
-    };
-    let mut references: BTreeMap<String, Reference> = BTreeMap::new();
-    let mut next = now + limits.interval_us;
-    while !stop() {
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            state.take(&message?);
-        }
-        let now = now_us();
-        if now >= next {
-            next = now + limits.interval_us;
-            state.summary.evaluations += 1;
-            let evaluated = evaluate(
-                &mut state.tracker,
-                &registry,
-                &history,
-                &settings,
-                &mut references,
-                now,
-            );
-            events::evaluated(
-                evaluated.as_ref().map_or(0, |n| *n),
-                state.tracker.pending(),
-                evaluated
-                    .as_ref()
-                    .err()
-                    .map(|e| e as &dyn std::fmt::Display),
-            );
-        }
-    }
-    Ok(state.summary)
+    })
 }
 
 /// What the loop keeps between messages.
@@ -195,124 +235,147 @@ impl State {
     fn take(&mut self, message: &BorrowedMessage<'_>) {
         let topic = message.topic();
         let payload = message.payload().unwrap_or_default();
-        let at_ms = message.timestamp().to_millis();
-        if at_ms.is_some_and(|ms| ms < self.from_ms) {
+        if message
+            .timestamp()
+            .to_millis()
+            .is_some_and(|ms| ms < self.from_ms)
+        {
             return;
         }
-        if topic == self.predictions_topic {
-            match read::prediction(&self.fields, payload) {
-                Ok(seen) => match self.tracker.prediction(seen) {
-                    Taken::Repeated => events::message(topic, "repeated", None),
-                    taken => {
+        let now = now_us();
+        let read = if topic == self.predictions_topic {
+            read::prediction(&self.fields, payload).map(|seen| {
+                match self.tracker.prediction(seen, now) {
+                    Taken::Repeated => "repeated",
+                    Taken::New => {
                         self.summary.predictions += 1;
-                        events::message(topic, "ok", None);
-                        if let Taken::Labelled(slots) = taken {
-                            for slot in slots {
-                                events::labels_joined(&slot.model_id);
-                            }
-                        }
+                        "ok"
                     }
-                },
-                Err(e) => {
-                    self.summary.unreadable += 1;
-                    events::message(topic, "unreadable", Some(&e));
+                    Taken::Labelled(slots) => {
+                        self.summary.predictions += 1;
+                        slots
+                            .iter()
+                            .for_each(|s| events::labels_joined(&s.model_id));
+                        "ok"
+                    }
                 }
-            }
+            })
         } else if topic == self.labels_topic {
-            match read::label(&self.fields, payload) {
-                Ok((id, label)) => {
-                    self.summary.labels += 1;
-                    events::message(topic, "ok", None);
-                    let at_us = at_ms.map_or_else(now_us, |ms| ms * 1_000);
-                    if let Joined::InWindow(slots) | Joined::PastWindow(slots) =
-                        self.tracker.label(&id, label, at_us, now_us())
-                    {
-                        for slot in slots {
-                            events::labels_joined(&slot.model_id);
-                        }
-                    }
+            read::label(&self.fields, payload).map(|(id, label)| {
+                self.summary.labels += 1;
+                if let Joined::InWindow(slots) | Joined::PastWindow(slots) =
+                    self.tracker.label(&id, label, now)
+                {
+                    slots
+                        .iter()
+                        .for_each(|s| events::labels_joined(&s.model_id));
                 }
-                Err(e) => {
-                    self.summary.unreadable += 1;
-                    events::message(topic, "unreadable", Some(&e));
-                }
+                "ok"
+            })
+        } else {
+            return;
+        };
+        match read {
+            Ok(result) => events::message(topic, result, None),
+            Err(e) => {
+                self.summary.unreadable += 1;
+                events::message(topic, "unreadable", Some(&e));
             }
         }
     }
 }
 
-/// Reports every model of the window ending `now`: gauges and a row each in the monitor table.
-/// Returns how many models were reported.
-fn evaluate(
-    tracker: &mut Tracker,
-    registry: &Registry,
-    history: &quiver_store::SegmentStore,
-    settings: &Settings,
-    references: &mut BTreeMap<String, Reference>,
-    now: i64,
-) -> Result<usize> {
-    tracker.expire(now);
-    let deployment = registry.deployment()?;
-    for (model, variant) in [
-        (deployment.production.clone(), "production"),
-        (deployment.canary.as_ref().map(|c| c.id.clone()), "canary"),
-        (deployment.shadow.clone(), "shadow"),
-    ] {
-        if let Some(model) = model
-            && let Some(at) = deployment.deployed_at(&model, variant)
-            && let Ok(t) = chrono::DateTime::parse_from_rfc3339(at)
-        {
-            events::deployed(&model, variant, t.timestamp_millis() as f64 / 1_000.0);
+/// What an evaluation needs: the registry, the monitor table and what was read of them.
+struct Evaluation {
+    registry: Registry,
+    history: quiver_store::SegmentStore,
+    settings: Settings,
+    /// Each model's test metrics and baseline, read once (`None`: it cannot be reported).
+    references: BTreeMap<String, Reference>,
+    /// The models whose gauges show figures, to blank them once they leave the window.
+    shown: BTreeSet<String>,
+}
+
+impl Evaluation {
+    /// Reports every model of the window ending `now`: gauges and a row each in the monitor
+    /// table. Returns how many models were reported.
+    fn run(&mut self, tracker: &mut Tracker, now: i64) -> Result<usize> {
+        tracker.expire(now);
+        let deployment = self.registry.deployment()?;
+        for (model, variant) in deployment.slots() {
+            if let Some(at) = deployment.deployed_at(model, variant)
+                && let Ok(t) = chrono::DateTime::parse_from_rfc3339(at)
+            {
+                events::deployed(model, variant, t.timestamp_millis() as f64 / 1_000.0);
+            }
         }
-    }
-    let mut reports = Vec::new();
-    for (slot, window) in tracker.windows(now) {
-        if !references.contains_key(&slot.model_id) {
-            let reference = load_reference(registry, &slot.model_id)?;
-            references.insert(slot.model_id.clone(), reference);
+        let mut reports = Vec::new();
+        for (slot, window) in tracker.windows(now) {
+            if !self.references.contains_key(&slot.model_id) {
+                let reference = load_reference(&self.registry, &slot.model_id);
+                self.references.insert(slot.model_id.clone(), reference);
+            }
+            if let Some(Some((test, baseline))) = self.references.get(&slot.model_id) {
+                reports.push(report(
+                    &slot.model_id,
+                    &slot.variant,
+                    baseline,
+                    test,
+                    &window,
+                    &self.settings,
+                ));
+            }
         }
-        let Some(Some((test, baseline))) = references.get(&slot.model_id) else {
-            continue;
+        // A model in two slots of the window (a canary just promoted) shows the figures of
+        // the slot it holds now: emitted last.
+        let holds = |r: &&quiver_monitor::ModelReport| {
+            deployment
+                .slots()
+                .any(|(m, v)| m == r.model_id && v == r.variant)
         };
-        let r = report(
-            &slot.model_id,
-            &slot.variant,
-            baseline,
-            test,
-            &window,
-            settings,
-        );
-        events::reported(&r);
-        reports.push(r);
+        let (current, former): (Vec<_>, Vec<_>) = reports.iter().partition(holds);
+        let mut shown = BTreeSet::new();
+        for r in former.into_iter().chain(current) {
+            events::reported(r);
+            shown.insert(r.model_id.clone());
+        }
+        for gone in self.shown.difference(&shown) {
+            events::left_window(gone);
+        }
+        self.shown = shown;
+        let rows: Vec<history::Row<'_>> = reports
+            .iter()
+            .map(|r| history::Row {
+                report: r,
+                deployed_at: deployment.deployed_at(&r.model_id, &r.variant),
+            })
+            .collect();
+        history::append(&self.history, tracker.window_start(now), now, &rows)?;
+        Ok(reports.len())
     }
-    let rows: Vec<history::Row<'_>> = reports
-        .iter()
-        .map(|r| history::Row {
-            report: r,
-            deployed_at: deployment.deployed_at(&r.model_id, &r.variant),
-        })
-        .collect();
-    history::append(history, tracker.window_start(now), now, &rows)?;
-    Ok(reports.len())
 }
 
 /// A model's test metrics and baseline, or `None` (logged once) if it cannot be reported.
-fn load_reference(registry: &Registry, model_id: &str) -> Result<Reference> {
+fn load_reference(registry: &Registry, model_id: &str) -> Reference {
     let card = match registry.card(model_id) {
         Ok(card) => card,
-        Err(_) => {
-            events::unreportable(model_id, "not in the registry");
-            return Ok(None);
+        Err(e) => {
+            events::unreportable(model_id, &format!("not in the registry ({e})"));
+            return None;
         }
     };
-    match registry.baseline(model_id)? {
-        Some(baseline) => Ok(Some((card.test, baseline))),
-        None => {
+    match registry.baseline(model_id) {
+        Ok(Some(baseline)) => Some((card.test, baseline)),
+        Ok(None) => {
             events::unreportable(
                 model_id,
                 "no training baseline (trained before baselines were kept)",
             );
-            Ok(None)
+            None
+        }
+        Err(e) => {
+            events::unreportable(model_id, &format!("its baseline cannot be read ({e})"));
+            None
         }
     }
 }

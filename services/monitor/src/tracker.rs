@@ -142,19 +142,24 @@ impl Tracker {
         }
     }
 
-    /// Takes in a prediction.
-    pub fn prediction(&mut self, seen: Seen) -> Taken {
+    /// Takes in a prediction, read at `now_us`. One made before the window (read while
+    /// catching up) only waits for its label, to be counted.
+    pub fn prediction(&mut self, seen: Seen, now_us: i64) -> Taken {
         let key = id_hash(&seen.event_id);
         if self.pending.contains_key(&key) {
             self.repeated += 1;
             return Taken::Repeated;
         }
         let bucket = seen.prediction_time_us.div_euclid(self.limits.interval_us);
+        let in_window = bucket >= self.first_bucket(now_us);
         let label = self.early.remove(&key);
         let mut verdicts = Vec::with_capacity(seen.verdicts.len());
         for v in &seen.verdicts {
             let slot = self.slot(&v.slot);
             verdicts.push((slot, v.score));
+            if !in_window {
+                continue;
+            }
             let sample_rows = self.limits.sample_rows;
             let b = self
                 .buckets
@@ -180,8 +185,10 @@ impl Tracker {
                 labelled: label.is_some(),
             },
         );
+        // Deadlines from the arrival time, which only grows (a prediction's own time may be
+        // skewed, and would hold up everything queued behind it).
         self.pending_expiry
-            .push_back((seen.prediction_time_us + self.limits.label_horizon_us, key));
+            .push_back((now_us.saturating_add(self.limits.label_horizon_us), key));
         if label.is_some() {
             Taken::Labelled(seen.verdicts.into_iter().map(|v| v.slot).collect())
         } else {
@@ -189,17 +196,18 @@ impl Tracker {
         }
     }
 
-    /// Takes in a label for `event_id`, observed at `at_us`; `now_us` decides whether the
-    /// prediction it joins is still in the window.
-    pub fn label(&mut self, event_id: &str, label: bool, at_us: i64, now_us: i64) -> Joined {
+    /// Takes in a label for `event_id`, read at `now_us` (which also decides whether the
+    /// prediction it joins is still in the window). The first label of an event wins.
+    pub fn label(&mut self, event_id: &str, label: bool, now_us: i64) -> Joined {
         let key = id_hash(event_id);
         let first = self.first_bucket(now_us);
         let Some(p) = self.pending.get_mut(&key) else {
-            if self.early.insert(key, label).is_some() {
+            if self.early.contains_key(&key) {
                 return Joined::Duplicate;
             }
+            self.early.insert(key, label);
             self.early_expiry
-                .push_back((at_us + self.limits.label_horizon_us, key));
+                .push_back((now_us.saturating_add(self.limits.label_horizon_us), key));
             return Joined::Early;
         };
         if p.labelled {
@@ -247,10 +255,12 @@ impl Tracker {
         self.first_bucket(now_us) * self.limits.interval_us
     }
 
+    /// The window is the buckets from the one holding `now − window` on: at least `window`
+    /// long, at most one interval more.
     fn first_bucket(&self, now_us: i64) -> i64 {
-        let buckets =
-            (self.limits.window_us + self.limits.interval_us - 1) / self.limits.interval_us;
-        now_us.div_euclid(self.limits.interval_us) - buckets + 1
+        now_us
+            .saturating_sub(self.limits.window_us)
+            .div_euclid(self.limits.interval_us)
     }
 
     /// Each model's window ending at `now_us` (every model with a prediction in it).
@@ -423,18 +433,26 @@ mod tests {
     #[test]
     fn labels_join_their_prediction_in_any_order_and_count_once() {
         let mut t = Tracker::new(limits());
-        assert_eq!(t.prediction(seen(1, 100, "m", true)), Taken::New);
-        assert_eq!(t.prediction(seen(1, 100, "m", true)), Taken::Repeated);
+        assert_eq!(t.prediction(seen(1, 100, "m", true), 100 * S), Taken::New);
+        assert_eq!(
+            t.prediction(seen(1, 100, "m", true), 100 * S),
+            Taken::Repeated
+        );
         assert_eq!(t.repeated, 1);
-        let Joined::InWindow(both) = t.label("t1", true, 101 * S, 101 * S) else {
+        let Joined::InWindow(both) = t.label("t1", true, 101 * S) else {
             panic!("in the window")
         };
         assert_eq!(both.len(), 2);
-        assert_eq!(t.label("t1", true, 102 * S, 102 * S), Joined::Duplicate);
+        assert_eq!(t.label("t1", false, 102 * S), Joined::Duplicate);
         // A label before its prediction waits for it.
-        assert_eq!(t.label("t2", false, 101 * S, 101 * S), Joined::Early);
+        assert_eq!(t.label("t2", false, 101 * S), Joined::Early);
+        assert_eq!(
+            t.label("t2", true, 101 * S),
+            Joined::Duplicate,
+            "the first one wins"
+        );
         assert!(matches!(
-            t.prediction(seen(2, 102, "m", false)),
+            t.prediction(seen(2, 102, "m", false), 102 * S),
             Taken::Labelled(m) if m.len() == 1
         ));
         let windows = t.windows(105 * S);
@@ -452,23 +470,32 @@ mod tests {
     fn the_window_slides_by_buckets_and_late_labels_are_counted_outside_it() {
         let mut t = Tracker::new(limits());
         for i in 0..30 {
-            t.prediction(seen(i, i as i64 * 3, "m", false));
+            t.prediction(seen(i, i as i64 * 3, "m", false), 50 * S);
         }
-        // At 60 s the window holds buckets 1..=6: predictions made at 10 s or later.
-        let w = &t.windows(60 * S)[0].1;
+        // At 75 s the window holds the buckets from the one holding 15 s on: predictions made
+        // at 10 s or later (a window of 65 s).
+        let w = &t.windows(75 * S)[0].1;
         assert_eq!(w.served, 30 - 4, "those at 0, 3, 6, 9 s left");
-        assert_eq!(t.window_start(60 * S), 10 * S);
+        assert_eq!(t.window_start(75 * S), 10 * S);
         assert!(matches!(
-            t.label("t0", true, 60 * S, 60 * S),
+            t.label("t0", true, 75 * S),
             Joined::PastWindow(m) if m.len() == 1
         ));
-        t.expire(60 * S);
-        assert_eq!(t.windows(60 * S)[0].1.served, 26);
-        // Past the horizon a prediction is given up on; its label is then early and expires.
+        t.expire(75 * S);
+        assert_eq!(t.windows(75 * S)[0].1.served, 26);
+        // A prediction read late, from before the window, only waits for its label.
+        t.prediction(seen(99, 1, "m", false), 75 * S);
+        assert_eq!(t.windows(75 * S)[0].1.served, 26);
+        assert!(matches!(
+            t.label("t99", true, 76 * S),
+            Joined::PastWindow(_)
+        ));
+        // Past the horizon (from when they were read) predictions are given up on; a label
+        // then is early, and expires in turn.
         t.expire(300 * S);
         assert!(t.windows(300 * S).is_empty());
         assert_eq!(t.pending(), 0);
-        assert_eq!(t.label("t5", true, 300 * S, 300 * S), Joined::Early);
+        assert_eq!(t.label("t5", true, 300 * S), Joined::Early);
         t.expire(500 * S);
         assert!(t.early.is_empty());
     }
@@ -477,7 +504,7 @@ mod tests {
     fn input_rows_are_a_bounded_uniform_sample_and_counts_stay_whole() {
         let mut t = Tracker::new(limits());
         for i in 0..1_000 {
-            t.prediction(seen(i, 100, "m", false));
+            t.prediction(seen(i, 100, "m", false), 100 * S);
         }
         let w = &t.windows(100 * S)[0].1;
         assert_eq!((w.served, w.scores.len(), w.rows.len()), (1_000, 1_000, 50));

@@ -22,12 +22,26 @@ impl Worker {
             return;
         }
         self.last_commit = Instant::now();
-        let now_us = chrono::Utc::now().timestamp_micros();
-        for (view, latest) in &self.freshest {
-            events::freshness(view, (now_us - latest) as f64 / 1e6);
-        }
+        self.freshness();
         let keys: Vec<(usize, i32)> = self.partitions.keys().copied().collect();
         self.commit(consumer, &keys);
+    }
+
+    /// Each view's freshness: now − the latest event time of the stalest partition this worker
+    /// owns (a partition that stopped moving shows, rather than hiding behind busy ones).
+    fn freshness(&mut self) {
+        let partitions = &self.partitions;
+        self.freshest
+            .retain(|(_, s, p), _| partitions.contains_key(&(*s, *p)));
+        let mut stalest: std::collections::BTreeMap<&str, i64> = Default::default();
+        for ((view, _, _), latest) in &self.freshest {
+            let oldest = stalest.entry(view).or_insert(*latest);
+            *oldest = (*oldest).min(*latest);
+        }
+        let now_us = chrono::Utc::now().timestamp_micros();
+        for (view, latest) in stalest {
+            events::freshness(view, (now_us - latest) as f64 / 1e6);
+        }
     }
 
     /// Commits what `keys` cover, synchronously: a broker round trip, on the interval and when
