@@ -39,6 +39,10 @@ pub(crate) struct LatencyArgs {
     /// Seconds of load per measurement.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Measure the event → prediction phase again with the live monitor (`quiver monitor run`)
+    /// reading the predictions, and its CPU against the worker's.
+    #[arg(long)]
+    monitor: bool,
 }
 
 fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64, usize) {
@@ -270,6 +274,19 @@ pub(crate) fn run(config_path: Option<&std::path::Path>, args: LatencyArgs) -> a
         id_of,
     )?;
     let e2e_cpu = meter.line();
+    let watched = if args.monitor {
+        Some(with_monitor(
+            &config,
+            &worker,
+            &topic,
+            &predictions,
+            &args,
+            &mut next,
+            id_of,
+        )?)
+    } else {
+        None
+    };
     worker.stop()?;
 
     println!(
@@ -280,6 +297,13 @@ pub(crate) fn run(config_path: Option<&std::path::Path>, args: LatencyArgs) -> a
     let (r50, r99) = row("broker produce → consume", rtt, &rtt_cpu);
     let (h50, h99) = row("broker two hops (bare relay)", two_hops, &relay_cpu);
     let (e50, e99) = row("event → prediction (quiver ingest)", e2e, &e2e_cpu);
+    if let Some((latencies, cpu, _)) = &watched {
+        row(
+            "event → prediction, live monitor running",
+            latencies.clone(),
+            cpu,
+        );
+    }
     println!(
         "\np99 ratio (prediction / broker): {:.2} (target ≤ 2.5); p50: {e50:.2} ms against 2 × {r50:.2} + 2 = {:.2} ms",
         e99 / r99,
@@ -291,6 +315,57 @@ pub(crate) fn run(config_path: Option<&std::path::Path>, args: LatencyArgs) -> a
         e50 - h50,
         e99 - h99
     );
+    if let Some((_, _, summary)) = watched {
+        println!("{summary}");
+    }
     let _ = std::fs::remove_dir_all(&config.store.dir);
     Ok(())
+}
+
+/// The event → prediction phase again with `quiver monitor run` reading the predictions and
+/// labels: its latencies, the CPU line, and the monitor's cost against the worker's CPU.
+fn with_monitor(
+    config: &Config,
+    worker: &WorkerProcess,
+    topic: &str,
+    predictions: &BaseConsumer,
+    args: &LatencyArgs,
+    next: &mut impl FnMut(u64) -> (String, String, String),
+    id_of: impl Fn(&[u8]) -> Option<String>,
+) -> anyhow::Result<(Vec<f64>, String, String)> {
+    eprintln!(
+        "event → prediction with the live monitor at {}/s for {} s ...",
+        args.rate, args.seconds
+    );
+    let log = config.store.dir.join("monitor.log");
+    // The default window (10 min); evaluated every 10 s (the default is 30 s) so that a phase
+    // of 20–30 s sees a few evaluations.
+    let extra = [("QUIVER__MONITOR__INTERVAL", "10s".to_string())];
+    let monitor = WorkerProcess::start_monitor(config, &extra, &log)?;
+    let meter = CpuMeter::start_with(Some(worker.pid()), Some(monitor.pid()));
+    let e2e = paced(
+        config,
+        topic,
+        predictions,
+        args.rate,
+        args.seconds,
+        next,
+        id_of,
+    )?;
+    let shares = meter.shares();
+    let cpu = meter.line();
+    let read = monitor.metric("quiver_monitor_messages_total");
+    monitor.stop()?;
+    let share = |name: &str| {
+        shares
+            .iter()
+            .find(|(n, _)| n.starts_with(name))
+            .map_or(0.0, |(_, s)| *s)
+    };
+    let (w, m) = (share("worker"), share("monitor"));
+    let summary = format!(
+        "live monitor: {m:.1} % of a core against the worker's {w:.1} % ({:.1} % of the worker's CPU), {read:.0} messages read",
+        100.0 * m / w.max(1e-9)
+    );
+    Ok((e2e, cpu, summary))
 }

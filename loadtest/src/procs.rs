@@ -65,12 +65,20 @@ pub(crate) struct CpuMeter {
 impl CpuMeter {
     /// Starts measuring: the broker (tansu), Redis, the given worker and this process.
     pub(crate) fn start(worker: Option<u32>) -> Self {
+        Self::start_with(worker, None)
+    }
+
+    /// Starts measuring, the live monitor (`quiver monitor run`) too.
+    pub(crate) fn start_with(worker: Option<u32>, monitor: Option<u32>) -> Self {
         let mut groups = vec![
             ("broker (tansu)".to_string(), pids_named("tansu")),
             ("redis-server".to_string(), pids_named("redis-server")),
         ];
         if let Some(pid) = worker {
             groups.push(("worker (quiver ingest)".to_string(), vec![pid]));
+        }
+        if let Some(pid) = monitor {
+            groups.push(("monitor (quiver monitor run)".to_string(), vec![pid]));
         }
         groups.push(("load generator".to_string(), vec![std::process::id()]));
         let groups = groups
@@ -108,7 +116,8 @@ impl CpuMeter {
     }
 }
 
-/// `quiver ingest` running as a child process with its admin listener on a free port.
+/// `quiver ingest` (or `quiver monitor run`) running as a child process with its admin
+/// listener on a free port.
 #[derive(Debug)]
 pub(crate) struct WorkerProcess {
     child: Child,
@@ -145,9 +154,40 @@ impl WorkerProcess {
         extra: &[(&str, String)],
         log: &std::path::Path,
     ) -> anyhow::Result<Self> {
+        Self::spawn(
+            config,
+            &["ingest"],
+            "QUIVER__INGEST__ADMIN_LISTEN",
+            extra,
+            log,
+        )
+    }
+
+    /// Starts the live monitor (`quiver monitor run`) the same way.
+    pub(crate) fn start_monitor(
+        config: &Config,
+        extra: &[(&str, String)],
+        log: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(
+            config,
+            &["monitor", "run"],
+            "QUIVER__MONITOR__ADMIN_LISTEN",
+            extra,
+            log,
+        )
+    }
+
+    fn spawn(
+        config: &Config,
+        args: &[&str],
+        admin_key: &str,
+        extra: &[(&str, String)],
+        log: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         let admin = format!("127.0.0.1:{}", free_port()?);
         let mut cmd = Command::new(quiver_binary()?);
-        cmd.arg("ingest")
+        cmd.args(args)
             .env("QUIVER__KAFKA__BROKERS", &config.kafka.brokers)
             .env("QUIVER__KAFKA__TOPIC_PREFIX", &config.kafka.topic_prefix)
             .env("QUIVER__REDIS__URL", &config.redis.url)
@@ -155,19 +195,25 @@ impl WorkerProcess {
             .env("QUIVER__STORE__DIR", &config.store.dir)
             .env("QUIVER__SCHEMAS__DIR", &config.schemas.dir)
             .env("QUIVER__INGEST__GROUP_ID", &config.ingest.group_id)
-            .env("QUIVER__INGEST__ADMIN_LISTEN", &admin)
+            .env(admin_key, &admin)
             .env("QUIVER__TELEMETRY__LOG_LEVEL", "warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?);
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().context("start quiver ingest")?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start quiver {}", args.join(" ")))?;
         let worker = Self { child, admin };
         let deadline = Instant::now() + Duration::from_secs(30);
         while worker.get("/healthz").is_none() {
             if Instant::now() > deadline {
-                bail!("the worker did not start (log: {})", log.display());
+                bail!(
+                    "quiver {} did not start (log: {})",
+                    args.join(" "),
+                    log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
