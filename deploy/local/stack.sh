@@ -2,7 +2,8 @@
 # Quiver's local stack: tansu (a Kafka-compatible broker, memory storage) and Redis, on loopback.
 #
 #   stack.sh install   install what is missing (tansu: pinned prebuilt binary, sha256-checked;
-#                      redis-server: Debian package)
+#                      redis-server: Debian package; promtool, for the tests of
+#                      deploy/prometheus: Debian package prometheus)
 #   stack.sh up        install, start both, wait until each answers (safe to run twice)
 #   stack.sh down      stop what `up` started (and only that)
 #   stack.sh status    show what runs
@@ -65,6 +66,16 @@ install_redis() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
   command -v redis-server >/dev/null || die "redis-server did not install"
+}
+
+install_promtool() { # for the tests of deploy/prometheus (Debian's prometheus package)
+  if command -v promtool >/dev/null; then return; fi
+  say "installing promtool (Debian package prometheus)"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  command -v promtool >/dev/null || die "promtool did not install"
 }
 
 # pid_alive NAME: the pid file exists and its process still runs the expected program.
@@ -146,7 +157,8 @@ case "${1:-}" in
   install)
     install_tansu
     install_redis
-    say "tansu: $TANSU; redis-server: $(command -v redis-server)"
+    install_promtool
+    say "tansu: $TANSU; redis-server: $(command -v redis-server); promtool: $(command -v promtool)"
     ;;
   up)
     mkdir -p "$RUN" "$LOGS"
@@ -167,7 +179,8 @@ case "${1:-}" in
     case "${2:-}" in
       tansu) echo "$TANSU" ;;
       redis) command -v redis-server ;;
-      *) die "usage: stack.sh path tansu|redis" ;;
+      promtool) command -v promtool ;;
+      *) die "usage: stack.sh path tansu|redis|promtool" ;;
     esac
     ;;
   *)

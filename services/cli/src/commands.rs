@@ -69,7 +69,7 @@ pub(crate) fn spawn_ingest(
 pub(crate) async fn ingest(ctx: &Context) -> anyhow::Result<()> {
     let shutdown = Shutdown::default();
     stop_on_signal(shutdown.clone());
-    let health = Health::default();
+    let health = Health::of("worker");
     if let Some(addr) = start_admin(ctx, &health).await? {
         info!(%addr, "admin listener: /metrics /healthz /readyz");
     }

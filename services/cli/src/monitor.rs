@@ -15,7 +15,7 @@ use crate::{Context, MonitorReportArgs};
 pub(crate) async fn run_command(ctx: &Context) -> anyhow::Result<()> {
     let shutdown = quiver_ingest::Shutdown::default();
     crate::commands::stop_on_signal(shutdown.clone());
-    let health = quiver_telemetry::Health::default();
+    let health = quiver_telemetry::Health::of("monitor");
     if let Some(addr) = start_monitor_admin(ctx, &health).await? {
         tracing::info!(%addr, "monitor admin listener: /metrics /healthz /readyz");
     }

@@ -146,7 +146,7 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
         println!("      {}", topic_line(&topic));
     }
 
-    let health = Health::default();
+    let health = Health::of("worker");
     let admin = start_admin(ctx, &health).await?;
     let stats = Arc::new(IngestStats::default());
     let started = Instant::now();
@@ -162,7 +162,7 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
             .map(|a| format!(", metrics at http://{a}/metrics"))
             .unwrap_or_default()
     );
-    let monitor_health = Health::default();
+    let monitor_health = Health::of("monitor");
     let monitor_admin = crate::monitor::start_monitor_admin(ctx, &monitor_health).await?;
     let monitor = crate::monitor::spawn_monitor(ctx, shutdown.clone(), monitor_health);
     println!(

@@ -335,6 +335,20 @@ pub struct ViewCatalog {
     pub views: Vec<Arc<FeatureView>>,
 }
 
+impl FeatureView {
+    /// The smallest hop of its sliding windows (µs; `None` when every feature is lifetime): the
+    /// state it serves can be that old between two events, so freshness is judged against it.
+    pub fn smallest_hop(&self) -> Option<i64> {
+        self.aggregations
+            .iter()
+            .filter_map(|a| match a.window {
+                Window::Sliding { hop, .. } => Some(hop),
+                Window::Lifetime => None,
+            })
+            .min()
+    }
+}
+
 impl ViewCatalog {
     /// The features that are lifetime aggregates moving one way by construction (count, sum,
     /// distinct count, min, max over a lifetime window), as models name their inputs
@@ -496,6 +510,7 @@ window = "1h"
         };
         let lifetime: Vec<String> = views.lifetime_inputs().into_iter().collect();
         assert_eq!(lifetime, ["u__n", "u__top"]);
+        assert_eq!(views.views[0].smallest_hop(), Some(5 * 60 * 1_000_000));
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub fn run(
     stats: Arc<IngestStats>,
 ) -> Result<IngestReport> {
     let sources = sources::bind(config, catalog, views)?;
+    crate::events::view_hops(views);
     let redis = || {
         OnlineStore::connect(
             &config.redis.url,

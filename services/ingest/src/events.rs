@@ -170,6 +170,15 @@ pub(crate) fn deployment_loaded(production: &str, canary: &str, shadow: &str) {
     info!(production, canary, shadow, "deployment loaded");
 }
 
+/// The smallest hop of each view's sliding windows (the freshness alert's yardstick).
+pub(crate) fn view_hops(views: &quiver_features::ViewCatalog) {
+    for view in &views.views {
+        if let Some(hop) = view.smallest_hop() {
+            gauge!(names::FEATURE_HOP_SECONDS, "view" => view.name.clone()).set(hop as f64 / 1e6);
+        }
+    }
+}
+
 /// Now minus the latest event time of a view's durable online state.
 pub(crate) fn freshness(view: &str, seconds: f64) {
     gauge!(names::FEATURE_FRESHNESS_SECONDS, "view" => view.to_string()).set(seconds);

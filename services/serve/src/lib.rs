@@ -404,7 +404,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let api = Arc::new(Api::connect(config, views).await?);
-    let health = Health::default();
+    let health = Health::of("api");
     health.set_ready();
     let listener = tokio::net::TcpListener::bind(&config.api.listen)
         .await

@@ -14,16 +14,24 @@ use serde::Serialize;
 
 use crate::{Error, Result};
 
-/// Readiness shared between a service and its admin listener.
-#[derive(Debug, Clone, Default)]
+/// Readiness shared between a service and its admin listener (and the `quiver_ready` gauge).
+#[derive(Debug, Clone)]
 pub struct Health {
     inner: Arc<HealthInner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct HealthInner {
+    service: &'static str,
     ready: AtomicBool,
     reason: Mutex<String>,
+}
+
+impl Default for Health {
+    /// The readiness of an unnamed service (`quiver`).
+    fn default() -> Self {
+        Self::of("quiver")
+    }
 }
 
 #[derive(Serialize)]
@@ -34,9 +42,24 @@ struct Status<'a> {
 }
 
 impl Health {
+    /// The readiness of `service` (`worker`, `api`, `monitor`: the `quiver_ready` label), not
+    /// ready yet.
+    pub fn of(service: &'static str) -> Self {
+        crate::events::ready(service, false);
+        Self {
+            inner: Arc::new(HealthInner {
+                service,
+                ready: AtomicBool::new(false),
+                reason: Mutex::new(String::new()),
+            }),
+        }
+    }
+
     /// Marks the service ready.
     pub fn set_ready(&self) {
-        self.inner.ready.store(true, Ordering::Release);
+        if !self.inner.ready.swap(true, Ordering::AcqRel) {
+            crate::events::ready(self.inner.service, true);
+        }
     }
 
     /// Marks the service not ready, with a reason shown by `/readyz`.
@@ -44,7 +67,9 @@ impl Health {
         if let Ok(mut r) = self.inner.reason.lock() {
             *r = reason.into();
         }
-        self.inner.ready.store(false, Ordering::Release);
+        if self.inner.ready.swap(false, Ordering::AcqRel) {
+            crate::events::ready(self.inner.service, false);
+        }
     }
 
     /// Whether the service is ready.
@@ -85,6 +110,8 @@ pub fn admin_router(metrics: PrometheusHandle, health: Health) -> Router {
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    // The service may have been marked before the recorder existed.
+    crate::events::ready(state.health.inner.service, state.health.is_ready());
     state.metrics.run_upkeep();
     (
         [(

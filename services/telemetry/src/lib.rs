@@ -3,6 +3,7 @@
 //! and `/readyz`.
 
 pub mod admin;
+mod events;
 pub mod names;
 
 use std::io::IsTerminal as _;

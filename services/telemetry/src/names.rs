@@ -79,6 +79,11 @@ pub const MODEL_DEPLOYED_TIMESTAMP: &str = "quiver_model_deployed_timestamp_seco
 /// Now minus the latest event time of each view's durable online state (seconds), per worker.
 /// Labels: `view`.
 pub const FEATURE_FRESHNESS_SECONDS: &str = "quiver_feature_freshness_seconds";
+/// The smallest hop of a view's sliding windows (seconds), set at the worker's start: alert
+/// when `quiver_feature_freshness_seconds` exceeds twice it. Labels: `view`.
+pub const FEATURE_HOP_SECONDS: &str = "quiver_feature_hop_seconds";
+/// 1 while the process is ready (what `/readyz` answers 200 for), 0 while it is not.
+pub const READY: &str = "quiver_ready";
 /// The last window's drift statistic of a model's input against its training baseline.
 /// Labels: `model_id`, `feature`, `test` (`ks`, `z_test`, `chi_square`, `wasserstein`,
 /// `jensen_shannon`).
@@ -111,6 +116,12 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 /// Registers help texts.
 pub(crate) fn describe() {
+    describe_gauge!(
+        FEATURE_HOP_SECONDS,
+        Unit::Seconds,
+        "Smallest hop of the view's sliding windows"
+    );
+    describe_gauge!(READY, "1 while the process is ready (/readyz 200), else 0");
     describe_counter!(
         FEATURES_APPLIED,
         Unit::Count,
