@@ -316,51 +316,58 @@ column = "country"
 window = "lifetime"
 "#;
 
-#[test]
-fn drift_is_flagged_on_the_shifted_inputs_only_and_never_before_the_shift() {
-    const TRAIN: usize = 6_000;
-    const STEADY: usize = 20_000;
-    const SHIFTED: usize = 8_000;
-    const RATE: usize = 2_000;
+/// Transactions 5 minutes apart ending now (5 000 card holders, each paying every couple of
+/// weeks: a window's inputs are a fair sample of the population, not of a few busy users);
+/// the world changes after `shift_after`.
+fn shifting_stream(total: usize, shift_after: usize) -> Vec<Transaction> {
+    let start = chrono::Utc::now() - chrono::Duration::minutes(5 * total as i64 + 60);
+    let options = quiver_demo::GeneratorOptions {
+        users: 5_000,
+        fraud_rate: 0.03,
+        shift_after: Some(shift_after as u64),
+        ..quiver_demo::GeneratorOptions::default()
+    };
+    common::stream::demo_transactions_from(7, options, start, 300_000, 0, total)
+}
+
+/// A test env on [`DRIFT_VIEWS`] with a model trained (and promoted) on `train`, its
+/// baseline with it.
+fn trained_on(test: &str, train: &[Transaction]) -> TestEnv {
     let schemas = common::services()
         .dir
-        .join(format!("drift-schemas-{}", std::process::id()));
+        .join(format!("{test}-schemas-{}", std::process::id()));
     std::fs::create_dir_all(schemas.join("views")).unwrap();
     common::copy_dir(
         std::path::Path::new("schemas/sources"),
         &schemas.join("sources"),
     );
     std::fs::write(schemas.join("views/user_txn.toml"), DRIFT_VIEWS).unwrap();
-    let t = TestEnv::new("drift", &[]).with_schemas(&schemas);
+    let t = TestEnv::new(test, &[]).with_schemas(&schemas);
     t.create_topics();
-
-    // One stream, 5 minutes apart and ending now; the world changes after TRAIN + STEADY.
-    let total = TRAIN + STEADY + SHIFTED;
-    let start = chrono::Utc::now() - chrono::Duration::minutes(5 * total as i64 + 60);
-    // 5 000 card holders, each paying every couple of weeks: a window's inputs are a fair
-    // sample of the population, not of a few busy users.
-    let options = quiver_demo::GeneratorOptions {
-        users: 5_000,
-        fraud_rate: 0.03,
-        shift_after: Some((TRAIN + STEADY) as u64),
-        ..quiver_demo::GeneratorOptions::default()
-    };
-    let txns = common::stream::demo_transactions_from(7, options, start, 300_000, 0, total);
-    let (train, live) = txns.split_at(TRAIN);
-    let (steady, shifted) = live.split_at(STEADY);
-
-    // A model trained on the first TRAIN events, its baseline with it.
     produce(&t, train, true);
     let worker = start_in_process(&t);
     assert!(eventually(Duration::from_secs(120), || {
-        t.raw_scalar("labels", "SELECT count(*) FROM raw") >= TRAIN as i64
-            && common::log_rows(&t, "user_txn") >= TRAIN as i64
+        t.raw_scalar("labels", "SELECT count(*) FROM raw") >= train.len() as i64
+            && common::log_rows(&t, "user_txn") >= train.len() as i64
     }));
     worker.stop();
     let ds = t.dir.join("dataset");
     let ds = ds.to_str().unwrap();
     quiver(&t, &["dataset", "build", "--labels", "labels", "--out", ds]);
     quiver(&t, &["train", "--dataset", ds, "--promote"]);
+    t
+}
+
+#[test]
+fn drift_is_flagged_on_the_shifted_inputs_only_and_never_before_the_shift() {
+    const TRAIN: usize = 6_000;
+    const STEADY: usize = 20_000;
+    const SHIFTED: usize = 8_000;
+    const RATE: usize = 2_000;
+    let txns = shifting_stream(TRAIN + STEADY + SHIFTED, TRAIN + STEADY);
+    let (train, live) = txns.split_at(TRAIN);
+    let (steady, shifted) = live.split_at(STEADY);
+    let t = trained_on("drift", train);
 
     // The monitor over 4 s windows (about 8 000 predictions; drift only from 5 000: fewer
     // rows make the burst-driven `txn_count_1h` noisy against Evidently's 0.1), then the live
@@ -456,5 +463,112 @@ fn drift_is_flagged_on_the_shifted_inputs_only_and_never_before_the_shift() {
     assert_eq!(
         flagged, "user_txn__amount_mean_24h,user_txn__amount_max_24h,user_txn__last_country",
         "exactly the inputs of the shifted fields"
+    );
+}
+
+#[test]
+fn a_degraded_model_is_retrained_canaried_and_promoted_with_the_reasons_recorded() {
+    const TRAIN: usize = 6_000;
+    const STEADY: usize = 6_000;
+    const SHIFTED: usize = 60_000;
+    const RATE: usize = 2_000;
+    let txns = shifting_stream(TRAIN + STEADY + SHIFTED, TRAIN + STEADY);
+    let (train, live) = txns.split_at(TRAIN);
+    let (steady, shifted) = live.split_at(STEADY);
+    let t = trained_on("retrain", train);
+    let first = t.production_model();
+
+    let admin = format!("127.0.0.1:{}", free_port());
+    let _monitor = ChildWorker {
+        child: t
+            .quiver(&["monitor", "run"])
+            .env("QUIVER__MONITOR__ADMIN_LISTEN", &admin)
+            .env("QUIVER__MONITOR__WINDOW", "20s")
+            .env("QUIVER__MONITOR__INTERVAL", "1s")
+            .env("QUIVER__MONITOR__MIN_ROWS", "300")
+            .env("QUIVER__MONITOR__RETRAIN__ENABLED", "true")
+            .env("QUIVER__MONITOR__RETRAIN__AUTO_PROMOTE", "true")
+            .env("QUIVER__MONITOR__RETRAIN__MIN_ROC_AUC", "0.8")
+            .env("QUIVER__MONITOR__RETRAIN__FOR_WINDOWS", "2")
+            .env("QUIVER__MONITOR__RETRAIN__CANARY_FRACTION", "0.5")
+            .env("QUIVER__MONITOR__RETRAIN__CANARY_FOR", "3s")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(t.dir.join("monitor.log")).unwrap())
+            .spawn()
+            .unwrap(),
+        admin: admin.clone(),
+    };
+    assert!(eventually(Duration::from_secs(30), || admin_get(
+        &admin, "/readyz"
+    )
+    .0 == 200));
+    let worker = start_in_process(&t);
+    let registry = quiver_models::Registry::open(&t.config.store.dir).unwrap();
+    let promoted = || {
+        registry
+            .deployment()
+            .unwrap()
+            .timeline
+            .iter()
+            .any(|c| c.action == "promoted" && c.model_id != first)
+    };
+    // Transactions and their labels, a second at a time: steady, then shifted until the
+    // policy has promoted a retrained model (or the shifted stream runs out).
+    for (i, chunk) in steady.chunks(RATE).chain(shifted.chunks(RATE)).enumerate() {
+        common::stream::stream(&t, chunk, RATE).join().unwrap();
+        common::produce_demo_labels(&t, chunk);
+        if i * RATE > STEADY && promoted() {
+            break;
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(30), promoted),
+        "no retrained model promoted: {:#?}",
+        registry.deployment().unwrap().timeline
+    );
+    worker.stop();
+
+    // The registry's history says what happened and why, in order.
+    let timeline = registry.deployment().unwrap().timeline;
+    let steps: Vec<(&str, &str)> = timeline
+        .iter()
+        .map(|c| (c.action.as_str(), c.model_id.as_str()))
+        .collect();
+    let candidate = t.production_model();
+    assert_ne!(candidate, first);
+    let at = |action: &str| {
+        timeline
+            .iter()
+            .position(|c| c.action == action && c.model_id == candidate)
+            .unwrap_or_else(|| panic!("no `{action}` of {candidate}: {steps:?}"))
+    };
+    assert!(
+        at("retrained") < at("canary") && at("canary") < at("promoted"),
+        "{steps:?}"
+    );
+    let retrained = &timeline[at("retrained")].reason;
+    assert!(
+        retrained.contains("realised ROC AUC") || retrained.contains("drift share"),
+        "{retrained}"
+    );
+    assert!(
+        timeline[at("canary")]
+            .reason
+            .contains("better on the recent test split")
+    );
+    assert!(
+        timeline[at("promoted")]
+            .reason
+            .contains("canary without regression")
+    );
+    let card = registry.card(&candidate).unwrap();
+    assert_eq!(&card.reason, retrained, "the card says why it was trained");
+    eprintln!("retraining: {:#?}", &timeline[at("retrained")..]);
+    // And the report shows it.
+    let text = quiver(&t, &["monitor", "report", "--window", "1h"]);
+    assert!(
+        text.contains("deployment timeline") && text.contains(retrained.as_str()),
+        "{text}"
     );
 }

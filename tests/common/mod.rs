@@ -731,6 +731,15 @@ pub fn produce_demo(
     }
 }
 
+/// Produces the labels of demo transactions, observed at their event time.
+pub fn produce_demo_labels(t: &TestEnv, txns: &[quiver_demo::Transaction]) {
+    let labels: Vec<(String, Vec<u8>)> = txns
+        .iter()
+        .map(|x| (x.user_id.clone(), x.label_json(x.event_time).into_bytes()))
+        .collect();
+    produce_all(&services().kafka, &t.topic("labels"), &labels);
+}
+
 /// Rows in a view's feature log so far.
 pub fn log_rows(t: &TestEnv, view: &str) -> i64 {
     log_query(t, view, "SELECT count(*) FROM log")

@@ -58,6 +58,9 @@ pub struct DatasetOptions {
     pub time_column: Option<String>,
     /// Fraction of rows, latest by time, in the test split.
     pub test_fraction: f64,
+    /// Only the latest this many label rows by time (the retraining policy's recent window);
+    /// `None`: all of them.
+    pub latest: Option<usize>,
 }
 
 impl DatasetOptions {
@@ -70,6 +73,7 @@ impl DatasetOptions {
             label_column: None,
             time_column: None,
             test_fraction: 0.2,
+            latest: None,
         }
     }
 }
@@ -513,6 +517,13 @@ async fn load_labels(
             keep.push(row as u32);
         }
     }
+    let unmatched = total.saturating_sub(keep.len());
+    if let Some(latest) = options.latest
+        && keep.len() > latest
+    {
+        keep.sort_by_key(|&r| times.value(r as usize));
+        keep.drain(..keep.len() - latest);
+    }
     let indices = UInt32Array::from(keep.clone());
     let mut keys = BTreeMap::new();
     for e in &entities {
@@ -550,7 +561,7 @@ async fn load_labels(
         label_name: label_column,
         id,
         join,
-        unmatched: total.saturating_sub(keep.len()),
+        unmatched,
     })
 }
 

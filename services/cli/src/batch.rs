@@ -152,6 +152,7 @@ pub(crate) async fn dataset(ctx: &Context, args: DatasetArgs) -> anyhow::Result<
         label_column: args.label_column,
         time_column: args.time_column,
         test_fraction: args.test_fraction,
+        latest: args.latest,
     };
     let ctx = ctx.clone();
     let handle = tokio::runtime::Handle::current();

@@ -185,6 +185,9 @@ pub struct DatasetArgs {
     /// Fraction of rows, latest by time, in the test split.
     #[arg(long, default_value_t = 0.2)]
     pub test_fraction: f64,
+    /// Only the latest N labelled events by time (e.g. a recent window to retrain on).
+    #[arg(long)]
+    pub latest: Option<usize>,
 }
 
 /// `quiver train`.

@@ -62,7 +62,7 @@ pub(crate) fn train(ctx: &Context, args: TrainArgs) -> anyhow::Result<()> {
         }
     }
     let best = best.context("no candidate trained")?;
-    let card = registry.register(&best, &dataset.manifest, &args.dataset)?;
+    let card = registry.register(&best, &dataset.manifest, &args.dataset, "")?;
     let m = &card.test;
     println!(
         "registered {} ({}): test ROC AUC {:.4}, PR AUC {:.4}, log loss {:.4}, threshold {:.3} → \

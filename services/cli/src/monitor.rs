@@ -138,6 +138,7 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
             &settings,
         ));
     }
+    let timeline = registry.deployment()?.timeline;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else if reports.is_empty() {
@@ -153,6 +154,17 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
     } else {
         for r in &reports {
             print_report(r);
+        }
+    }
+    if !args.json && !timeline.is_empty() {
+        println!("deployment timeline (latest last):");
+        for c in timeline.iter().rev().take(10).rev() {
+            let why = if c.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", c.reason)
+            };
+            println!("  {} {} {}{why}", c.at, c.action, c.model_id);
         }
     }
     Ok(())

@@ -164,9 +164,14 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     );
     let monitor_health = Health::of("monitor");
     let monitor_admin = crate::monitor::start_monitor_admin(ctx, &monitor_health).await?;
-    let monitor = crate::monitor::spawn_monitor(ctx, shutdown.clone(), monitor_health);
+    // The closed loop is on in the demo: a model that degrades is retrained, canaried and
+    // promoted.
+    let mut looped = ctx.clone();
+    looped.config.monitor.retrain.enabled = true;
+    looped.config.monitor.retrain.auto_promote = true;
+    let monitor = crate::monitor::spawn_monitor(&looped, shutdown.clone(), monitor_health);
     println!(
-        "      monitor: every {} over the last {}: drift, realised vs estimated AUC, latency{} and `quiver sql \"SELECT * FROM monitor\"`",
+        "      monitor: every {} over the last {}: drift, realised vs estimated AUC, latency, retraining when the model degrades{} and `quiver sql \"SELECT * FROM monitor\"`",
         config.monitor.interval,
         config.monitor.window,
         monitor_admin

@@ -195,6 +195,35 @@ pub struct MonitorConfig {
     /// Feature rows kept per model and interval for the drift tests (a uniform sample; counts,
     /// scores, latencies and labels are kept whole).
     pub sample_rows: usize,
+    /// Retraining when the production model degrades.
+    pub retrain: RetrainConfig,
+}
+
+/// `[monitor.retrain]`: retraining when the production model degrades.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainConfig {
+    /// Whether the monitor retrains at all.
+    pub enabled: bool,
+    /// Retrain when the realised ROC AUC falls below this ...
+    pub min_roc_auc: f64,
+    /// ... or the drift share reaches this ...
+    pub max_drift_share: f64,
+    /// ... for this many consecutive evaluations.
+    pub for_windows: usize,
+    /// Put a better candidate on canary and promote it after `canary_for` without regression.
+    pub auto_promote: bool,
+    /// The canary's share of events.
+    pub canary_fraction: f64,
+    /// How long the canary runs before promotion.
+    pub canary_for: String,
+}
+
+impl RetrainConfig {
+    /// `canary_for` in microseconds (validated at load).
+    pub fn canary_for_us(&self) -> i64 {
+        crate::duration::parse(&self.canary_for).unwrap_or(10 * crate::duration::MINUTE_US)
+    }
 }
 
 impl MonitorConfig {
@@ -362,7 +391,30 @@ impl Config {
                 &mut errors,
             );
         }
+        let r = &self.monitor.retrain;
+        if !(0.0..=1.0).contains(&r.min_roc_auc) {
+            errors.push(format!(
+                "monitor.retrain.min_roc_auc: {} is not in [0, 1]",
+                r.min_roc_auc
+            ));
+        }
+        if !(0.0..=1.0).contains(&r.max_drift_share) {
+            errors.push(format!(
+                "monitor.retrain.max_drift_share: {} is not in [0, 1]",
+                r.max_drift_share
+            ));
+        }
+        if !(r.canary_fraction > 0.0 && r.canary_fraction <= 1.0) {
+            errors.push(format!(
+                "monitor.retrain.canary_fraction: {} is not in (0, 1]",
+                r.canary_fraction
+            ));
+        }
+        if r.for_windows == 0 {
+            errors.push("monitor.retrain.for_windows: must be greater than 0".to_string());
+        }
         for (key, value) in [
+            ("monitor.retrain.canary_for", &r.canary_for),
             ("monitor.window", &self.monitor.window),
             ("monitor.interval", &self.monitor.interval),
             ("monitor.label_horizon", &self.monitor.label_horizon),

@@ -38,6 +38,9 @@ pub struct ModelCard {
     pub trained_at: String,
     /// Training duration (seconds).
     pub train_seconds: f64,
+    /// Why it was trained, when a policy trained it (empty when a user did).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// A canary: a candidate taking a fraction of the decisions.
@@ -72,7 +75,8 @@ pub struct Deployment {
 pub struct Change {
     /// When (RFC 3339).
     pub at: String,
-    /// `promoted`, `rolled_back`, `canary`, `canary_removed`, `shadow`, `shadow_removed`.
+    /// `retrained`, `promoted`, `rolled_back`, `canary`, `canary_removed`, `shadow`,
+    /// `shadow_removed`.
     pub action: String,
     /// The model the change is about.
     pub model_id: String,
@@ -109,12 +113,12 @@ impl Deployment {
         .filter_map(|(model, slot)| model.map(|m| (m, slot)))
     }
 
-    fn record(&mut self, action: &str, model_id: &str) {
+    fn record(&mut self, action: &str, model_id: &str, reason: &str) {
         self.timeline.push(Change {
             at: chrono::Utc::now().to_rfc3339(),
             action: action.to_string(),
             model_id: model_id.to_string(),
-            reason: String::new(),
+            reason: reason.to_string(),
         });
     }
 }
@@ -170,12 +174,14 @@ impl Registry {
         format!("{}-{stamp}-s{seed}", kind.tag())
     }
 
-    /// Stores a trained candidate; returns its card.
+    /// Stores a trained candidate; returns its card. A `reason` (a policy retrained it) goes in
+    /// the card and, as `retrained`, in the timeline.
     pub fn register(
         &self,
         trained: &Trained,
         dataset: &serde_json::Value,
         dir: &Path,
+        reason: &str,
     ) -> Result<ModelCard> {
         let id = &trained.model.id;
         let folder = self.root.join(id);
@@ -191,10 +197,16 @@ impl Registry {
             test: trained.test.clone(),
             trained_at: chrono::Utc::now().to_rfc3339(),
             train_seconds: trained.seconds,
+            reason: reason.to_string(),
         };
         write_atomic(&folder.join("model.json"), &to_json(&trained.model)?)?;
         write_atomic(&folder.join(BASELINE), &to_json(&trained.baseline)?)?;
         write_atomic(&folder.join("card.json"), &to_json(&card)?)?;
+        if !reason.is_empty() {
+            let mut d = self.deployment()?;
+            d.record("retrained", id, reason);
+            self.save(d)?;
+        }
         Ok(card)
     }
 
@@ -205,7 +217,7 @@ impl Registry {
         let kind = Kind::LogisticRegression;
         let params = Params::default();
         let trained = crate::train::train(&dataset, kind, params, self.new_id(kind, params.seed))?;
-        let card = self.register(&trained, &dataset.manifest, dir)?;
+        let card = self.register(&trained, &dataset.manifest, dir, "")?;
         self.promote(&card.id)?;
         Ok(card)
     }
@@ -267,6 +279,11 @@ impl Registry {
 
     /// Makes `id` production (the previous one goes to the history).
     pub fn promote(&self, id: &str) -> Result<Deployment> {
+        self.promote_because(id, "")
+    }
+
+    /// [`Registry::promote`], with the reason recorded in the timeline.
+    pub fn promote_because(&self, id: &str, reason: &str) -> Result<Deployment> {
         self.card(id)?;
         let mut d = self.deployment()?;
         if d.production.as_deref() == Some(id) {
@@ -279,7 +296,7 @@ impl Registry {
         if d.canary.as_ref().is_some_and(|c| c.id == id) {
             d.canary = None;
         }
-        d.record("promoted", id);
+        d.record("promoted", id, reason);
         self.save(d)
     }
 
@@ -290,13 +307,18 @@ impl Registry {
             .history
             .pop()
             .ok_or_else(|| Error::Invalid("no earlier production model to roll back to".into()))?;
-        d.record("rolled_back", &previous);
+        d.record("rolled_back", &previous, "");
         d.production = Some(previous);
         self.save(d)
     }
 
     /// Sets (or clears, with `None`) the canary.
     pub fn set_canary(&self, canary: Option<Canary>) -> Result<Deployment> {
+        self.set_canary_because(canary, "")
+    }
+
+    /// [`Registry::set_canary`], with the reason recorded in the timeline.
+    pub fn set_canary_because(&self, canary: Option<Canary>, reason: &str) -> Result<Deployment> {
         if let Some(c) = &canary {
             self.card(&c.id)?;
             if !(0.0..=1.0).contains(&c.fraction) {
@@ -308,8 +330,8 @@ impl Registry {
         }
         let mut d = self.deployment()?;
         match (&canary, &d.canary) {
-            (Some(new), _) => d.record("canary", &new.id),
-            (None, Some(old)) => d.record("canary_removed", &old.id.clone()),
+            (Some(new), _) => d.record("canary", &new.id, reason),
+            (None, Some(old)) => d.record("canary_removed", &old.id.clone(), reason),
             (None, None) => {}
         }
         d.canary = canary;
@@ -323,8 +345,8 @@ impl Registry {
         }
         let mut d = self.deployment()?;
         match (&id, &d.shadow) {
-            (Some(new), _) => d.record("shadow", new),
-            (None, Some(old)) => d.record("shadow_removed", &old.clone()),
+            (Some(new), _) => d.record("shadow", new, ""),
+            (None, Some(old)) => d.record("shadow_removed", &old.clone(), ""),
             (None, None) => {}
         }
         d.shadow = id;

@@ -80,6 +80,59 @@ pub(crate) fn reported(r: &ModelReport) {
     );
 }
 
+/// A retraining job ended.
+pub(crate) fn retrained(outcome: &quiver_monitor::retrain::Outcome) {
+    use quiver_monitor::retrain::Outcome;
+    match outcome {
+        Outcome::Trained {
+            model_id,
+            candidate_roc_auc,
+            production_roc_auc,
+        } => {
+            counter!(names::MONITOR_RETRAINS, "result" => "trained").increment(1);
+            tracing::info!(
+                model_id,
+                candidate_roc_auc,
+                production_roc_auc,
+                "monitor: retrained a candidate (ROC AUC on the recent test split against production's)"
+            );
+        }
+        Outcome::Failed { error } => {
+            counter!(names::MONITOR_RETRAINS, "result" => "failed").increment(1);
+            tracing::warn!(%error, "monitor: retraining failed");
+        }
+    }
+}
+
+/// A step the retraining policy took (and whether the registry took it).
+pub(crate) fn retrain_step(action: &quiver_monitor::retrain::Action, error: Option<&str>) {
+    use quiver_monitor::retrain::Action;
+    let (step, model, reason) = match action {
+        Action::Wait => return,
+        Action::Retrain { reason, .. } => ("retrain", "", reason),
+        Action::Canary {
+            model_id, reason, ..
+        } => ("canary", model_id.as_str(), reason),
+        Action::Promote { model_id, reason } => ("promote", model_id.as_str(), reason),
+        Action::Abandon { model_id, reason } => ("abandon", model_id.as_str(), reason),
+    };
+    match error {
+        None => tracing::info!(
+            step,
+            model_id = model,
+            reason = reason.as_str(),
+            "monitor: retraining policy"
+        ),
+        Some(error) => tracing::warn!(
+            step,
+            model_id = model,
+            reason = reason.as_str(),
+            error,
+            "monitor: retraining policy step failed"
+        ),
+    }
+}
+
 /// When a deployed model entered its slot.
 pub(crate) fn deployed(model_id: &str, variant: &str, at_seconds: f64) {
     gauge!(names::MODEL_DEPLOYED_TIMESTAMP, "model_id" => model_id.to_string(), "variant" => variant.to_string())

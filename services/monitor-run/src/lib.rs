@@ -9,24 +9,24 @@
 //! them to retain at least that much. It writes nothing but the monitor table.
 
 mod consumer;
+mod evaluate;
 mod events;
 pub mod history;
 pub mod read;
+mod retrain;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use quiver_core::{Catalog, Config, Retry};
 use quiver_features::ViewCatalog;
-use quiver_models::Registry;
 use quiver_models::baseline::Baseline;
 use quiver_models::metrics::Metrics;
-use quiver_monitor::report::{Settings, report};
 use quiver_monitor::tracker::{Joined, Limits, Taken, Tracker};
 use quiver_telemetry::Health;
 use rdkafka::Message as _;
 use rdkafka::message::BorrowedMessage;
 
+use crate::evaluate::Evaluation;
 use crate::read::Fields;
 
 /// Result alias of `quiver-monitor-run`.
@@ -120,17 +120,7 @@ pub fn run(
     let topics = [state.predictions_topic.clone(), state.labels_topic.clone()];
     let consumer = consumer::assigned(config, &topics, from_ms)?;
     events::started(&topics, from_ms);
-    let mut evaluation = Evaluation {
-        registry: Registry::open(&config.store.dir)?,
-        history: history::open(&config.store.dir)?,
-        settings: Settings {
-            min_rows: m.min_rows,
-            lifetime: views.lifetime_inputs(),
-            ..Settings::default()
-        },
-        references: BTreeMap::new(),
-        shown: BTreeSet::new(),
-    };
+    let mut evaluation = Evaluation::new(config, catalog, views)?;
     // Nothing is evaluated before the backlog of the window is read (a first evaluation
     // would report a part of it as the whole).
     let mut caught_up = false;
@@ -156,6 +146,7 @@ pub fn run(
             }
         }
         let now = now_us();
+        evaluation.retraining_done(now);
         if caught_up && now >= next {
             next = now + limits.interval_us;
             state.summary.evaluations += 1;
@@ -285,101 +276,6 @@ impl State {
     }
 }
 
-/// What an evaluation needs: the registry, the monitor table and what was read of them.
-struct Evaluation {
-    registry: Registry,
-    history: quiver_store::SegmentStore,
-    settings: Settings,
-    /// Each model's test metrics and baseline, read once (`None`: it cannot be reported).
-    references: BTreeMap<String, Reference>,
-    /// The models whose gauges show figures, to blank them once they leave the window.
-    shown: BTreeSet<String>,
-}
-
-impl Evaluation {
-    /// Reports every model of the window ending `now`: gauges and a row each in the monitor
-    /// table. Returns how many models were reported.
-    fn run(&mut self, tracker: &mut Tracker, now: i64) -> Result<usize> {
-        tracker.expire(now);
-        let deployment = self.registry.deployment()?;
-        for (model, variant) in deployment.slots() {
-            if let Some(at) = deployment.deployed_at(model, variant)
-                && let Ok(t) = chrono::DateTime::parse_from_rfc3339(at)
-            {
-                events::deployed(model, variant, t.timestamp_millis() as f64 / 1_000.0);
-            }
-        }
-        let mut reports = Vec::new();
-        for (slot, window) in tracker.windows(now) {
-            if !self.references.contains_key(&slot.model_id) {
-                let reference = load_reference(&self.registry, &slot.model_id);
-                self.references.insert(slot.model_id.clone(), reference);
-            }
-            if let Some(Some((test, baseline))) = self.references.get(&slot.model_id) {
-                reports.push(report(
-                    &slot.model_id,
-                    &slot.variant,
-                    baseline,
-                    test,
-                    &window,
-                    &self.settings,
-                ));
-            }
-        }
-        // A model in two slots of the window (a canary just promoted) shows the figures of
-        // the slot it holds now: emitted last.
-        let holds = |r: &&quiver_monitor::ModelReport| {
-            deployment
-                .slots()
-                .any(|(m, v)| m == r.model_id && v == r.variant)
-        };
-        let (current, former): (Vec<_>, Vec<_>) = reports.iter().partition(holds);
-        let mut shown = BTreeSet::new();
-        for r in former.into_iter().chain(current) {
-            events::reported(r);
-            shown.insert(r.model_id.clone());
-        }
-        for gone in self.shown.difference(&shown) {
-            events::left_window(gone);
-        }
-        self.shown = shown;
-        let rows: Vec<history::Row<'_>> = reports
-            .iter()
-            .map(|r| history::Row {
-                report: r,
-                deployed_at: deployment.deployed_at(&r.model_id, &r.variant),
-            })
-            .collect();
-        history::append(&self.history, tracker.window_start(now), now, &rows)?;
-        Ok(reports.len())
-    }
-}
-
-/// A model's test metrics and baseline, or `None` (logged once) if it cannot be reported.
-fn load_reference(registry: &Registry, model_id: &str) -> Reference {
-    let card = match registry.card(model_id) {
-        Ok(card) => card,
-        Err(e) => {
-            events::unreportable(model_id, &format!("not in the registry ({e})"));
-            return None;
-        }
-    };
-    match registry.baseline(model_id) {
-        Ok(Some(baseline)) => Some((card.test, baseline)),
-        Ok(None) => {
-            events::unreportable(
-                model_id,
-                "no training baseline (trained before baselines were kept)",
-            );
-            None
-        }
-        Err(e) => {
-            events::unreportable(model_id, &format!("its baseline cannot be read ({e})"));
-            None
-        }
-    }
-}
-
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }

@@ -8,6 +8,7 @@
 pub mod drift;
 pub mod estimate;
 pub mod report;
+pub mod retrain;
 pub mod stats;
 pub mod tracker;
 

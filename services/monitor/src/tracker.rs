@@ -265,7 +265,19 @@ impl Tracker {
 
     /// Each model's window ending at `now_us` (every model with a prediction in it).
     pub fn windows(&self, now_us: i64) -> Vec<(Slot, Window)> {
-        let first = self.first_bucket(now_us);
+        self.windows_from(self.first_bucket(now_us))
+    }
+
+    /// Each model's predictions of the window made from `since_us` on (whole buckets: from the
+    /// first bucket starting at or after it) — to compare two models over the same span.
+    pub fn windows_since(&self, now_us: i64, since_us: i64) -> Vec<(Slot, Window)> {
+        let since = since_us
+            .saturating_add(self.limits.interval_us - 1)
+            .div_euclid(self.limits.interval_us);
+        self.windows_from(self.first_bucket(now_us).max(since))
+    }
+
+    fn windows_from(&self, first: i64) -> Vec<(Slot, Window)> {
         let mut out: BTreeMap<usize, Window> = BTreeMap::new();
         for ((slot, _), b) in self
             .buckets
@@ -476,6 +488,8 @@ mod tests {
         // at 10 s or later (a window of 65 s).
         let w = &t.windows(75 * S)[0].1;
         assert_eq!(w.served, 30 - 4, "those at 0, 3, 6, 9 s left");
+        // From 41 s: the buckets from 50 s on (predictions at 51 … 87 s).
+        assert_eq!(t.windows_since(75 * S, 41 * S)[0].1.served, 13);
         assert_eq!(t.window_start(75 * S), 10 * S);
         assert!(matches!(
             t.label("t0", true, 75 * S),

@@ -106,6 +106,8 @@ pub const MONITOR_LABELS_PENDING: &str = "quiver_monitor_labels_pending";
 /// Messages the monitor read. Labels: `topic`, `result` (`ok`, `repeated`: a replayed
 /// prediction, `unreadable`: not a prediction or label it understands).
 pub const MONITOR_MESSAGES: &str = "quiver_monitor_messages_total";
+/// Retraining jobs the monitor's policy ran. Labels: `result` (`trained`, `failed`).
+pub const MONITOR_RETRAINS: &str = "quiver_monitor_retrains_total";
 /// Evaluations of the window. Labels: `result` (`ok`, `error`).
 pub const MONITOR_EVALUATIONS: &str = "quiver_monitor_evaluations_total";
 
@@ -193,6 +195,11 @@ pub(crate) fn describe() {
         MONITOR_MESSAGES,
         Unit::Count,
         "Messages the monitor read, by topic and result"
+    );
+    describe_counter!(
+        MONITOR_RETRAINS,
+        Unit::Count,
+        "Retraining jobs run by the monitor's policy"
     );
     describe_counter!(
         MONITOR_EVALUATIONS,
