@@ -4,32 +4,16 @@
 //! recording rule), and every metric the rules and the dashboard name is one Quiver emits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// promtool, installed by the project's script if missing.
 fn promtool() -> PathBuf {
-    let found = || {
-        Command::new("sh")
-            .args(["-c", "command -v promtool"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-    };
-    if let Some(path) = found() {
-        return path;
-    }
-    let status = Command::new("bash")
-        .arg(Path::new(REPO).join("deploy/local/stack.sh"))
-        .arg("install")
-        .status()
-        .expect("run deploy/local/stack.sh install");
-    assert!(status.success(), "deploy/local/stack.sh install failed");
-    found().expect("promtool after deploy/local/stack.sh install")
+    common::installed("promtool")
 }
 
 fn run(args: &[&str]) -> String {

@@ -2,8 +2,8 @@
 # Quiver's local stack: tansu (a Kafka-compatible broker, memory storage) and Redis, on loopback.
 #
 #   stack.sh install   install what is missing (tansu: pinned prebuilt binary, sha256-checked;
-#                      redis-server: Debian package; promtool, for the tests of
-#                      deploy/prometheus: Debian package prometheus)
+#                      redis-server: Debian package; for the tests, promtool (Debian
+#                      package prometheus) and chromium)
 #   stack.sh up        install, start both, wait until each answers (safe to run twice)
 #   stack.sh down      stop what `up` started (and only that)
 #   stack.sh status    show what runs
@@ -76,6 +76,16 @@ install_promtool() { # for the tests of deploy/prometheus (Debian's prometheus p
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   command -v promtool >/dev/null || die "promtool did not install"
+}
+
+install_chromium() { # for the status page's browser test (Debian's chromium package)
+  if command -v chromium >/dev/null; then return; fi
+  say "installing chromium (Debian package, for the status page test)"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  command -v chromium >/dev/null || die "chromium did not install"
 }
 
 # pid_alive NAME: the pid file exists and its process still runs the expected program.
@@ -158,7 +168,8 @@ case "${1:-}" in
     install_tansu
     install_redis
     install_promtool
-    say "tansu: $TANSU; redis-server: $(command -v redis-server); promtool: $(command -v promtool)"
+    install_chromium
+    say "tansu: $TANSU; redis-server: $(command -v redis-server); promtool: $(command -v promtool); chromium: $(command -v chromium)"
     ;;
   up)
     mkdir -p "$RUN" "$LOGS"
@@ -180,7 +191,8 @@ case "${1:-}" in
       tansu) echo "$TANSU" ;;
       redis) command -v redis-server ;;
       promtool) command -v promtool ;;
-      *) die "usage: stack.sh path tansu|redis|promtool" ;;
+      chromium) command -v chromium ;;
+      *) die "usage: stack.sh path tansu|redis|promtool|chromium" ;;
     esac
     ;;
   *)

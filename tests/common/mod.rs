@@ -75,6 +75,30 @@ fn tansu_bin() -> PathBuf {
     bin
 }
 
+/// A tool the tests need beyond the broker and Redis (`promtool`, `chromium`), installed by the
+/// project's script (`deploy/local/stack.sh install`) if it is not on the PATH.
+pub fn installed(tool: &str) -> PathBuf {
+    let found = || {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    };
+    if let Some(path) = found() {
+        return path;
+    }
+    let status = Command::new("bash")
+        .arg(Path::new(REPO).join("deploy/local/stack.sh"))
+        .arg("install")
+        .env("QUIVER_WORK_DIR", Path::new(REPO).join(".quiver"))
+        .status()
+        .expect("run deploy/local/stack.sh install");
+    assert!(status.success(), "deploy/local/stack.sh install failed");
+    found().unwrap_or_else(|| panic!("{tool} after deploy/local/stack.sh install"))
+}
+
 /// Starts `program args...` under a watchdog that kills it when this process exits.
 fn spawn_guarded(program: &Path, args: &[String], log: &Path) -> Child {
     let script = r#"prog="$1"; shift; "$prog" "$@" & child=$!

@@ -262,6 +262,16 @@ impl Registry {
         Ok(out)
     }
 
+    /// The deployment of the registry under `store_dir`, read without creating anything (for
+    /// readers that must not write).
+    pub fn read_deployment(store_dir: &Path) -> Result<Deployment> {
+        let path = store_dir.join("models").join("registry.json");
+        if !path.exists() {
+            return Ok(Deployment::default());
+        }
+        read_json(&path)
+    }
+
     /// The current deployment.
     pub fn deployment(&self) -> Result<Deployment> {
         let path = self.deployment_path();

@@ -3,7 +3,7 @@
 //! promotion, a canary taken off).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
 
 use quiver_core::{Catalog, Config};
 use quiver_features::ViewCatalog;
@@ -55,6 +55,7 @@ impl Evaluation {
                     auto_promote: r.auto_promote,
                     canary_fraction: r.canary_fraction,
                     canary_for_us: r.canary_for_us(),
+                    min_train_rows: m.min_rows.saturating_mul(5),
                 })
             }),
             job: None,
@@ -71,8 +72,13 @@ impl Evaluation {
 
     /// Takes in the end of the retraining job, if it ended.
     pub(crate) fn retraining_done(&mut self, now: i64) {
-        let Some(done) = self.job.as_ref().and_then(|j| j.try_recv().ok()) else {
-            return;
+        let done = match self.job.as_ref().map(|j| j.try_recv()) {
+            None | Some(Err(TryRecvError::Empty)) => return,
+            Some(Ok(done)) => done,
+            // The job's thread ended without an answer (it panicked).
+            Some(Err(TryRecvError::Disconnected)) => Outcome::Failed {
+                error: "the retraining job stopped without an outcome".into(),
+            },
         };
         self.job = None;
         events::retrained(&done);
@@ -99,7 +105,17 @@ impl Evaluation {
                         }));
                         Ok(())
                     }
-                    None => Err("no production model".to_string()),
+                    None => {
+                        // Nothing to retrain: the policy must not wait for a job.
+                        let failed = Outcome::Failed {
+                            error: "no production model to retrain".into(),
+                        };
+                        events::retrained(&failed);
+                        if let Some(r) = &mut self.retrainer {
+                            r.retrained(failed, crate::now_us());
+                        }
+                        Err("no production model".to_string())
+                    }
                 }
             }
             Action::Canary {
@@ -143,10 +159,22 @@ impl Evaluation {
         let Some(retrainer) = &self.retrainer else {
             return;
         };
+        let (candidate, canary_since) = (
+            retrainer.candidate().map(String::from),
+            retrainer.canary_since(),
+        );
         let Some(production) = deployment.production.clone() else {
             return;
         };
-        let action = match retrainer.canary_since() {
+        // A candidate a user took off canary (or replaced) is no longer the policy's to judge.
+        if let Some(candidate) = candidate
+            && deployment.canary.as_ref().is_none_or(|c| c.id != candidate)
+            && let Some(r) = self.retrainer.as_mut()
+        {
+            r.canary_gone(now);
+            return;
+        }
+        let action = match canary_since {
             None => {
                 let report = reports
                     .iter()

@@ -21,6 +21,8 @@ pub struct Policy {
     pub canary_fraction: f64,
     /// How long the canary runs before it is promoted (µs).
     pub canary_for_us: i64,
+    /// Train on at least this many labelled events, however few the window joined.
+    pub min_train_rows: usize,
 }
 
 /// Where the policy stands.
@@ -175,7 +177,7 @@ impl Retrainer {
                     return Action::Wait;
                 }
                 let reason = format!(
-                    "{why} for {} consecutive windows (model {})",
+                    "{why} in {} consecutive evaluations (model {})",
                     self.policy.for_windows, p.model_id
                 );
                 self.phase = Phase::Retraining {
@@ -183,51 +185,76 @@ impl Retrainer {
                 };
                 Action::Retrain {
                     reason,
-                    rows: p.labels_joined,
+                    rows: p.labels_joined.max(self.policy.min_train_rows),
                 }
             }
             Phase::Retraining { .. } => Action::Wait,
-            Phase::Canary {
+            Phase::Canary { .. } => self.judge_canary(production, canary, now_us),
+        }
+    }
+
+    /// The candidate on canary against production over the span since it went on canary:
+    /// taken off at once if it regresses; promoted after `canary_for` once it has a realised
+    /// ROC AUC that does not; taken off if none comes within three `canary_for`.
+    fn judge_canary(
+        &mut self,
+        production: Option<&ModelReport>,
+        canary: Option<&ModelReport>,
+        now_us: i64,
+    ) -> Action {
+        let Phase::Canary {
+            model_id,
+            since_us,
+            reason,
+        } = &self.phase
+        else {
+            return Action::Wait;
+        };
+        let (model_id, since_us, reason) = (model_id.clone(), *since_us, reason.clone());
+        let auc = |r: Option<&ModelReport>| r.and_then(|r| r.realised.as_ref()).map(|m| m.roc_auc);
+        let (theirs, ours) = (
+            auc(production),
+            auc(canary.filter(|c| c.model_id == model_id)),
+        );
+        let elapsed = now_us - since_us;
+        let verdict = match (ours, theirs) {
+            (Some(o), Some(t)) if o < t - CANARY_TOLERANCE => Err(format!(
+                "canary regressed: realised ROC AUC {o:.4} against production's {t:.4}"
+            )),
+            _ if elapsed < self.policy.canary_for_us => return Action::Wait,
+            (Some(o), Some(t)) => Ok(format!(
+                "realised ROC AUC {o:.4} against production's {t:.4}"
+            )),
+            (Some(o), None) => Ok(format!("realised ROC AUC {o:.4}")),
+            (None, _) if elapsed < 3 * self.policy.canary_for_us => return Action::Wait,
+            (None, _) => Err(format!(
+                "no realised ROC AUC for the canary after {} s: not enough labels to judge it",
+                elapsed / 1_000_000
+            )),
+        };
+        self.watch(now_us);
+        match verdict {
+            Ok(verdict) => Action::Promote {
                 model_id,
-                since_us,
-                reason,
-            } => {
-                let auc = |r: Option<&ModelReport>| {
-                    r.and_then(|r| r.realised.as_ref()).map(|m| m.roc_auc)
-                };
-                let (theirs, ours) = (
-                    auc(production),
-                    auc(canary.filter(|c| &c.model_id == model_id)),
-                );
-                if let (Some(theirs), Some(ours)) = (theirs, ours)
-                    && ours < theirs - CANARY_TOLERANCE
-                {
-                    let action = Action::Abandon {
-                        model_id: model_id.clone(),
-                        reason: format!(
-                            "canary regressed: realised ROC AUC {ours:.4} against production's {theirs:.4}"
-                        ),
-                    };
-                    self.watch(now_us);
-                    return action;
-                }
-                if now_us - *since_us < self.policy.canary_for_us {
-                    return Action::Wait;
-                }
-                let verdict = match (ours, theirs) {
-                    (Some(o), Some(t)) => {
-                        format!("realised ROC AUC {o:.4} against production's {t:.4}")
-                    }
-                    (Some(o), None) => format!("realised ROC AUC {o:.4}"),
-                    _ => "no regression seen".to_string(),
-                };
-                let action = Action::Promote {
-                    model_id: model_id.clone(),
-                    reason: format!("canary without regression ({verdict}); retrained: {reason}"),
-                };
-                self.watch(now_us);
-                action
-            }
+                reason: format!("canary without regression ({verdict}); retrained: {reason}"),
+            },
+            Err(reason) => Action::Abandon { model_id, reason },
+        }
+    }
+
+    /// The candidate left its canary slot without the policy (a user took it off or put
+    /// another model there): the policy goes back to watching.
+    pub fn canary_gone(&mut self, now_us: i64) {
+        if matches!(self.phase, Phase::Canary { .. }) {
+            self.watch(now_us);
+        }
+    }
+
+    /// The candidate on canary, if one is.
+    pub fn candidate(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Canary { model_id, .. } => Some(model_id),
+            _ => None,
         }
     }
 
@@ -306,6 +333,7 @@ mod tests {
             auto_promote: true,
             canary_fraction: 0.1,
             canary_for_us: 60_000_000,
+            min_train_rows: 100,
         }
     }
 
@@ -430,6 +458,42 @@ mod tests {
             r.evaluated(Some(&good), Some(&worse), 5),
             Action::Abandon { reason, .. } if reason.contains("regressed")
         ));
+        // A canary with no labels yet is not promoted on nothing: it waits, then is taken off.
+        let mut r = Retrainer::new(Policy {
+            for_windows: 1,
+            ..policy()
+        });
+        r.evaluated(Some(&bad), None, 0);
+        r.retrained(trained(0.9), 0);
+        let unlabelled = ModelReport {
+            realised: None,
+            ..canary.clone()
+        };
+        assert_eq!(
+            r.evaluated(Some(&bad), Some(&unlabelled), 61_000_000),
+            Action::Wait
+        );
+        assert!(matches!(
+            r.evaluated(Some(&bad), Some(&unlabelled), 181_000_000),
+            Action::Abandon { reason, .. } if reason.contains("not enough labels")
+        ));
+        // A canary a user took off sends the policy back to watching.
+        let mut r = Retrainer::new(Policy {
+            for_windows: 1,
+            ..policy()
+        });
+        r.evaluated(Some(&bad), None, 0);
+        r.retrained(trained(0.9), 0);
+        assert_eq!(r.candidate(), Some("c"));
+        r.canary_gone(5);
+        assert!(matches!(r.phase, Phase::Watching { .. }));
+        let mut r = Retrainer::new(Policy {
+            for_windows: 1,
+            ..policy()
+        });
+        r.evaluated(Some(&bad), None, 0);
+        r.retrained(trained(0.9), 0);
+        r.evaluated(Some(&good), Some(&worse), 5);
         // Quiet for one canary_for after that; then a candidate no better than production is
         // only registered.
         assert_eq!(r.evaluated(Some(&bad), None, 6), Action::Wait);

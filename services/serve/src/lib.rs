@@ -5,6 +5,8 @@
 //!   (an entity with no state gets its empty-window values, `event_time_max: null` and
 //!   `"found": false`)
 //! - `GET /metrics`, `/healthz`, `/readyz` (ready while Redis answers)
+//! - `GET /`: the status page, polling `GET /status.json` (the worker's and the monitor's
+//!   metrics and the deployment timeline; open like `/metrics`, no token)
 //!
 //! A read fetches the entity's whole hash in one round trip, merges its partition shards and
 //! finalises every window at the request time (`as_of`), so windows slide with the clock and
@@ -34,6 +36,7 @@ use serde_json::{Map, Value as Json_, json};
 use tracing::{info, warn};
 
 mod events;
+mod status;
 
 /// Result alias used across `quiver-serve`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -68,6 +71,7 @@ pub struct Api {
     plans: HashMap<String, ViewPlan>,
     reader: OnlineReader,
     token: Option<String>,
+    status: status::Sources,
 }
 
 fn rfc3339(micros: i64) -> String {
@@ -163,6 +167,7 @@ impl Api {
             plans,
             reader,
             token,
+            status: status::Sources::of(config),
         })
     }
 
@@ -382,6 +387,21 @@ pub fn router(api: Arc<Api>, health: Health) -> Router {
             ),
         )
         .route("/openapi.json", get(openapi))
+        .route(
+            "/",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    status::PAGE,
+                )
+            }),
+        )
+        .route(
+            "/status.json",
+            get(|State(api): State<Arc<Api>>| async move {
+                Json(status::status(&api.status).await)
+            }),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|| async {
             error(
