@@ -86,6 +86,7 @@ fn monitor_report_gives_the_realised_auc_of_the_predictions_and_their_labels() {
         .find(|r| r["model_id"] == production.as_str())
         .unwrap_or_else(|| panic!("no report for {production}: {out}"));
     assert_eq!(r["variant"], "production");
+    assert!(r["deployed_at"].is_string(), "when it was promoted: {r}");
     assert_eq!(r["served"], 2_000);
     assert_eq!(
         (r["labels_joined"].as_u64(), r["labels_pending"].as_u64()),

@@ -138,9 +138,21 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
             &settings,
         ));
     }
-    let timeline = registry.deployment()?.timeline;
+    let deployment = registry.deployment()?;
+    let deployed_at =
+        |r: &ModelReport| deployment.deployed_at(&r.model_id, &r.variant).map(String::from);
+    let timeline = deployment.timeline.clone();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        // Each report with when its model entered its slot.
+        let mut out = Vec::with_capacity(reports.len());
+        for r in &reports {
+            let mut value = serde_json::to_value(r)?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("deployed_at".into(), serde_json::json!(deployed_at(r)));
+            }
+            out.push(value);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else if reports.is_empty() {
         let by = args
             .model
@@ -153,7 +165,7 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
         );
     } else {
         for r in &reports {
-            print_report(r);
+            print_report(r, deployed_at(r).as_deref());
         }
     }
     if !args.json && !timeline.is_empty() {
@@ -195,10 +207,16 @@ fn parse_window(text: &str) -> anyhow::Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs(seconds))
 }
 
-fn print_report(r: &ModelReport) {
+fn print_report(r: &ModelReport, deployed_at: Option<&str>) {
     println!(
-        "{} ({}): {} predictions, {} positive",
-        r.model_id, r.variant, r.served, r.positive_decisions
+        "{} ({}{}): {} predictions, {} positive",
+        r.model_id,
+        r.variant,
+        deployed_at
+            .map(|at| format!(" since {at}"))
+            .unwrap_or_default(),
+        r.served,
+        r.positive_decisions
     );
     if let Some(l) = r.latency {
         println!(
