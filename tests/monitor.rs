@@ -7,24 +7,33 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::checks::unique_predictions as predictions;
-use common::child::{ChildWorker, admin_get, scrape, sigterm};
+use common::child::{ChildWorker, admin_get, scrape, sigterm, spawn_monitor};
 use common::stream::scored_transactions as transactions;
-use common::{TestEnv, eventually, free_port, produce_all, services, start_in_process};
+use common::{TestEnv, eventually, produce_all, services, start_in_process};
 use quiver_demo::Transaction;
 
 fn produce(t: &TestEnv, txns: &[Transaction], labels: bool) {
     common::produce_demo(t, txns, labels.then(chrono::Duration::zero));
 }
 
-fn quiver(t: &TestEnv, args: &[&str]) -> String {
-    let (ok, text) = common::run_quiver(t.quiver(args));
-    assert!(ok, "quiver {args:?}: {text}");
-    text
+use common::quiver_ok as quiver;
+
+/// `quiver monitor run` for `t`, ready (its `/readyz` answers 200).
+fn spawn_ready_monitor(t: &TestEnv, extra: &[(&str, &str)]) -> ChildWorker {
+    let monitor = spawn_monitor(t, extra);
+    assert!(
+        eventually(Duration::from_secs(30), || admin_get(
+            &monitor.admin,
+            "/readyz"
+        )
+        .0 == 200),
+        "the monitor never got ready"
+    );
+    monitor
 }
 
 /// The ROC AUC of the predictions on the topic against the labels of `txns`, computed here.
@@ -124,28 +133,15 @@ fn the_live_monitor_publishes_each_models_window_as_metrics_and_monitor_rows() {
     t.create_topics();
     t.deploy_model();
     let production = t.production_model();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let log = std::fs::File::create(t.dir.join("monitor.log")).unwrap();
-    let child = t
-        .quiver(&["monitor", "run"])
-        .env("QUIVER__MONITOR__ADMIN_LISTEN", &admin)
-        .env("QUIVER__MONITOR__INTERVAL", "1s")
-        .env("QUIVER__MONITOR__WINDOW", "10m")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
     // Killed on drop if the test fails half-way.
-    let mut monitor = ChildWorker {
-        child,
-        admin: admin.clone(),
-    };
-    assert!(
-        eventually(Duration::from_secs(30), || admin_get(&admin, "/readyz").0
-            == 200),
-        "the monitor never got ready"
+    let mut monitor = spawn_ready_monitor(
+        &t,
+        &[
+            ("QUIVER__MONITOR__INTERVAL", "1s"),
+            ("QUIVER__MONITOR__WINDOW", "10m"),
+        ],
     );
+    let admin = monitor.admin.clone();
 
     let txns = transactions(62, 0, 2_000);
     produce(&t, &txns, true);
@@ -250,17 +246,7 @@ fn the_live_monitor_publishes_each_models_window_as_metrics_and_monitor_rows() {
     assert!(status.success(), "the monitor stops cleanly on SIGTERM");
 
     // A restarted monitor keeps no state: it reads its window again from the topics.
-    let again = ChildWorker {
-        child: t
-            .quiver(&["monitor", "run"])
-            .env("QUIVER__MONITOR__ADMIN_LISTEN", &admin)
-            .env("QUIVER__MONITOR__INTERVAL", "1s")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        admin: admin.clone(),
-    };
+    let again = spawn_ready_monitor(&t, &[("QUIVER__MONITOR__INTERVAL", "1s")]);
     assert!(
         eventually(Duration::from_secs(60), || {
             let metrics = admin_get(&again.admin, "/metrics").1;
@@ -373,24 +359,14 @@ fn drift_is_flagged_on_the_shifted_inputs_only_and_never_before_the_shift() {
     // The monitor over 4 s windows (about 8 000 predictions; drift only from 5 000: fewer
     // rows make the burst-driven `txn_count_1h` noisy against Evidently's 0.1), then the live
     // stream: steady, then shifted.
-    let admin = format!("127.0.0.1:{}", free_port());
-    let _monitor = ChildWorker {
-        child: t
-            .quiver(&["monitor", "run"])
-            .env("QUIVER__MONITOR__ADMIN_LISTEN", &admin)
-            .env("QUIVER__MONITOR__WINDOW", "4s")
-            .env("QUIVER__MONITOR__INTERVAL", "1s")
-            .env("QUIVER__MONITOR__MIN_ROWS", "5000")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(t.dir.join("monitor.log")).unwrap())
-            .spawn()
-            .unwrap(),
-        admin: admin.clone(),
-    };
-    assert!(eventually(Duration::from_secs(30), || admin_get(
-        &admin, "/readyz"
-    )
-    .0 == 200));
+    let _monitor = spawn_ready_monitor(
+        &t,
+        &[
+            ("QUIVER__MONITOR__WINDOW", "4s"),
+            ("QUIVER__MONITOR__INTERVAL", "1s"),
+            ("QUIVER__MONITOR__MIN_ROWS", "5000"),
+        ],
+    );
     let worker = start_in_process(&t);
     common::stream::stream(&t, steady, RATE).join().unwrap();
     assert!(eventually(Duration::from_secs(120), || {
@@ -479,31 +455,20 @@ fn a_degraded_model_is_retrained_canaried_and_promoted_with_the_reasons_recorded
     let t = trained_on("retrain", train);
     let first = t.production_model();
 
-    let admin = format!("127.0.0.1:{}", free_port());
-    let _monitor = ChildWorker {
-        child: t
-            .quiver(&["monitor", "run"])
-            .env("QUIVER__MONITOR__ADMIN_LISTEN", &admin)
-            .env("QUIVER__MONITOR__WINDOW", "20s")
-            .env("QUIVER__MONITOR__INTERVAL", "1s")
-            .env("QUIVER__MONITOR__MIN_ROWS", "300")
-            .env("QUIVER__MONITOR__RETRAIN__ENABLED", "true")
-            .env("QUIVER__MONITOR__RETRAIN__AUTO_PROMOTE", "true")
-            .env("QUIVER__MONITOR__RETRAIN__MIN_ROC_AUC", "0.8")
-            .env("QUIVER__MONITOR__RETRAIN__FOR_WINDOWS", "2")
-            .env("QUIVER__MONITOR__RETRAIN__CANARY_FRACTION", "0.5")
-            .env("QUIVER__MONITOR__RETRAIN__CANARY_FOR", "3s")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(t.dir.join("monitor.log")).unwrap())
-            .spawn()
-            .unwrap(),
-        admin: admin.clone(),
-    };
-    assert!(eventually(Duration::from_secs(30), || admin_get(
-        &admin, "/readyz"
-    )
-    .0 == 200));
+    let _monitor = spawn_ready_monitor(
+        &t,
+        &[
+            ("QUIVER__MONITOR__WINDOW", "20s"),
+            ("QUIVER__MONITOR__INTERVAL", "1s"),
+            ("QUIVER__MONITOR__MIN_ROWS", "300"),
+            ("QUIVER__MONITOR__RETRAIN__ENABLED", "true"),
+            ("QUIVER__MONITOR__RETRAIN__AUTO_PROMOTE", "true"),
+            ("QUIVER__MONITOR__RETRAIN__MIN_ROC_AUC", "0.8"),
+            ("QUIVER__MONITOR__RETRAIN__FOR_WINDOWS", "2"),
+            ("QUIVER__MONITOR__RETRAIN__CANARY_FRACTION", "0.5"),
+            ("QUIVER__MONITOR__RETRAIN__CANARY_FOR", "3s"),
+        ],
+    );
     let worker = start_in_process(&t);
     let registry = quiver_models::Registry::open(&t.config.store.dir).unwrap();
     let promoted = || {

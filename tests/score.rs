@@ -23,11 +23,7 @@ fn produce(t: &TestEnv, txns: &[Transaction], labels: bool) {
     common::produce_demo(t, txns, labels.then(chrono::Duration::zero));
 }
 
-fn quiver(t: &TestEnv, args: &[&str]) -> String {
-    let (ok, text) = common::run_quiver(t.quiver(args));
-    assert!(ok, "quiver {args:?}: {text}");
-    text
-}
+use common::quiver_ok as quiver;
 
 fn registered_id(text: &str) -> String {
     text.lines()

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::child::{ChildWorker, admin_get, scrape, spawn_worker};
+use common::child::{ChildWorker, admin_get, scrape, spawn_monitor, spawn_worker};
 use common::{TestEnv, eventually, free_port};
 
 /// Headless Chromium on `url`, with `what` (`--dump-dom`, `--screenshot=…`) after `budget_ms`
@@ -67,19 +67,14 @@ fn the_status_page_draws_a_live_run_without_errors() {
     t.deploy_model();
     let model = t.production_model();
     let worker = spawn_worker(&t, &[]);
-    let monitor_admin = format!("127.0.0.1:{}", free_port());
-    let _monitor = ChildWorker {
-        child: t
-            .quiver(&["monitor", "run"])
-            .env("QUIVER__MONITOR__ADMIN_LISTEN", &monitor_admin)
-            .env("QUIVER__MONITOR__INTERVAL", "1s")
-            .env("QUIVER__MONITOR__MIN_ROWS", "100")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        admin: monitor_admin.clone(),
-    };
+    let monitor = spawn_monitor(
+        &t,
+        &[
+            ("QUIVER__MONITOR__INTERVAL", "1s"),
+            ("QUIVER__MONITOR__MIN_ROWS", "100"),
+        ],
+    );
+    let monitor_admin = monitor.admin.clone();
     let api = format!("127.0.0.1:{}", free_port());
     let _serve = ChildWorker {
         child: t

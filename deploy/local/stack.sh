@@ -58,35 +58,20 @@ PY
   rm -rf "$tmp"
 }
 
-install_redis() {
-  if command -v redis-server >/dev/null; then return; fi
-  say "installing redis-server (Debian package)"
+# install_debian COMMAND PACKAGE WHY: installs Debian's PACKAGE unless COMMAND is on the PATH.
+install_debian() {
+  if command -v "$1" >/dev/null; then return; fi
+  say "installing $1 (Debian package $2$3)"
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
-  command -v redis-server >/dev/null || die "redis-server did not install"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+  command -v "$1" >/dev/null || die "$1 did not install"
 }
 
-install_promtool() { # for the tests of deploy/prometheus (Debian's prometheus package)
-  if command -v promtool >/dev/null; then return; fi
-  say "installing promtool (Debian package prometheus)"
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  command -v promtool >/dev/null || die "promtool did not install"
-}
-
-install_chromium() { # for the status page's browser test (Debian's chromium package)
-  if command -v chromium >/dev/null; then return; fi
-  say "installing chromium (Debian package, for the status page test)"
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
-  command -v chromium >/dev/null || die "chromium did not install"
-}
+install_redis() { install_debian redis-server redis-server ""; }
+install_promtool() { install_debian promtool prometheus ", for the tests of deploy/prometheus"; }
+install_chromium() { install_debian chromium chromium ", for the status page test"; }
 
 # pid_alive NAME: the pid file exists and its process still runs the expected program.
 pid_alive() {

@@ -46,6 +46,29 @@ pub fn spawn_worker(t: &TestEnv, extra: &[(&str, &str)]) -> ChildWorker {
     }
 }
 
+/// Starts `quiver monitor run` for `t` with its admin listener on a free port and `extra`
+/// variables (log to `monitor.log` in the test's dir).
+pub fn spawn_monitor(t: &TestEnv, extra: &[(&str, &str)]) -> ChildWorker {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(
+        t.dir
+            .join(format!("monitor-{}.log", admin.replace(':', "_"))),
+    )
+    .unwrap();
+    let mut cmd = t.quiver(&["monitor", "run"]);
+    cmd.env("QUIVER__MONITOR__ADMIN_LISTEN", &admin)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    ChildWorker {
+        child: cmd.spawn().expect("spawn quiver monitor run"),
+        admin,
+    }
+}
+
 /// (status, body) of a GET on the admin listener (0 when it does not answer).
 pub fn admin_get(addr: &str, path: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(addr) else {

@@ -64,15 +64,20 @@ fn tansu_bin() -> PathBuf {
             .map(|o| !o.status.success())
             .unwrap_or(true)
     {
-        let status = Command::new("bash")
-            .arg(Path::new(REPO).join("deploy/local/stack.sh"))
-            .arg("install")
-            .env("QUIVER_WORK_DIR", Path::new(REPO).join(".quiver"))
-            .status()
-            .expect("run deploy/local/stack.sh install");
-        assert!(status.success(), "deploy/local/stack.sh install failed");
+        stack_install();
     }
     bin
+}
+
+/// `deploy/local/stack.sh install`: what the tests need, installed by the project's script.
+fn stack_install() {
+    let status = Command::new("bash")
+        .arg(Path::new(REPO).join("deploy/local/stack.sh"))
+        .arg("install")
+        .env("QUIVER_WORK_DIR", Path::new(REPO).join(".quiver"))
+        .status()
+        .expect("run deploy/local/stack.sh install");
+    assert!(status.success(), "deploy/local/stack.sh install failed");
 }
 
 /// A tool the tests need beyond the broker and Redis (`promtool`, `chromium`), installed by the
@@ -89,13 +94,7 @@ pub fn installed(tool: &str) -> PathBuf {
     if let Some(path) = found() {
         return path;
     }
-    let status = Command::new("bash")
-        .arg(Path::new(REPO).join("deploy/local/stack.sh"))
-        .arg("install")
-        .env("QUIVER_WORK_DIR", Path::new(REPO).join(".quiver"))
-        .status()
-        .expect("run deploy/local/stack.sh install");
-    assert!(status.success(), "deploy/local/stack.sh install failed");
+    stack_install();
     found().unwrap_or_else(|| panic!("{tool} after deploy/local/stack.sh install"))
 }
 
@@ -753,6 +752,13 @@ pub fn produce_demo(
             .collect();
         produce_all(kafka, &t.topic("labels"), &labels);
     }
+}
+
+/// `quiver args...` for `t`, which must succeed; its output.
+pub fn quiver_ok(t: &TestEnv, args: &[&str]) -> String {
+    let (ok, text) = run_quiver(t.quiver(args));
+    assert!(ok, "quiver {args:?}: {text}");
+    text
 }
 
 /// Produces the labels of demo transactions, observed at their event time.

@@ -139,8 +139,11 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
         ));
     }
     let deployment = registry.deployment()?;
-    let deployed_at =
-        |r: &ModelReport| deployment.deployed_at(&r.model_id, &r.variant).map(String::from);
+    let deployed_at = |r: &ModelReport| {
+        deployment
+            .deployed_at(&r.model_id, &r.variant)
+            .map(String::from)
+    };
     let timeline = deployment.timeline.clone();
     if args.json {
         // Each report with when its model entered its slot.

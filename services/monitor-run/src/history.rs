@@ -132,12 +132,7 @@ impl Columns {
         self.latency_p99_ms
             .append_option(r.latency.map(|l| l.p99_ms));
         self.drift_share.append_option(r.drift_share);
-        let drifted: Vec<&str> = r
-            .drift
-            .iter()
-            .filter(|d| d.drift.drifted)
-            .map(|d| d.feature.as_str())
-            .collect();
+        let drifted: Vec<&str> = r.drifted().map(|d| d.feature.as_str()).collect();
         self.drifted_features.append_value(drifted.join(","));
         let drift = serde_json::to_string(&r.drift).map_err(|e| Error::History(e.to_string()))?;
         self.drift.append_value(drift);

@@ -169,6 +169,13 @@ pub struct ModelReport {
     pub test: Metrics,
 }
 
+impl ModelReport {
+    /// The inputs that drifted, in model order.
+    pub fn drifted(&self) -> impl Iterator<Item = &FeatureDrift> {
+        self.drift.iter().filter(|d| d.drift.drifted)
+    }
+}
+
 /// The report of one model over `window`.
 pub fn report(
     model_id: &str,
@@ -358,12 +365,7 @@ mod tests {
     #[test]
     fn without_a_shift_only_the_lifetime_count_drifts_and_it_stays_out_of_the_share() {
         let r = reported(&window(400, false, 0), &settings());
-        let drifted: Vec<&str> = r
-            .drift
-            .iter()
-            .filter(|d| d.drift.drifted)
-            .map(|d| d.feature.as_str())
-            .collect();
+        let drifted: Vec<&str> = r.drifted().map(|d| d.feature.as_str()).collect();
         assert_eq!(drifted, ["v__count_lifetime"], "{:?}", r.drift);
         assert_eq!(r.drift_share, Some(0.0));
         assert_eq!((r.served, r.labels_joined, r.labels_pending), (400, 0, 400));

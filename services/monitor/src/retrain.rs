@@ -304,9 +304,8 @@ fn degradation(policy: &Policy, report: &ModelReport) -> Option<String> {
     match report.drift_share {
         Some(share) if share >= policy.max_drift_share => {
             let drifted: Vec<&str> = report
-                .drift
-                .iter()
-                .filter(|d| d.drift.drifted && d.in_share)
+                .drifted()
+                .filter(|d| d.in_share)
                 .map(|d| d.feature.as_str())
                 .collect();
             Some(format!(
