@@ -25,6 +25,7 @@ run=apicheck-$$
 work=$(mktemp -d)
 export QUIVER__API__LISTEN=127.0.0.1:$port
 export QUIVER__INGEST__ADMIN_LISTEN=
+export QUIVER__MONITOR__ADMIN_LISTEN=
 export QUIVER__KAFKA__TOPIC_PREFIX=$run.
 export QUIVER__INGEST__GROUP_ID=$run-ingest
 export QUIVER__REDIS__KEY_PREFIX=$run

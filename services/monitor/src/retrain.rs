@@ -398,8 +398,38 @@ mod tests {
         ));
     }
 
+    fn trained(candidate: f64) -> Outcome {
+        Outcome::Trained {
+            model_id: "c".into(),
+            candidate_roc_auc: candidate,
+            production_roc_auc: 0.6,
+        }
+    }
+
+    fn canary(good: bool) -> ModelReport {
+        ModelReport {
+            model_id: "c".into(),
+            variant: "canary".into(),
+            ..report("c", good, None)
+        }
+    }
+
+    /// A policy that retrained after one bad window and put candidate `c` on canary at 0.
+    fn on_canary() -> Retrainer {
+        let mut r = Retrainer::new(Policy {
+            for_windows: 1,
+            ..policy()
+        });
+        r.evaluated(Some(&report("p", false, None)), None, 0);
+        assert!(matches!(
+            r.retrained(trained(0.9), 0),
+            Action::Canary { .. }
+        ));
+        r
+    }
+
     #[test]
-    fn a_better_candidate_goes_on_canary_then_is_promoted_or_abandoned() {
+    fn a_better_candidate_goes_on_canary_and_is_promoted_after_canary_for() {
         let mut r = Retrainer::new(Policy {
             for_windows: 1,
             ..policy()
@@ -409,11 +439,6 @@ mod tests {
             r.evaluated(Some(&bad), None, 0),
             Action::Retrain { .. }
         ));
-        let trained = |c: f64| Outcome::Trained {
-            model_id: "c".into(),
-            candidate_roc_auc: c,
-            production_roc_auc: 0.6,
-        };
         let Action::Canary {
             fraction, reason, ..
         } = r.retrained(trained(0.9), 10)
@@ -425,74 +450,30 @@ mod tests {
             reason.contains("0.9000 against production's 0.6000"),
             "{reason}"
         );
-        let canary = ModelReport {
-            model_id: "c".into(),
-            variant: "canary".into(),
-            ..report("c", true, None)
-        };
         // Not before canary_for.
-        assert_eq!(r.evaluated(Some(&bad), Some(&canary), 20), Action::Wait);
+        assert_eq!(
+            r.evaluated(Some(&bad), Some(&canary(true)), 20),
+            Action::Wait
+        );
         let Action::Promote { model_id, reason } =
-            r.evaluated(Some(&bad), Some(&canary), 10 + 60_000_000)
+            r.evaluated(Some(&bad), Some(&canary(true)), 10 + 60_000_000)
         else {
             panic!("promoted");
         };
         assert_eq!(model_id, "c");
         assert!(reason.contains("canary without regression"), "{reason}");
         assert!(matches!(r.phase, Phase::Watching { degraded: 0, .. }));
+    }
 
-        // A canary worse than production is taken off at once.
-        let mut r = Retrainer::new(Policy {
-            for_windows: 1,
-            ..policy()
-        });
-        r.evaluated(Some(&bad), None, 0);
-        r.retrained(trained(0.9), 0);
-        let good = report("p", true, None);
-        let worse = ModelReport {
-            model_id: "c".into(),
-            ..report("c", false, None)
-        };
+    #[test]
+    fn a_canary_that_regresses_has_no_labels_or_is_removed_is_not_promoted() {
+        let (good, bad) = (report("p", true, None), report("p", false, None));
+        // Worse than production: taken off at once.
+        let mut r = on_canary();
         assert!(matches!(
-            r.evaluated(Some(&good), Some(&worse), 5),
+            r.evaluated(Some(&good), Some(&canary(false)), 5),
             Action::Abandon { reason, .. } if reason.contains("regressed")
         ));
-        // A canary with no labels yet is not promoted on nothing: it waits, then is taken off.
-        let mut r = Retrainer::new(Policy {
-            for_windows: 1,
-            ..policy()
-        });
-        r.evaluated(Some(&bad), None, 0);
-        r.retrained(trained(0.9), 0);
-        let unlabelled = ModelReport {
-            realised: None,
-            ..canary.clone()
-        };
-        assert_eq!(
-            r.evaluated(Some(&bad), Some(&unlabelled), 61_000_000),
-            Action::Wait
-        );
-        assert!(matches!(
-            r.evaluated(Some(&bad), Some(&unlabelled), 181_000_000),
-            Action::Abandon { reason, .. } if reason.contains("not enough labels")
-        ));
-        // A canary a user took off sends the policy back to watching.
-        let mut r = Retrainer::new(Policy {
-            for_windows: 1,
-            ..policy()
-        });
-        r.evaluated(Some(&bad), None, 0);
-        r.retrained(trained(0.9), 0);
-        assert_eq!(r.candidate(), Some("c"));
-        r.canary_gone(5);
-        assert!(matches!(r.phase, Phase::Watching { .. }));
-        let mut r = Retrainer::new(Policy {
-            for_windows: 1,
-            ..policy()
-        });
-        r.evaluated(Some(&bad), None, 0);
-        r.retrained(trained(0.9), 0);
-        r.evaluated(Some(&good), Some(&worse), 5);
         // Quiet for one canary_for after that; then a candidate no better than production is
         // only registered.
         assert_eq!(r.evaluated(Some(&bad), None, 6), Action::Wait);
@@ -502,5 +483,24 @@ mod tests {
         ));
         assert_eq!(r.retrained(trained(0.5), 7), Action::Wait);
         assert!(matches!(r.phase, Phase::Watching { degraded: 0, .. }));
+        // No labels yet: not promoted on nothing; it waits, then is taken off.
+        let mut r = on_canary();
+        let unlabelled = ModelReport {
+            realised: None,
+            ..canary(true)
+        };
+        assert_eq!(
+            r.evaluated(Some(&bad), Some(&unlabelled), 61_000_000),
+            Action::Wait
+        );
+        assert!(matches!(
+            r.evaluated(Some(&bad), Some(&unlabelled), 181_000_000),
+            Action::Abandon { reason, .. } if reason.contains("not enough labels")
+        ));
+        // Taken off by a user: the policy goes back to watching.
+        let mut r = on_canary();
+        assert_eq!(r.candidate(), Some("c"));
+        r.canary_gone(5);
+        assert!(matches!(r.phase, Phase::Watching { .. }));
     }
 }

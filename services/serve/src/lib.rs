@@ -470,6 +470,8 @@ mod tests {
             "/readyz",
             "/metrics",
             "/openapi.json",
+            "/",
+            "/status.json",
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path}");
         }
