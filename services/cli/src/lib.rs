@@ -290,8 +290,9 @@ pub struct ProduceArgs {
     pub users: u32,
     /// Change the world after this many transactions (`20000`) or this long (`2m`: at the
     /// rate): legitimate amounts grow 2.5×, card holders pay abroad half of the time, and fraud
-    /// takes a shape the first model never saw — for watching drift flagged and performance
-    /// fall. In `quiver up` it counts from the start of the live traffic.
+    /// takes a shape the first model never saw — for watching the drift of the shifted inputs
+    /// and the realised AUC fall (then, in `quiver up`, a model retrained). In `quiver up` it
+    /// counts from the start of the live traffic.
     #[arg(long, value_parser = parse_shift)]
     pub shift_after: Option<Shift>,
 }

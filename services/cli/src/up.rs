@@ -169,6 +169,9 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     let mut looped = ctx.clone();
     looped.config.monitor.retrain.enabled = true;
     looped.config.monitor.retrain.auto_promote = true;
+    // Triggered by the realised AUC: the demo's windows (1 hour to 7 days, lifetime) are still
+    // filling during a run, so against the warm-up's baseline most inputs drift by construction.
+    looped.config.monitor.retrain.max_drift_share = 1.0;
     let monitor = crate::monitor::spawn_monitor(&looped, shutdown.clone(), monitor_health);
     println!(
         "      monitor: every {} over the last {}: drift, realised vs estimated AUC, latency, retraining when the model degrades{} and `quiver sql \"SELECT * FROM monitor\"`",
@@ -183,14 +186,15 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
         tokio::spawn(async move { quiver_serve::serve(&config, &views, stopped(shutdown)).await })
     };
     println!(
-        "      API: http://{}/v1/features/user_txn/<user_id> (views: {})",
+        "      API: http://{}/v1/features/user_txn/<user_id> (views: {}); status page: http://{}/",
         config.api.listen,
         ctx.views
             .views
             .iter()
             .map(|v| v.name.as_str())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        config.api.listen
     );
 
     // Warm-up: the first transactions and their labels, then a first model trained on them.
