@@ -39,20 +39,22 @@ pub(crate) struct Sample {
     pub(crate) value: f64,
 }
 
-/// What one process showed.
+/// Whether a process answered.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Process {
     up: bool,
-    samples: Vec<Sample>,
 }
 
-/// `GET /v1/status`.
+/// `GET /status.json`.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Status {
     /// When (ms since the epoch).
     at: i64,
     worker: Process,
     monitor: Process,
+    /// Both processes' samples, each series once (`quiver up` runs both in one process, whose
+    /// listeners show the same metrics).
+    samples: Vec<Sample>,
     deployment: serde_json::Value,
     timeline: Vec<quiver_models::registry::Change>,
 }
@@ -61,10 +63,12 @@ pub(crate) struct Status {
 pub(crate) async fn status(sources: &Sources) -> Status {
     let (worker, monitor) = tokio::join!(scrape(&sources.worker), scrape(&sources.monitor));
     let deployment = quiver_models::Registry::read_deployment(&sources.store).unwrap_or_default();
+    let (worker_up, monitor_up) = (worker.is_some(), monitor.is_some());
     Status {
         at: chrono::Utc::now().timestamp_millis(),
-        worker,
-        monitor,
+        worker: Process { up: worker_up },
+        monitor: Process { up: monitor_up },
+        samples: merged(worker.unwrap_or_default(), monitor.unwrap_or_default()),
         deployment: serde_json::json!({
             "production": deployment.production,
             "canary": deployment.canary.as_ref().map(|c| serde_json::json!({"model_id": c.id, "fraction": c.fraction})),
@@ -74,9 +78,19 @@ pub(crate) async fn status(sources: &Sources) -> Status {
     }
 }
 
-/// The `quiver_` samples of `http://<addr>/metrics` (not up when it does not answer within a
+/// Both lists, each series (name and labels) once.
+fn merged(first: Vec<Sample>, second: Vec<Sample>) -> Vec<Sample> {
+    let mut seen = std::collections::HashSet::new();
+    first
+        .into_iter()
+        .chain(second)
+        .filter(|s| seen.insert((s.name.clone(), s.labels.clone())))
+        .collect()
+}
+
+/// The `quiver_` samples of `http://<addr>/metrics` (`None` when it does not answer within a
 /// second). Histogram buckets are kept for the prediction latency only.
-async fn scrape(addr: &str) -> Process {
+async fn scrape(addr: &str) -> Option<Vec<Sample>> {
     let text = if addr.is_empty() {
         None
     } else {
@@ -85,22 +99,14 @@ async fn scrape(addr: &str) -> Process {
             .ok()
             .flatten()
     };
-    match text {
-        Some(text) => Process {
-            up: true,
-            samples: parse(&text)
-                .into_iter()
-                .filter(|s| {
-                    !s.name.ends_with("_bucket")
-                        || s.name == "quiver_prediction_latency_seconds_bucket"
-                })
-                .collect(),
-        },
-        None => Process {
-            up: false,
-            samples: Vec::new(),
-        },
-    }
+    text.map(|text| {
+        parse(&text)
+            .into_iter()
+            .filter(|s| {
+                !s.name.ends_with("_bucket") || s.name == "quiver_prediction_latency_seconds_bucket"
+            })
+            .collect()
+    })
 }
 
 async fn get_metrics(addr: &str) -> Option<String> {
@@ -185,5 +191,8 @@ mod tests {
         assert_eq!(parsed[1].labels["model_id"], "m");
         assert_eq!(parsed[2].labels["le"], "+Inf");
         assert!(parsed[3].value.is_nan());
+        // The same series from two listeners of one process shows once.
+        let twice = merged(parse("quiver_x 3\n"), parse("quiver_x 3\nquiver_z 1\n"));
+        assert_eq!(twice.len(), 2);
     }
 }
