@@ -142,7 +142,8 @@ pub struct Latency {
 pub struct ModelReport {
     /// Model id.
     pub model_id: String,
-    /// `production` or `canary` (shadow scores are not reported yet).
+    /// `production`, `canary` or `shadow` (the live monitor reports shadows; `monitor report` over
+    /// the stores does not yet).
     pub variant: String,
     /// Predictions in the window.
     pub served: usize,
