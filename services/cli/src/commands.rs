@@ -94,8 +94,23 @@ pub(crate) async fn serve(ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn produce_options(args: &ProduceArgs) -> ProduceOptions {
-    ProduceOptions {
+pub(crate) fn produce_options(args: &ProduceArgs) -> anyhow::Result<ProduceOptions> {
+    let clock = match args.time_lapse {
+        None => quiver_demo::EventClock::Wall,
+        Some(_) if args.count == 0 => {
+            anyhow::bail!("--time-lapse needs --count: the last transaction is dated now")
+        }
+        Some(step_ms) => {
+            let span = i64::try_from(step_ms.saturating_mul(args.count))
+                .context("--time-lapse × --count is too long")?;
+            quiver_demo::EventClock::Lapse {
+                anchor: chrono::Utc::now() - chrono::Duration::milliseconds(span),
+                step_ms: i64::try_from(step_ms).context("--time-lapse is too long")?,
+                first: 0,
+            }
+        }
+    };
+    Ok(ProduceOptions {
         rate: args.rate,
         count: args.count,
         seed: args.seed,
@@ -106,7 +121,8 @@ pub(crate) fn produce_options(args: &ProduceArgs) -> ProduceOptions {
             shift_after: args.shift_after.map(|s| s.events(args.rate)),
             ..GeneratorOptions::default()
         },
-    }
+        clock,
+    })
 }
 
 pub(crate) fn progress_line(p: &ProduceProgress) -> String {
@@ -129,7 +145,7 @@ pub(crate) fn progress_line(p: &ProduceProgress) -> String {
 pub(crate) async fn produce(ctx: &Context, args: ProduceArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::default();
     stop_on_signal(shutdown.clone());
-    let options = produce_options(&args);
+    let options = produce_options(&args)?;
     let config = ctx.config.clone();
     let catalog = ctx.catalog.clone();
     let report = tokio::task::spawn_blocking(move || {

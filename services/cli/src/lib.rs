@@ -295,6 +295,20 @@ pub struct ProduceArgs {
     /// counts from the start of the live traffic.
     #[arg(long, value_parser = parse_shift)]
     pub shift_after: Option<Shift>,
+    /// Time-lapse: space the transactions this far apart in event time (`20s`), ending now, so
+    /// a run covers days and the features' hour-to-week windows fill as in production (needs
+    /// `--count`). Without it events are stamped with the wall clock, and a short run's windows
+    /// are still filling when it ends.
+    #[arg(long, value_parser = parse_lapse)]
+    pub time_lapse: Option<u64>,
+}
+
+/// A `--time-lapse` duration, in milliseconds.
+fn parse_lapse(text: &str) -> Result<u64, String> {
+    quiver_core::duration::parse(text)
+        .and_then(|us| u64::try_from(us / 1_000).ok())
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| format!("`{text}`: a duration like 20s or 5m"))
 }
 
 /// When the demo's world changes.

@@ -198,7 +198,7 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     );
 
     // Warm-up: the first transactions and their labels, then a first model trained on them.
-    let live = produce_options(&args.demo);
+    let live = produce_options(&args.demo)?;
     let warmup = (live.rate.max(1) * args.warmup_secs).max(1);
     let history = if live.count == 0 {
         warmup
@@ -258,9 +258,21 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
             live.rate,
             live.malformed_ratio * 100.0
         );
+        // A time-lapse goes on from where the warm-up left it.
+        let clock = match live.clock {
+            quiver_demo::EventClock::Lapse {
+                anchor, step_ms, ..
+            } => quiver_demo::EventClock::Lapse {
+                anchor,
+                step_ms,
+                first: history,
+            },
+            wall => wall,
+        };
         let options = quiver_demo::ProduceOptions {
             count: rest,
             seed: live.seed.wrapping_add(1),
+            clock,
             ..live
         };
         let report = demo(

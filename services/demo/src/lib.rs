@@ -9,7 +9,7 @@ mod generator;
 mod producer;
 
 pub use generator::{Generator, GeneratorOptions, Transaction};
-pub use producer::{ProduceOptions, ProduceProgress, ProduceReport, produce};
+pub use producer::{EventClock, ProduceOptions, ProduceProgress, ProduceReport, produce};
 
 /// Result alias used across `quiver-demo`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

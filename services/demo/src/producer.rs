@@ -32,6 +32,44 @@ pub struct ProduceOptions {
     pub malformed_ratio: f64,
     /// Population shape.
     pub generator: GeneratorOptions,
+    /// When the events happen.
+    pub clock: EventClock,
+}
+
+/// When the demo's transactions happen (their `event_time`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventClock {
+    /// Now: events are stamped with the wall clock as they are sent.
+    Wall,
+    /// Time-lapse: transaction `first + i` (the i-th of this run) happens at
+    /// `anchor + (first + i) × step_ms`, so a run covers days of event time in minutes and the
+    /// features' hour-to-week windows behave as in production. Keep the last event at or before
+    /// now (`anchor = now − count × step`): the worker refuses events dated in the future.
+    Lapse {
+        /// The first event's time.
+        anchor: DateTime<Utc>,
+        /// Event time between two transactions (ms).
+        step_ms: i64,
+        /// The index of this run's first transaction (a second run continues a first).
+        first: u64,
+    },
+}
+
+impl EventClock {
+    /// The event time of this run's `i`-th transaction, sent at `now`.
+    pub fn at(&self, i: u64, now: DateTime<Utc>) -> DateTime<Utc> {
+        match *self {
+            EventClock::Wall => now,
+            EventClock::Lapse {
+                anchor,
+                step_ms,
+                first,
+            } => {
+                let index = i64::try_from(first.saturating_add(i)).unwrap_or(i64::MAX);
+                anchor + chrono::Duration::milliseconds(step_ms.saturating_mul(index))
+            }
+        }
+    }
 }
 
 impl Default for ProduceOptions {
@@ -43,6 +81,7 @@ impl Default for ProduceOptions {
             label_delay: Duration::from_secs(5),
             malformed_ratio: 0.0,
             generator: GeneratorOptions::default(),
+            clock: EventClock::Wall,
         }
     }
 }
@@ -188,8 +227,9 @@ pub fn produce(
             }
         }
         let now = Utc::now();
+        let at = options.clock.at(p.transactions, now);
         if options.malformed_ratio > 0.0 && noise.random_bool(options.malformed_ratio.min(1.0)) {
-            let bad = generator.malformed(now);
+            let bad = generator.malformed(at);
             send(
                 &producer,
                 &txn_topic,
@@ -199,7 +239,7 @@ pub fn produce(
             )?;
             p.malformed += 1;
         } else {
-            let txn = generator.next_transaction(now);
+            let txn = generator.next_transaction(at);
             send(
                 &producer,
                 &txn_topic,
@@ -243,4 +283,29 @@ pub fn produce(
         progress: p,
         labels_dropped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_lapse_spaces_events_from_the_anchor_and_a_second_run_continues_the_first() {
+        let now = DateTime::<Utc>::from_timestamp(1_795_687_200, 0).unwrap();
+        assert_eq!(EventClock::Wall.at(7, now), now);
+        let anchor = now - chrono::Duration::minutes(100);
+        let first = EventClock::Lapse {
+            anchor,
+            step_ms: 60_000,
+            first: 0,
+        };
+        let second = EventClock::Lapse {
+            anchor,
+            step_ms: 60_000,
+            first: 40,
+        };
+        assert_eq!(first.at(0, now), anchor);
+        assert_eq!(first.at(40, now), second.at(0, now));
+        assert_eq!(second.at(60, now), now, "the 100th event is now");
+    }
 }
