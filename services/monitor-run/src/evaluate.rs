@@ -26,6 +26,8 @@ pub(crate) struct Evaluation {
     references: BTreeMap<String, Reference>,
     /// The models whose gauges show figures, to blank them once they leave the window.
     shown: BTreeSet<String>,
+    /// The drift series (model, feature, test) shown, to blank one whose test changed.
+    drift_shown: BTreeSet<(String, String, &'static str)>,
     /// The retraining policy, when `monitor.retrain.enabled`.
     retrainer: Option<Retrainer>,
     /// The retraining job running, and what it needs to start one.
@@ -47,6 +49,7 @@ impl Evaluation {
             },
             references: BTreeMap::new(),
             shown: BTreeSet::new(),
+            drift_shown: BTreeSet::new(),
             retrainer: r.enabled.then(|| {
                 Retrainer::new(Policy {
                     min_roc_auc: r.min_roc_auc,
@@ -245,15 +248,23 @@ impl Evaluation {
                 .any(|(m, v)| m == r.model_id && v == r.variant)
         };
         let (current, former): (Vec<_>, Vec<_>) = reports.iter().partition(holds);
-        let mut shown = BTreeSet::new();
+        let (mut shown, mut drift_shown) = (BTreeSet::new(), BTreeSet::new());
         for r in former.into_iter().chain(current) {
             events::reported(r);
             shown.insert(r.model_id.clone());
+            for d in &r.drift {
+                drift_shown.insert((r.model_id.clone(), d.feature.clone(), d.drift.test.as_str()));
+            }
         }
         for gone in self.shown.difference(&shown) {
             events::left_window(gone);
         }
+        // A feature whose test changed (its values became few, or many) leaves its old series.
+        for (model, feature, test) in self.drift_shown.difference(&drift_shown) {
+            events::drift_gone(model, feature, test);
+        }
         self.shown = shown;
+        self.drift_shown = drift_shown;
         let rows: Vec<history::Row<'_>> = reports
             .iter()
             .map(|r| history::Row {

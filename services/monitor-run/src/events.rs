@@ -44,6 +44,18 @@ pub(crate) fn left_window(model_id: &str) {
     }
 }
 
+/// A drift series no longer measured (the model left the window, or the feature's test
+/// changed): NaN rather than its last value.
+pub(crate) fn drift_gone(model_id: &str, feature: &str, test: &'static str) {
+    gauge!(
+        names::FEATURE_DRIFT_SCORE,
+        "model_id" => model_id.to_string(),
+        "feature" => feature.to_string(),
+        "test" => test
+    )
+    .set(f64::NAN);
+}
+
 /// One model's window, as gauges (a figure the window does not give is NaN).
 pub(crate) fn reported(r: &ModelReport) {
     let model = || r.model_id.clone();
