@@ -12,7 +12,10 @@ pub fn estimated_roc_auc(scores: &[f64]) -> Option<f64> {
         .filter(|s| s.is_finite())
         .map(|s| s.clamp(0.0, 1.0))
         .collect();
-    sorted.sort_by(|a, b| b.total_cmp(a));
+    // Ascending (a window's scores usually arrive sorted already: the report sorts them once
+    // for every statistic), walked from the top.
+    sorted.sort_by(f64::total_cmp);
+    sorted.reverse();
     let positives: f64 = sorted.iter().sum();
     let negatives = sorted.len() as f64 - positives;
     if positives <= 0.0 || negatives <= 0.0 {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use quiver_features::Value;
-use quiver_models::baseline::{Baseline, Reference, nearest_rank};
+use quiver_models::baseline::{Baseline, Reference};
 use quiver_models::metrics::{Metrics, evaluate};
 use serde::{Deserialize, Serialize};
 
@@ -205,7 +205,10 @@ pub fn report(
         Vec::new()
     };
     let share = drift_share(drift_rows.iter().filter(|f| f.in_share).map(|f| &f.drift));
-    let scores = &window.scores;
+    // Sorted once here: the score drift and the estimate sort again, in linear time.
+    let mut sorted_scores = window.scores.clone();
+    sorted_scores.sort_by(f64::total_cmp);
+    let scores = &sorted_scores;
     let joined = &window.joined;
     let realised = (joined.len() >= settings.min_rows
         && joined.iter().any(|(_, l)| *l)
@@ -276,15 +279,23 @@ fn latency(latencies_ms: &[f64]) -> Option<Latency> {
     if ms.is_empty() {
         return None;
     }
-    ms.sort_by(f64::total_cmp);
+    // Two selections instead of a sort: the window can hold millions.
     Some(Latency {
-        p50_ms: nearest_rank(&ms, 0.5),
-        p99_ms: nearest_rank(&ms, 0.99),
+        p50_ms: selected_rank(&mut ms, 0.5),
+        p99_ms: selected_rank(&mut ms, 0.99),
     })
+}
+
+/// The nearest-rank percentile (`quiver_models::baseline::nearest_rank`) of unsorted, non-empty `values`, by selection (reorders them).
+fn selected_rank(values: &mut [f64], q: f64) -> f64 {
+    let rank = (q * values.len() as f64).ceil() as usize;
+    let index = rank.clamp(1, values.len()) - 1;
+    *values.select_nth_unstable_by(index, f64::total_cmp).1
 }
 
 #[cfg(test)]
 mod tests {
+    use quiver_models::baseline::nearest_rank;
     use quiver_models::metrics::roc_auc;
 
     use super::*;
@@ -361,6 +372,17 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn percentiles_by_selection_are_the_nearest_ranks() {
+        let values: Vec<f64> = (0..1_001).map(|i| f64::from((i * 7_919) % 1_001)).collect();
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        for q in [0.0, 0.5, 0.99, 1.0] {
+            let mut v = values.clone();
+            assert_eq!(selected_rank(&mut v, q), nearest_rank(&sorted, q), "{q}");
+        }
     }
 
     #[test]

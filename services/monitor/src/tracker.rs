@@ -278,7 +278,29 @@ impl Tracker {
     }
 
     fn windows_from(&self, first: i64) -> Vec<(Slot, Window)> {
-        let mut out: BTreeMap<usize, Window> = BTreeMap::new();
+        // Sized first: growing vectors of millions of scores page-faults at every doubling.
+        let mut sizes: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+        for ((slot, _), b) in self
+            .buckets
+            .iter()
+            .filter(|((_, bucket), _)| *bucket >= first)
+        {
+            let size = sizes.entry(*slot).or_default();
+            size.0 += b.scores.len();
+            size.1 += b.joined.len();
+        }
+        let mut out: BTreeMap<usize, Window> = sizes
+            .into_iter()
+            .map(|(slot, (scores, joined))| {
+                let window = Window {
+                    latencies_ms: Vec::with_capacity(scores),
+                    scores: Vec::with_capacity(scores),
+                    joined: Vec::with_capacity(joined),
+                    ..Window::default()
+                };
+                (slot, window)
+            })
+            .collect();
         for ((slot, _), b) in self
             .buckets
             .iter()
