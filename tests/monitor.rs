@@ -67,6 +67,9 @@ fn monitor_report_gives_the_realised_auc_of_the_predictions_and_their_labels() {
     let t = TestEnv::new("monitor", &[]);
     t.create_topics();
     t.deploy_model();
+    // The production model rides along as its own shadow too: reported under `shadow`.
+    let production = t.production_model();
+    quiver(&t, &["models", "shadow", &production]);
     let txns = transactions(61, 0, 2_000);
     produce(&t, &txns, true);
     let worker = start_in_process(&t);
@@ -89,11 +92,26 @@ fn monitor_report_gives_the_realised_auc_of_the_predictions_and_their_labels() {
         ],
     );
     let reports: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    let production = t.production_model();
     let r = reports
         .iter()
-        .find(|r| r["model_id"] == production.as_str())
+        .find(|r| r["model_id"] == production.as_str() && r["variant"] == "production")
         .unwrap_or_else(|| panic!("no report for {production}: {out}"));
+    let shadow = reports
+        .iter()
+        .find(|r| r["variant"] == "shadow")
+        .unwrap_or_else(|| panic!("no shadow report: {out}"));
+    assert_eq!(shadow["served"], 2_000);
+    assert_eq!(
+        (
+            shadow["realised"]["roc_auc"].as_f64(),
+            shadow["positive_decisions"].as_u64()
+        ),
+        (
+            r["realised"]["roc_auc"].as_f64(),
+            r["positive_decisions"].as_u64()
+        ),
+        "the same model scores and decides the same as a shadow"
+    );
     assert_eq!(r["variant"], "production");
     assert!(r["deployed_at"].is_string(), "when it was promoted: {r}");
     assert_eq!(r["served"], 2_000);

@@ -19,7 +19,7 @@ use crate::{Error, Result, Stores};
 pub struct Observed {
     /// The deciding model.
     pub model_id: String,
-    /// `production` or `canary`.
+    /// `production`, `canary` or `shadow`.
     pub variant: String,
     /// What monitoring reads of it.
     pub observation: Observation,
@@ -35,14 +35,16 @@ pub struct Labels<'a> {
 }
 
 /// The predictions of `scored` made at or after `since_us` (µs since the epoch), each with its
-/// label if one arrived (the production and canary decisions; shadow scores are not read yet).
-/// Every call scans the whole score store and label store (the `date=` directories are not
-/// pruned yet).
+/// label if one arrived: the deciding model's (production or canary) and the shadow's, whose
+/// decision is its score at `shadow_threshold` (the shadow model and its threshold; without
+/// one a shadow's decisions count as negative). Every call scans the whole score store and
+/// label store (the `date=` directories are not pruned yet).
 pub async fn observations(
     stores: &Stores,
     scored: &SourceSchema,
     labels: &Labels<'_>,
     since_us: i64,
+    shadow_threshold: Option<(&str, f64)>,
 ) -> Result<Vec<Observed>> {
     let id = scored.id.as_deref().ok_or_else(|| {
         Error::Invalid(format!(
@@ -69,11 +71,25 @@ pub async fn observations(
     } else {
         "(SELECT CAST(NULL AS VARCHAR) AS label_id, CAST(NULL AS BOOLEAN) AS label)".to_string()
     };
+    // The deciding model's rows, then the shadow's (its decision: its score at its threshold).
+    let shadow_decision = match shadow_threshold {
+        Some((model, threshold)) => format!(
+            "CASE WHEN s.shadow_model_id = '{}' THEN s.shadow_score >= {threshold:?} ELSE false END",
+            model.replace('\'', "''")
+        ),
+        None => "false".to_string(),
+    };
     let query = format!(
         "SELECT s.model_id, s.variant, s.score, s.decision, s.features, l.label, \
            CAST(s.prediction_time AS BIGINT) - CAST(s.event_time AS BIGINT) AS latency_us \
          FROM \"{scores}\" s LEFT JOIN {label} l ON s.\"{id}\" = l.label_id \
-         WHERE CAST(s.prediction_time AS BIGINT) >= {since_us}"
+         WHERE CAST(s.prediction_time AS BIGINT) >= {since_us} \
+         UNION ALL \
+         SELECT s.shadow_model_id AS model_id, 'shadow' AS variant, s.shadow_score AS score, \
+           {shadow_decision} AS decision, s.features, l.label, \
+           CAST(s.prediction_time AS BIGINT) - CAST(s.event_time AS BIGINT) AS latency_us \
+         FROM \"{scores}\" s LEFT JOIN {label} l ON s.\"{id}\" = l.label_id \
+         WHERE CAST(s.prediction_time AS BIGINT) >= {since_us} AND s.shadow_model_id IS NOT NULL"
     );
     let batches = crate::collect(stores.sql(&query).await?).await?;
     let mut out = Vec::new();

@@ -100,7 +100,20 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
         source: labels,
         column: args.label_column.as_deref(),
     };
-    let observed = observations(&stores, scored, &label_spec, since).await?;
+    let registry = Registry::open(&ctx.config.store.dir)?;
+    // A shadow decides nothing: its decisions are its scores at its own threshold.
+    let shadow = registry
+        .deployment()?
+        .shadow
+        .and_then(|id| registry.card(&id).ok().map(|c| (id, c.test.threshold)));
+    let observed = observations(
+        &stores,
+        scored,
+        &label_spec,
+        since,
+        shadow.as_ref().map(|(id, t)| (id.as_str(), *t)),
+    )
+    .await?;
     let mut by_model: BTreeMap<(String, String), Vec<quiver_monitor::Observation>> =
         BTreeMap::new();
     for o in observed {
@@ -111,7 +124,6 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
                 .push(o.observation);
         }
     }
-    let registry = Registry::open(&ctx.config.store.dir)?;
     let settings = Settings {
         min_rows: args.min_rows,
         lifetime: ctx.views.lifetime_inputs(),

@@ -142,8 +142,7 @@ pub struct Latency {
 pub struct ModelReport {
     /// Model id.
     pub model_id: String,
-    /// `production`, `canary` or `shadow` (the live monitor reports shadows; `monitor report` over
-    /// the stores does not yet).
+    /// `production`, `canary` or `shadow`.
     pub variant: String,
     /// Predictions in the window.
     pub served: usize,
