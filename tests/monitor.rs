@@ -349,17 +349,7 @@ fn trained_on(test: &str, train: &[Transaction]) -> TestEnv {
     std::fs::write(schemas.join("views/user_txn.toml"), DRIFT_VIEWS).unwrap();
     let t = TestEnv::new(test, &[]).with_schemas(&schemas);
     t.create_topics();
-    produce(&t, train, true);
-    let worker = start_in_process(&t);
-    assert!(eventually(Duration::from_secs(120), || {
-        t.raw_scalar("labels", "SELECT count(*) FROM raw") >= train.len() as i64
-            && common::log_rows(&t, "user_txn") >= train.len() as i64
-    }));
-    worker.stop();
-    let ds = t.dir.join("dataset");
-    let ds = ds.to_str().unwrap();
-    quiver(&t, &["dataset", "build", "--labels", "labels", "--out", ds]);
-    quiver(&t, &["train", "--dataset", ds, "--promote"]);
+    common::train_and_promote(&t, train, Duration::from_secs(120));
     t
 }
 

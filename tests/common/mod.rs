@@ -926,24 +926,25 @@ pub fn trained_registry() -> &'static Path {
         let txns: Vec<quiver_demo::Transaction> = (0..2_000)
             .map(|i| g.next_transaction(start + chrono::Duration::milliseconds(i * 2_000)))
             .collect();
-        produce_demo(&t, &txns, Some(chrono::Duration::zero()));
-        let worker = start_in_process(&t);
-        assert!(eventually(Duration::from_secs(90), || {
-            t.raw_scalar("labels", "SELECT count(*) FROM raw") >= 2_000
-                && log_rows(&t, "user_txn") >= 2_000
-        }));
-        worker.stop();
-        let ds = t.dir.join("dataset");
-        let ds = ds.to_str().unwrap();
-        for args in [
-            &["dataset", "build", "--labels", "labels", "--out", ds][..],
-            &["train", "--dataset", ds, "--promote"][..],
-        ] {
-            let (ok, text) = run_quiver(t.quiver(args));
-            assert!(ok, "quiver {args:?}: {text}");
-        }
+        train_and_promote(&t, &txns, Duration::from_secs(90));
         t.config.store.dir.join("models")
     })
+}
+
+/// Produces `txns` with their labels, ingests them (waiting at most `wait`), builds a training
+/// set from the labels and trains and promotes a model on it.
+pub fn train_and_promote(t: &TestEnv, txns: &[quiver_demo::Transaction], wait: Duration) {
+    produce_demo(t, txns, Some(chrono::Duration::zero()));
+    let worker = start_in_process(t);
+    let n = txns.len() as i64;
+    assert!(eventually(wait, || {
+        t.raw_scalar("labels", "SELECT count(*) FROM raw") >= n && log_rows(t, "user_txn") >= n
+    }));
+    worker.stop();
+    let ds = t.dir.join("dataset");
+    let ds = ds.to_str().unwrap();
+    quiver_ok(t, &["dataset", "build", "--labels", "labels", "--out", ds]);
+    quiver_ok(t, &["train", "--dataset", ds, "--promote"]);
 }
 
 impl TestEnv {

@@ -74,22 +74,21 @@ pub async fn observations(
     // The deciding model's rows, then the shadow's (its decision: its score at its threshold).
     let shadow_decision = match shadow_threshold {
         Some((model, threshold)) => format!(
-            "CASE WHEN s.shadow_model_id = '{}' THEN s.shadow_score >= {threshold:?} ELSE false END",
+            "CASE WHEN shadow_model_id = '{}' THEN shadow_score >= {threshold:?} ELSE false END",
             model.replace('\'', "''")
         ),
         None => "false".to_string(),
     };
     let query = format!(
-        "SELECT s.model_id, s.variant, s.score, s.decision, s.features, l.label, \
-           CAST(s.prediction_time AS BIGINT) - CAST(s.event_time AS BIGINT) AS latency_us \
-         FROM \"{scores}\" s LEFT JOIN {label} l ON s.\"{id}\" = l.label_id \
-         WHERE CAST(s.prediction_time AS BIGINT) >= {since_us} \
+        "WITH w AS (\
+           SELECT s.*, l.label, \
+             CAST(s.prediction_time AS BIGINT) - CAST(s.event_time AS BIGINT) AS latency_us \
+           FROM \"{scores}\" s LEFT JOIN {label} l ON s.\"{id}\" = l.label_id \
+           WHERE CAST(s.prediction_time AS BIGINT) >= {since_us}) \
+         SELECT model_id, variant, score, decision, features, label, latency_us FROM w \
          UNION ALL \
-         SELECT s.shadow_model_id AS model_id, 'shadow' AS variant, s.shadow_score AS score, \
-           {shadow_decision} AS decision, s.features, l.label, \
-           CAST(s.prediction_time AS BIGINT) - CAST(s.event_time AS BIGINT) AS latency_us \
-         FROM \"{scores}\" s LEFT JOIN {label} l ON s.\"{id}\" = l.label_id \
-         WHERE CAST(s.prediction_time AS BIGINT) >= {since_us} AND s.shadow_model_id IS NOT NULL"
+         SELECT shadow_model_id, 'shadow', shadow_score, {shadow_decision}, features, label, \
+           latency_us FROM w WHERE shadow_model_id IS NOT NULL"
     );
     let batches = crate::collect(stores.sql(&query).await?).await?;
     let mut out = Vec::new();

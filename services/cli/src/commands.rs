@@ -40,15 +40,15 @@ pub(crate) fn stop_on_signal(shutdown: Shutdown) {
     });
 }
 
-/// Starts the ingest admin listener if configured.
-pub(crate) async fn start_admin(ctx: &Context, health: &Health) -> anyhow::Result<Option<String>> {
-    let metrics = quiver_telemetry::metrics_handle();
-    let listen = &ctx.config.ingest.admin_listen;
+/// Starts an admin listener (`/metrics`, `/healthz`, `/readyz`) on `listen` unless it is empty
+/// (the worker's `ingest.admin_listen`, the monitor's `monitor.admin_listen`); its address.
+pub(crate) async fn start_admin(listen: &str, health: &Health) -> anyhow::Result<Option<String>> {
     if listen.is_empty() {
         return Ok(None);
     }
+    let metrics = quiver_telemetry::metrics_handle();
     quiver_telemetry::serve_admin(listen, metrics, health.clone()).await?;
-    Ok(Some(listen.clone()))
+    Ok(Some(listen.to_string()))
 }
 
 /// Runs the ingest service on a blocking thread.
@@ -70,7 +70,7 @@ pub(crate) async fn ingest(ctx: &Context) -> anyhow::Result<()> {
     let shutdown = Shutdown::default();
     stop_on_signal(shutdown.clone());
     let health = Health::of("worker");
-    if let Some(addr) = start_admin(ctx, &health).await? {
+    if let Some(addr) = start_admin(&ctx.config.ingest.admin_listen, &health).await? {
         info!(%addr, "admin listener: /metrics /healthz /readyz");
     }
     let stats = Arc::new(IngestStats::default());

@@ -16,7 +16,9 @@ pub(crate) async fn run_command(ctx: &Context) -> anyhow::Result<()> {
     let shutdown = quiver_ingest::Shutdown::default();
     crate::commands::stop_on_signal(shutdown.clone());
     let health = quiver_telemetry::Health::of("monitor");
-    if let Some(addr) = start_monitor_admin(ctx, &health).await? {
+    if let Some(addr) =
+        crate::commands::start_admin(&ctx.config.monitor.admin_listen, &health).await?
+    {
         tracing::info!(%addr, "monitor admin listener: /metrics /healthz /readyz");
     }
     let summary = spawn_monitor(ctx, shutdown, health)
@@ -27,20 +29,6 @@ pub(crate) async fn run_command(ctx: &Context) -> anyhow::Result<()> {
         summary.predictions, summary.labels, summary.unreadable, summary.evaluations
     );
     Ok(())
-}
-
-/// Starts the monitor's admin listener if configured (its address).
-pub(crate) async fn start_monitor_admin(
-    ctx: &Context,
-    health: &quiver_telemetry::Health,
-) -> anyhow::Result<Option<String>> {
-    let listen = &ctx.config.monitor.admin_listen;
-    if listen.is_empty() {
-        return Ok(None);
-    }
-    let metrics = quiver_telemetry::metrics_handle();
-    quiver_telemetry::serve_admin(listen, metrics, health.clone()).await?;
-    Ok(Some(listen.clone()))
 }
 
 /// Runs the live monitor on a blocking thread until `shutdown`.
@@ -199,27 +187,9 @@ pub(crate) async fn report_command(ctx: &Context, args: MonitorReportArgs) -> an
 
 /// `30s`, `10m`, `1h`, `2d`.
 fn parse_window(text: &str) -> anyhow::Result<std::time::Duration> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("window `{text}`: expected a number and s, m, h or d"))?;
-    let unit_seconds: u64 = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => bail!("window `{text}`: the unit is s, m, h or d"),
-    };
-    let seconds = n
-        .checked_mul(unit_seconds)
-        .with_context(|| format!("window `{text}` is too long"))?;
-    if seconds == 0 {
-        bail!("window `{text}` is empty");
-    }
-    Ok(std::time::Duration::from_secs(seconds))
+    let us = quiver_core::duration::parse(text)
+        .with_context(|| format!("window `{text}`: expected a positive number and s, m, h or d"))?;
+    Ok(std::time::Duration::from_micros(us.unsigned_abs()))
 }
 
 fn print_report(r: &ModelReport, deployed_at: Option<&str>) {

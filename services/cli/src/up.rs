@@ -147,7 +147,7 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     }
 
     let health = Health::of("worker");
-    let admin = start_admin(ctx, &health).await?;
+    let admin = start_admin(&config.ingest.admin_listen, &health).await?;
     let stats = Arc::new(IngestStats::default());
     let started = Instant::now();
     let ingest = spawn_ingest(ctx, shutdown.clone(), health, stats.clone());
@@ -163,7 +163,7 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     let monitor_health = Health::of("monitor");
-    let monitor_admin = crate::monitor::start_monitor_admin(ctx, &monitor_health).await?;
+    let monitor_admin = start_admin(&config.monitor.admin_listen, &monitor_health).await?;
     // The closed loop is on in the demo: a model that degrades is retrained, canaried and
     // promoted.
     let mut looped = ctx.clone();

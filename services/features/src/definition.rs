@@ -350,6 +350,16 @@ impl FeatureView {
 }
 
 impl ViewCatalog {
+    /// Whether the streaming worker scores the events of `source`: it is one of
+    /// `score_sources` (`score.sources`), or — when that is empty — a source with a view.
+    pub fn scores(&self, score_sources: &[String], source: &str) -> bool {
+        if score_sources.is_empty() {
+            self.views.iter().any(|v| v.source == source)
+        } else {
+            score_sources.iter().any(|s| s == source)
+        }
+    }
+
     /// The features that are lifetime aggregates moving one way by construction (count, sum,
     /// distinct count, min, max over a lifetime window), as models name their inputs
     /// (`<view>__<feature>`): their live values leave the training range however stable the

@@ -62,11 +62,7 @@ pub(crate) fn bind(
             .iter()
             .filter(|v| v.source == schema.name)
             .collect();
-        let scored = if config.score.sources.is_empty() {
-            !own.is_empty()
-        } else {
-            config.score.sources.contains(&schema.name)
-        };
+        let scored = views.scores(&config.score.sources, &schema.name);
         let bound = own
             .iter()
             .map(|v| ViewPlan::new(Arc::clone(v)).bind(&schema))

@@ -143,6 +143,19 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// The registry's directory under the store dir.
+const DIR: &str = "models";
+/// The deployment file in it.
+const DEPLOYMENT: &str = "registry.json";
+
+/// The deployment in `path` (none yet when it does not exist).
+fn read_deployment_at(path: &Path) -> Result<Deployment> {
+    if !path.exists() {
+        return Ok(Deployment::default());
+    }
+    read_json(path)
+}
+
 /// The file holding a model's training baseline, beside `model.json` and `card.json`.
 const BASELINE: &str = "baseline.json";
 
@@ -158,14 +171,14 @@ fn to_json<T: Serialize>(value: &T) -> Result<String> {
 impl Registry {
     /// Opens (creating) the registry under the store dir.
     pub fn open(store_dir: &Path) -> Result<Self> {
-        let root = store_dir.join("models");
+        let root = store_dir.join(DIR);
         std::fs::create_dir_all(&root).map_err(io(&root))?;
         Ok(Self { root })
     }
 
     /// Path of `registry.json` (the scorer watches it).
     pub fn deployment_path(&self) -> PathBuf {
-        self.root.join("registry.json")
+        self.root.join(DEPLOYMENT)
     }
 
     /// A fresh model id: `<kind>-<UTC time>-<seed>`.
@@ -265,20 +278,12 @@ impl Registry {
     /// The deployment of the registry under `store_dir`, read without creating anything (for
     /// readers that must not write).
     pub fn read_deployment(store_dir: &Path) -> Result<Deployment> {
-        let path = store_dir.join("models").join("registry.json");
-        if !path.exists() {
-            return Ok(Deployment::default());
-        }
-        read_json(&path)
+        read_deployment_at(&store_dir.join(DIR).join(DEPLOYMENT))
     }
 
     /// The current deployment.
     pub fn deployment(&self) -> Result<Deployment> {
-        let path = self.deployment_path();
-        if !path.exists() {
-            return Ok(Deployment::default());
-        }
-        read_json(&path)
+        read_deployment_at(&self.deployment_path())
     }
 
     fn save(&self, mut d: Deployment) -> Result<Deployment> {

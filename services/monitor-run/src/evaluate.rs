@@ -84,9 +84,15 @@ impl Evaluation {
             },
         };
         self.job = None;
-        events::retrained(&done);
+        self.conclude(done, now);
+    }
+
+    /// Takes in how a retraining ended (or that it could not start) and does what the policy
+    /// says next.
+    fn conclude(&mut self, outcome: Outcome, now: i64) {
+        events::retrained(&outcome);
         if let Some(r) = &mut self.retrainer {
-            let action = r.retrained(done, now);
+            let action = r.retrained(outcome, now);
             self.act(action);
         }
     }
@@ -113,10 +119,7 @@ impl Evaluation {
                         let failed = Outcome::Failed {
                             error: "no production model to retrain".into(),
                         };
-                        events::retrained(&failed);
-                        if let Some(r) = &mut self.retrainer {
-                            r.retrained(failed, crate::now_us());
-                        }
+                        self.conclude(failed, crate::now_us());
                         Err("no production model".to_string())
                     }
                 }
@@ -188,12 +191,13 @@ impl Evaluation {
             }
             Some(since) => {
                 let canary = deployment.canary.as_ref().map(|c| c.id.clone());
+                // Both models over the same span, gathered once.
+                let spans = tracker.windows_since(now, since);
                 let mut span = |variant: &str, model: &str| {
-                    tracker
-                        .windows_since(now, since)
-                        .into_iter()
+                    spans
+                        .iter()
                         .find(|(s, _)| s.variant == variant && s.model_id == model)
-                        .and_then(|(slot, window)| self.report_of(&slot, &window))
+                        .and_then(|(slot, window)| self.report_of(slot, window))
                 };
                 let theirs = span("production", &production);
                 let ours = canary.as_deref().and_then(|c| span("canary", c));

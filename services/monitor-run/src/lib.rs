@@ -188,13 +188,7 @@ fn fields(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Result<Fie
     let prediction_ids: Vec<String> = catalog
         .sources
         .iter()
-        .filter(|s| {
-            if config.score.sources.is_empty() {
-                views.views.iter().any(|v| v.source == s.name)
-            } else {
-                config.score.sources.contains(&s.name)
-            }
-        })
+        .filter(|s| views.scores(&config.score.sources, &s.name))
         .filter_map(|s| s.id.clone())
         .collect();
     if prediction_ids.is_empty() {
