@@ -445,7 +445,7 @@ impl TestEnv {
     /// Runs a SQL query over the raw store of `source` (registered as table `raw`).
     pub fn raw_query(&self, source: &str, sql: &str) -> Vec<RecordBatch> {
         let dir = self.config.store.dir.join("raw").join(source);
-        if !dir.exists() {
+        if !has_segments(self, quiver_store::Table::Raw, source) {
             return Vec::new();
         }
         runtime().block_on(async {
@@ -694,10 +694,19 @@ pub fn online_at(
         .collect()
 }
 
+/// Whether `stream` of `table` holds a segment yet. Its directory appears before its first
+/// segment (a writer's lock and temporary file), and DataFusion cannot register a directory
+/// without data files.
+fn has_segments(t: &TestEnv, table: quiver_store::Table, stream: &str) -> bool {
+    quiver_store::SegmentStore::open(&t.config.store.dir, table)
+        .and_then(|store| store.segments(stream))
+        .is_ok_and(|segments| !segments.is_empty())
+}
+
 /// Rows of a view's feature log (Parquet), queried with DataFusion as table `log`.
 pub fn log_query(t: &TestEnv, view: &str, sql: &str) -> Vec<RecordBatch> {
     let dir = t.config.store.dir.join("offline").join(view);
-    if !dir.exists() {
+    if !has_segments(t, quiver_store::Table::FeatureLog, view) {
         return Vec::new();
     }
     runtime().block_on(async {
