@@ -34,14 +34,29 @@ pub(crate) fn caught_up(predictions: u64, labels: u64) {
 /// A model no longer in the window: its window gauges are blanked (NaN), not left showing its
 /// last figures.
 pub(crate) fn left_window(model_id: &str) {
-    let model = || model_id.to_string();
-    gauge!(names::MODEL_DRIFT_SHARE, "model_id" => model()).set(f64::NAN);
-    for metric in ["roc_auc", "pr_auc", "log_loss", "precision", "recall"] {
-        for kind in ["realised", "estimated"] {
-            gauge!(names::MODEL_PERFORMANCE, "model_id" => model(), "metric" => metric, "kind" => kind)
-                .set(f64::NAN);
-        }
+    gauge!(names::MODEL_DRIFT_SHARE, "model_id" => model_id.to_string()).set(f64::NAN);
+    for (metric, value) in performance_of(None) {
+        performance(model_id, metric, "realised", value);
     }
+    performance(model_id, "roc_auc", "estimated", f64::NAN);
+}
+
+/// `metrics` by their `metric` label (NaN without them).
+fn performance_of(metrics: Option<&quiver_models::metrics::Metrics>) -> [(&'static str, f64); 5] {
+    let value = |f: fn(&quiver_models::metrics::Metrics) -> f64| metrics.map_or(f64::NAN, f);
+    [
+        ("roc_auc", value(|m| m.roc_auc)),
+        ("pr_auc", value(|m| m.pr_auc)),
+        ("log_loss", value(|m| m.log_loss)),
+        ("precision", value(|m| m.precision)),
+        ("recall", value(|m| m.recall)),
+    ]
+}
+
+/// One `quiver_model_performance` sample.
+fn performance(model_id: &str, metric: &'static str, kind: &'static str, value: f64) {
+    gauge!(names::MODEL_PERFORMANCE, "model_id" => model_id.to_string(), "metric" => metric, "kind" => kind)
+        .set(value);
 }
 
 /// A drift series no longer measured (the model left the window, or the feature's test
@@ -73,23 +88,13 @@ pub(crate) fn reported(r: &ModelReport) {
             .set(f64::from(u8::from(d.drift.drifted)));
     }
     gauge!(names::MODEL_DRIFT_SHARE, "model_id" => model()).set(r.drift_share.unwrap_or(f64::NAN));
-    let performance = |metric: &'static str, kind: &'static str, value: f64| {
-        gauge!(names::MODEL_PERFORMANCE, "model_id" => model(), "metric" => metric, "kind" => kind)
-            .set(value);
-    };
     for (kind, metrics) in [("realised", r.realised.as_ref()), ("test", Some(&r.test))] {
-        let value = |f: fn(&quiver_models::metrics::Metrics) -> f64| metrics.map_or(f64::NAN, f);
-        performance("roc_auc", kind, value(|m| m.roc_auc));
-        performance("pr_auc", kind, value(|m| m.pr_auc));
-        performance("log_loss", kind, value(|m| m.log_loss));
-        performance("precision", kind, value(|m| m.precision));
-        performance("recall", kind, value(|m| m.recall));
+        for (metric, value) in performance_of(metrics) {
+            performance(&r.model_id, metric, kind, value);
+        }
     }
-    performance(
-        "roc_auc",
-        "estimated",
-        r.estimated_roc_auc.unwrap_or(f64::NAN),
-    );
+    let estimated = r.estimated_roc_auc.unwrap_or(f64::NAN);
+    performance(&r.model_id, "roc_auc", "estimated", estimated);
 }
 
 /// A retraining job ended.
