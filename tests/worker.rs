@@ -1,7 +1,7 @@
 //! The one streaming worker against real tansu and Redis, with a model deployed from the first
 //! event: every event gets exactly one decision, scored with the very vector logged for it,
 //! through a SIGKILL of one of two workers, a restart behind a backlog, a member that loses its
-//! partitions while frozen, and events that cannot be scored.
+//! partitions while frozen, and events that cannot be scored; and the claim protocol itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -266,4 +266,54 @@ fn a_member_that_lost_its_partitions_writes_nothing_for_them_after() {
     assert_exactly_once(&t, 12_000);
     assert_features_exact(&t, &txns, &deliveries);
     assert_one_decision_per_event(&t, &txns);
+}
+
+/// The claim protocol on real Redis: the first claim of a range wins, an overlapping one gets
+/// it back, and once the owner committed and deleted its claims, a late claim of those offsets
+/// (a member that lost the partition without knowing yet) is refused, not recorded.
+#[test]
+fn a_claim_below_the_committed_floor_is_refused() {
+    use quiver_online::{Claim, OnlineStore};
+    let t = TestEnv::new("claimfloor", &[]);
+    let mut store = OnlineStore::connect(
+        &t.config.redis.url,
+        &t.config.redis.key_prefix,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let ttl = Duration::from_secs(60);
+    assert_eq!(
+        store.claim("transactions", 3, (10, 19), b"b", ttl).unwrap(),
+        Claim::Recorded
+    );
+    assert_eq!(
+        store.claim("transactions", 3, (15, 24), b"a", ttl).unwrap(),
+        Claim::Clashed(vec![b"b".to_vec()])
+    );
+    // The owner commits offset 20 and deletes the claim of 10..=19.
+    store
+        .release_claims("transactions", 3, 20, &[(10, 19)])
+        .unwrap();
+    assert!(store.claims("transactions", 3).unwrap().is_empty());
+    assert_eq!(
+        store.claim("transactions", 3, (12, 19), b"a", ttl).unwrap(),
+        Claim::Fenced
+    );
+    assert_eq!(
+        store.claim("transactions", 3, (18, 22), b"a", ttl).unwrap(),
+        Claim::Fenced
+    );
+    assert!(store.claims("transactions", 3).unwrap().is_empty());
+    // The floor only rises; offsets past it are claimed as before.
+    store.release_claims("transactions", 3, 5, &[]).unwrap();
+    assert_eq!(
+        store.claim("transactions", 3, (20, 29), b"b", ttl).unwrap(),
+        Claim::Recorded
+    );
+    assert_eq!(
+        store.claim("transactions", 4, (0, 9), b"b", ttl).unwrap(),
+        Claim::Recorded,
+        "each partition has its own floor"
+    );
 }

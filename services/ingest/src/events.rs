@@ -165,6 +165,16 @@ pub(crate) fn claims_adopted(source: &str, partition: i32, count: usize) {
     );
 }
 
+pub(crate) fn claims_fenced(source: &str, partition: i32, first: i64, last: i64) {
+    warn!(
+        source,
+        partition,
+        first,
+        last,
+        "these offsets are committed by another member: this one lost the partition and decides nothing for them"
+    );
+}
+
 pub(crate) fn deployment_loaded(production: &str, canary: &str, shadow: &str) {
     counter!(names::MODEL_RELOADS).increment(1);
     info!(production, canary, shadow, "deployment loaded");

@@ -63,10 +63,11 @@ pub(crate) struct FlushJob {
 #[derive(Debug)]
 pub(crate) enum Job {
     Flush(Box<FlushJob>),
-    /// Delete claims whose offsets are committed.
+    /// Delete claims whose offsets are committed and raise the partition's claim floor.
     Release {
         source_name: String,
         partition: i32,
+        committed_next: i64,
         ranges: Vec<(i64, i64)>,
     },
 }
@@ -147,11 +148,15 @@ impl Flusher {
                         Job::Release {
                             source_name,
                             partition,
+                            committed_next,
                             ranges,
                         } => {
-                            if let Err(error) =
-                                stores.online.release_claims(&source_name, partition, &ranges)
-                            {
+                            if let Err(error) = stores.online.release_claims(
+                                &source_name,
+                                partition,
+                                committed_next,
+                                &ranges,
+                            ) {
                                 warn!(source = %source_name, partition, %error, "cannot delete committed claims; they expire with score.claim_ttl_s");
                             }
                         }

@@ -15,7 +15,8 @@
 //! partition, what it decided for each event (`<prefix>:#claims:<source>:<partition>`, one field
 //! per range of offsets); a replay after a crash, or a second member racing a fenced one, finds
 //! the record and repeats it instead of deciding again. Claims are deleted once the offsets they
-//! cover are committed. The bytes are opaque here.
+//! cover are committed, and the partition's floor rises with them: a late claim below it (from
+//! a member that lost the partition without knowing yet) is refused. The bytes are opaque here.
 //!
 //! Owns: the Redis key layout and every Redis command Quiver sends. Must not: know Kafka, files
 //! or models.
@@ -30,7 +31,7 @@ pub use encoding::Fetched;
 pub use keys::Keys;
 pub use quiver_features::Shard;
 pub use reader::OnlineReader;
-pub use store::{Applied, ClaimedRange, OnlineStore, ShardWrites};
+pub use store::{Applied, Claim, ClaimedRange, OnlineStore, ShardWrites};
 
 use quiver_core::Retry;
 

@@ -28,21 +28,29 @@ end
 return refused
 ";
 
-/// Records the claim of an offset range unless a recorded one overlaps it.
+/// Records the claim of an offset range unless it starts below the partition's committed floor
+/// or a recorded claim overlaps it.
 ///
 /// `KEYS[1]`: the claims hash of a source partition (fields `<first>:<last>`, plus `through`,
-/// the highest offset claimed). `ARGV`: first, last, the claim's bytes, TTL (ms). Returns the
-/// bytes of the overlapping claims (nothing recorded then), or an empty list once recorded.
+/// the highest offset claimed, and `floor`, the offset below which everything is committed and
+/// its claims deleted). `ARGV`: first, last, the claim's bytes, TTL (ms). Returns `{0, {}}` once
+/// recorded, `{1, clashes}` with the bytes of the overlapping claims (nothing recorded), or
+/// `{2, {}}` when the range starts below the floor: its offsets were committed by another member
+/// after their claims were deleted, so the caller lost the partition and must not decide them.
 /// Claims past `through` cannot overlap anything: the common case costs no scan.
 pub const CLAIM: &str = r"
 local first = tonumber(ARGV[1])
 local last = tonumber(ARGV[2])
 local name = ARGV[1] .. ':' .. ARGV[2]
+local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '-1')
+if first < floor then
+  return {2, {}}
+end
 local through = tonumber(redis.call('HGET', KEYS[1], 'through') or '-1')
 if first > through then
   redis.call('HSET', KEYS[1], name, ARGV[3], 'through', ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return {}
+  return {0, {}}
 end
 local clash = {}
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
@@ -51,14 +59,30 @@ for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
     clash[#clash + 1] = redis.call('HGET', KEYS[1], f)
   end
 end
-if #clash == 0 then
-  redis.call('HSET', KEYS[1], name, ARGV[3])
-  if last > through then
-    redis.call('HSET', KEYS[1], 'through', ARGV[2])
-  end
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if #clash > 0 then
+  return {1, clash}
 end
-return clash
+redis.call('HSET', KEYS[1], name, ARGV[3])
+if last > through then
+  redis.call('HSET', KEYS[1], 'through', ARGV[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {0, {}}
+";
+
+/// Deletes the claims of committed offsets and raises the partition's floor, in one step: a
+/// claim can never be deleted without the floor that refuses a late claim of its offsets.
+///
+/// `KEYS[1]`: the claims hash. `ARGV[1]`: the committed next offset, then the fields to delete.
+pub const RELEASE_CLAIMS: &str = r"
+for i = 2, #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+end
+local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '-1')
+if tonumber(ARGV[1]) > floor then
+  redis.call('HSET', KEYS[1], 'floor', ARGV[1])
+end
+return 0
 ";
 
 /// Moves a partition's applied watermark of a view forward, after the shards of a flush are

@@ -12,7 +12,7 @@ use redis::{Connection, RedisResult};
 use crate::Result;
 use crate::encoding::{Fetched, encode, split_hash};
 use crate::keys::Keys;
-use crate::scripts::{ADVANCE_APPLIED, CLAIM, WRITE_SHARDS};
+use crate::scripts::{ADVANCE_APPLIED, CLAIM, RELEASE_CLAIMS, WRITE_SHARDS};
 
 /// Keys per `EVALSHA` of a shard write. Redis runs a script to its end before it serves anyone
 /// else, and a 512-key write was seen taking 11.5 ms of Redis time (SLOWLOG) while the worker's
@@ -41,6 +41,18 @@ pub enum Applied {
     },
 }
 
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Recorded: the caller's decisions stand.
+    Recorded,
+    /// Not recorded: these claims, recorded first, overlap the range (their opaque bytes).
+    Clashed(Vec<Vec<u8>>),
+    /// Not recorded: the range starts below offsets another member committed (and whose claims
+    /// it deleted). The caller lost the partition and must not decide these offsets.
+    Fenced,
+}
+
 /// One recorded claim: an offset range and its opaque bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedRange {
@@ -61,6 +73,7 @@ pub struct OnlineStore {
     command_timeout: Duration,
     write_shards: redis::Script,
     claim: redis::Script,
+    release_claims: redis::Script,
     advance_applied: redis::Script,
 }
 
@@ -90,6 +103,7 @@ impl OnlineStore {
             command_timeout,
             write_shards: redis::Script::new(WRITE_SHARDS),
             claim: redis::Script::new(CLAIM),
+            release_claims: redis::Script::new(RELEASE_CLAIMS),
             advance_applied: redis::Script::new(ADVANCE_APPLIED),
         };
         store.ping()?;
@@ -112,7 +126,12 @@ impl OnlineStore {
     }
 
     fn load_scripts(&self, conn: &mut Connection) -> RedisResult<()> {
-        for script in [&self.write_shards, &self.claim, &self.advance_applied] {
+        for script in [
+            &self.write_shards,
+            &self.claim,
+            &self.release_claims,
+            &self.advance_applied,
+        ] {
             script.load(conn)?;
         }
         Ok(())
@@ -258,8 +277,8 @@ impl OnlineStore {
     }
 
     /// Records `bytes` as the claim of offsets `first..=last` of a source partition, unless a
-    /// recorded claim overlaps the range: then nothing is recorded and the overlapping claims'
-    /// bytes are returned.
+    /// recorded claim overlaps the range or the range starts below the partition's committed
+    /// floor (see [`Claim`]).
     pub fn claim(
         &mut self,
         source: &str,
@@ -267,11 +286,11 @@ impl OnlineStore {
         (first, last): (i64, i64),
         bytes: &[u8],
         ttl: Duration,
-    ) -> Result<Vec<Vec<u8>>> {
+    ) -> Result<Claim> {
         let key = self.keys.claims(source, partition);
         let hash = self.claim.get_hash().to_string();
         let ttl_ms = ttl.as_millis().max(1) as u64;
-        self.run(|c| {
+        let (status, clashes): (i64, Vec<Vec<u8>>) = self.run(|c| {
             redis::cmd("EVALSHA")
                 .arg(&hash)
                 .arg(1)
@@ -281,6 +300,11 @@ impl OnlineStore {
                 .arg(bytes)
                 .arg(ttl_ms)
                 .query(c)
+        })?;
+        Ok(match status {
+            0 => Claim::Recorded,
+            2 => Claim::Fenced,
+            _ => Claim::Clashed(clashes),
         })
     }
 
@@ -304,19 +328,27 @@ impl OnlineStore {
         Ok(out)
     }
 
-    /// Deletes claims of a source partition (their offsets are committed).
+    /// Deletes claims of a source partition whose offsets are committed, and raises its floor
+    /// to `committed_next`: from then on a claim below it is refused ([`Claim::Fenced`]).
     pub fn release_claims(
         &mut self,
         source: &str,
         partition: i32,
+        committed_next: i64,
         ranges: &[(i64, i64)],
     ) -> Result<()> {
-        if ranges.is_empty() {
-            return Ok(());
-        }
         let key = self.keys.claims(source, partition);
+        let hash = self.release_claims.get_hash().to_string();
         let fields: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}:{b}")).collect();
-        self.run(|c| redis::cmd("HDEL").arg(&key).arg(&fields).query::<i64>(c))?;
+        self.run(|c| {
+            redis::cmd("EVALSHA")
+                .arg(&hash)
+                .arg(1)
+                .arg(&key)
+                .arg(committed_next)
+                .arg(&fields)
+                .query::<i64>(c)
+        })?;
         Ok(())
     }
 

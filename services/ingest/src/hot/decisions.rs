@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use quiver_features::Value;
+use quiver_online::Claim;
 
 use super::{Draft, DraftFeatures};
 use crate::claims::{ClaimBatch, ClaimRecord, runs};
@@ -88,20 +89,32 @@ impl Worker {
                     last: drafts[members[members.len() - 1]].offset,
                     records: members.iter().map(|&i| record(&drafts[i])).collect(),
                 };
-                let theirs =
+                let answer =
                     self.online
                         .claim(&name, p, (batch.first, batch.last), &batch.encode(), ttl)?;
                 let state = self
                     .partitions
                     .get_mut(&(s, p))
                     .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
-                if theirs.is_empty() {
-                    state.claims.recorded(batch.first, batch.last);
-                    for &i in members {
-                        drafts[i].claimed = true;
+                let theirs = match answer {
+                    Claim::Recorded => {
+                        state.claims.recorded(batch.first, batch.last);
+                        for &i in members {
+                            drafts[i].claimed = true;
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                    Claim::Fenced => {
+                        // Another member committed these offsets: this one lost the partition
+                        // and decides nothing more for them (the group tells it soon).
+                        for &i in members {
+                            drafts[i].outcome = None;
+                        }
+                        events::claims_fenced(&name, p, batch.first, batch.last);
+                        continue;
+                    }
+                    Claim::Clashed(theirs) => theirs,
+                };
                 for bytes in theirs {
                     let other = ClaimBatch::decode(&bytes).map_err(|detail| Error::Claim {
                         source_name: name.clone(),

@@ -105,10 +105,13 @@ impl Worker {
                 state.processed_through + 1 - next,
             );
             let ranges = state.claims.release(next);
-            if !ranges.is_empty() {
+            if self.sources[s].scored {
+                // Raises the floor even when no claim is deleted: no member may decide these
+                // offsets any more.
                 let job = Job::Release {
                     source_name: self.sources[s].schema.name.clone(),
                     partition: p,
+                    committed_next: next,
                     ranges,
                 };
                 if let Err(error) = self.flusher.submit(job) {

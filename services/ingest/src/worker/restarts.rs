@@ -147,10 +147,13 @@ impl Worker {
         }
         // Claims below the commit are done with (a crash came between commit and delete).
         let stale = claims.release(start);
-        if !stale.is_empty() {
+        if self.sources[s].scored {
+            // Everything below the commit is decided: delete its claims (a crash came between
+            // commit and delete) and raise the floor.
             self.flusher.submit(Job::Release {
                 source_name: name.clone(),
                 partition: p,
+                committed_next: start,
                 ranges: stale,
             })?;
         }
