@@ -40,9 +40,16 @@ pub struct Confusion {
 
 /// The confusion matrix at `threshold`.
 pub fn confusion(scores: &[f64], labels: &[bool], threshold: f64) -> Confusion {
+    confusion_of(
+        scores.iter().copied().zip(labels.iter().copied()),
+        threshold,
+    )
+}
+
+fn confusion_of(pairs: impl Iterator<Item = (f64, bool)>, threshold: f64) -> Confusion {
     let mut c = Confusion::default();
-    for (s, y) in scores.iter().zip(labels) {
-        match (*s >= threshold, *y) {
+    for (s, y) in pairs {
+        match (s >= threshold, y) {
             (true, true) => c.tp += 1,
             (true, false) => c.fp += 1,
             (false, false) => c.tn += 1,
@@ -56,23 +63,48 @@ fn ratio(a: usize, b: usize) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
 
+/// `(score, label)` pairs sorted by score, ascending: what the ranking metrics read. Sorting
+/// the pairs themselves (not indexes into the scores) keeps the sort cache-friendly on
+/// millions of rows; input that is sorted already, or made of sorted runs, sorts in linear time.
+pub fn sorted_pairs(scores: &[f64], labels: &[bool]) -> Vec<(f64, bool)> {
+    let mut pairs: Vec<(f64, bool)> = scores.iter().copied().zip(labels.iter().copied()).collect();
+    sort_pairs(&mut pairs);
+    pairs
+}
+
+/// Sorts `(score, label)` pairs by score, ascending (the labels of equal scores in any order:
+/// every metric here treats a tie as one cut-off).
+pub fn sort_pairs(pairs: &mut [(f64, bool)]) {
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+}
+
+/// The runs of equal scores of sorted `pairs`, as `(positives, negatives)`, ascending.
+fn ties(pairs: &[(f64, bool)]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    pairs
+        .chunk_by(|a, b| a.0.total_cmp(&b.0).is_eq())
+        .map(|run| {
+            let pos = run.iter().filter(|(_, y)| *y).count();
+            (pos, run.len() - pos)
+        })
+}
+
 /// ROC AUC by ranks (Mann-Whitney), ties averaged; 0.5 when one class is absent.
 pub fn roc_auc(scores: &[f64], labels: &[bool]) -> f64 {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let (mut rank_sum, mut i) = (0.0, 0);
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && scores[idx[j + 1]].total_cmp(&scores[idx[i]]).is_eq() {
-            j += 1;
-        }
-        // Ranks i+1 ..= j+1 share their average.
-        let average = (i + j + 2) as f64 / 2.0;
-        rank_sum += average * idx[i..=j].iter().filter(|&&k| labels[k]).count() as f64;
-        i = j + 1;
+    roc_auc_sorted(&sorted_pairs(scores, labels))
+}
+
+/// [`roc_auc`] of pairs sorted by [`sort_pairs`], in one pass.
+pub fn roc_auc_sorted(pairs: &[(f64, bool)]) -> f64 {
+    let (mut rank_sum, mut below, mut pos) = (0.0, 0usize, 0usize);
+    for (p, n) in ties(pairs) {
+        // Ranks below+1 ..= below+p+n share their average.
+        let average = (2 * below + p + n + 1) as f64 / 2.0;
+        rank_sum += average * p as f64;
+        below += p + n;
+        pos += p;
     }
-    let pos = labels.iter().filter(|y| **y).count() as f64;
-    let neg = labels.len() as f64 - pos;
+    let pos = pos as f64;
+    let neg = pairs.len() as f64 - pos;
     if pos == 0.0 || neg == 0.0 {
         return 0.5;
     }
@@ -81,69 +113,63 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> f64 {
 
 /// Average precision: Σ (Rₖ − Rₖ₋₁) · Pₖ over distinct score cut-offs, highest first.
 pub fn pr_auc(scores: &[f64], labels: &[bool]) -> f64 {
-    let pos = labels.iter().filter(|y| **y).count();
+    pr_auc_sorted(&sorted_pairs(scores, labels))
+}
+
+/// [`pr_auc`] of pairs sorted by [`sort_pairs`], in one pass from the highest score.
+pub fn pr_auc_sorted(pairs: &[(f64, bool)]) -> f64 {
+    let pos = pairs.iter().filter(|(_, y)| *y).count();
     if pos == 0 {
         return 0.0;
     }
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let (mut tp, mut fp, mut ap, mut last_recall, mut i) = (0usize, 0usize, 0.0, 0.0, 0);
-    while i < idx.len() {
-        let mut j = i;
-        while j < idx.len() && scores[idx[j]].total_cmp(&scores[idx[i]]).is_eq() {
-            if labels[idx[j]] {
-                tp += 1;
-            } else {
-                fp += 1;
-            }
-            j += 1;
-        }
+    let runs: Vec<(usize, usize)> = ties(pairs).collect();
+    let (mut tp, mut fp, mut ap, mut last_recall) = (0usize, 0usize, 0.0, 0.0);
+    for (p, n) in runs.into_iter().rev() {
+        tp += p;
+        fp += n;
         let recall = ratio(tp, pos);
         ap += (recall - last_recall) * ratio(tp, tp + fp);
         last_recall = recall;
-        i = j;
     }
     ap
 }
 
 /// Mean binary cross-entropy.
 pub fn log_loss(scores: &[f64], labels: &[bool]) -> f64 {
-    if scores.is_empty() {
+    log_loss_of(
+        scores.iter().copied().zip(labels.iter().copied()),
+        scores.len(),
+    )
+}
+
+fn log_loss_of(pairs: impl Iterator<Item = (f64, bool)>, n: usize) -> f64 {
+    if n == 0 {
         return 0.0;
     }
-    let total: f64 = scores
-        .iter()
-        .zip(labels)
+    let total: f64 = pairs
         .map(|(s, y)| {
             let p = s.clamp(1e-15, 1.0 - 1e-15);
-            if *y { -p.ln() } else { -(1.0 - p).ln() }
+            if y { -p.ln() } else { -(1.0 - p).ln() }
         })
         .sum();
-    total / scores.len() as f64
+    total / n as f64
 }
 
 /// The threshold maximising F1 (ties: the higher threshold); 0.5 when there are no positives.
 pub fn best_f1_threshold(scores: &[f64], labels: &[bool]) -> f64 {
-    let pos = labels.iter().filter(|y| **y).count();
+    let pairs = sorted_pairs(scores, labels);
+    let pos = pairs.iter().filter(|(_, y)| *y).count();
     if pos == 0 {
         return 0.5;
     }
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let (mut tp, mut fp, mut best, mut best_t, mut i) = (0usize, 0usize, -1.0, 0.5, 0);
-    while i < idx.len() {
-        let t = scores[idx[i]];
-        while i < idx.len() && scores[idx[i]].total_cmp(&t).is_eq() {
-            if labels[idx[i]] {
-                tp += 1;
-            } else {
-                fp += 1;
-            }
-            i += 1;
-        }
+    let (mut tp, mut fp, mut best, mut best_t) = (0usize, 0usize, -1.0, 0.5);
+    for run in pairs.chunk_by(|a, b| a.0.total_cmp(&b.0).is_eq()).rev() {
+        let p = run.iter().filter(|(_, y)| *y).count();
+        tp += p;
+        fp += run.len() - p;
         let f1 = 2.0 * tp as f64 / (2 * tp + fp + (pos - tp)) as f64;
         if f1 > best {
-            (best, best_t) = (f1, t);
+            (best, best_t) = (f1, run[0].0);
         }
     }
     best_t
@@ -151,13 +177,18 @@ pub fn best_f1_threshold(scores: &[f64], labels: &[bool]) -> f64 {
 
 /// Every metric at `threshold`.
 pub fn evaluate(scores: &[f64], labels: &[bool], threshold: f64) -> Metrics {
-    let c = confusion(scores, labels, threshold);
+    evaluate_sorted(&sorted_pairs(scores, labels), threshold)
+}
+
+/// [`evaluate`] of pairs sorted by [`sort_pairs`]: linear in their number.
+pub fn evaluate_sorted(pairs: &[(f64, bool)], threshold: f64) -> Metrics {
+    let c = confusion_of(pairs.iter().copied(), threshold);
     Metrics {
-        rows: scores.len(),
-        positives: labels.iter().filter(|y| **y).count(),
-        roc_auc: roc_auc(scores, labels),
-        pr_auc: pr_auc(scores, labels),
-        log_loss: log_loss(scores, labels),
+        rows: pairs.len(),
+        positives: pairs.iter().filter(|(_, y)| *y).count(),
+        roc_auc: roc_auc_sorted(pairs),
+        pr_auc: pr_auc_sorted(pairs),
+        log_loss: log_loss_of(pairs.iter().copied(), pairs.len()),
         threshold,
         precision: ratio(c.tp, c.tp + c.fp),
         recall: ratio(c.tp, c.tp + c.fn_),
@@ -177,6 +208,37 @@ mod tests {
         assert_eq!(roc_auc(&[0.5, 0.5, 0.5, 0.5], &labels), 0.5);
         // One inversion out of four pairs.
         assert_eq!(roc_auc(&[0.1, 0.6, 0.5, 0.9], &labels), 0.75);
+    }
+
+    #[test]
+    fn the_one_pass_auc_equals_counting_every_pair_with_ties_half() {
+        let n = 600;
+        let scores: Vec<f64> = (0..n).map(|i| ((i * 37) % 50) as f64 / 50.0).collect();
+        let labels: Vec<bool> = (0..n).map(|i| (i * 13) % 7 < 2).collect();
+        let (mut wins, mut pairs) = (0.0, 0.0);
+        for (a, ya) in scores.iter().zip(&labels) {
+            for (b, yb) in scores.iter().zip(&labels) {
+                if *ya && !*yb {
+                    pairs += 1.0;
+                    wins += if a > b {
+                        1.0
+                    } else if a == b {
+                        0.5
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        assert!((roc_auc(&scores, &labels) - wins / pairs).abs() < 1e-12);
+        // Pairs made of sorted runs (as the monitor's buckets hand them over) sort the same.
+        let mut runs = sorted_pairs(&scores[..300], &labels[..300]);
+        runs.extend(sorted_pairs(&scores[300..], &labels[300..]));
+        sort_pairs(&mut runs);
+        assert_eq!(
+            evaluate_sorted(&runs, 0.5).roc_auc,
+            evaluate(&scores, &labels, 0.5).roc_auc
+        );
     }
 
     #[test]

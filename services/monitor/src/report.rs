@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use quiver_features::Value;
 use quiver_models::baseline::{Baseline, Reference};
-use quiver_models::metrics::{Metrics, evaluate};
+use quiver_models::metrics::{Metrics, evaluate_sorted, sort_pairs};
 use serde::{Deserialize, Serialize};
 
 use crate::drift::{Current, Drift, drift, drift_share, numeric};
@@ -204,7 +204,8 @@ pub fn report(
         Vec::new()
     };
     let share = drift_share(drift_rows.iter().filter(|f| f.in_share).map(|f| &f.drift));
-    // Sorted once here: the score drift and the estimate sort again, in linear time.
+    // Sorted once here (in near-linear time: the tracker hands them over as sorted runs); the
+    // score drift and the estimate sort again, in linear time.
     let mut sorted_scores = window.scores.clone();
     sorted_scores.sort_by(f64::total_cmp);
     let scores = &sorted_scores;
@@ -213,8 +214,9 @@ pub fn report(
         && joined.iter().any(|(_, l)| *l)
         && joined.iter().any(|(_, l)| !*l))
     .then(|| {
-        let (s, l): (Vec<f64>, Vec<bool>) = joined.iter().copied().unzip();
-        evaluate(&s, &l, test.threshold)
+        let mut pairs = joined.clone();
+        sort_pairs(&mut pairs);
+        evaluate_sorted(&pairs, test.threshold)
     });
     ModelReport {
         model_id: model_id.to_string(),
@@ -345,7 +347,7 @@ mod tests {
 
     fn test_metrics() -> Metrics {
         let scores = [0.9, 0.8, 0.2, 0.1];
-        evaluate(&scores, &[true, true, false, false], 0.5)
+        quiver_models::metrics::evaluate(&scores, &[true, true, false, false], 0.5)
     }
 
     fn window(n: usize, shift: bool, labelled: usize) -> Vec<Observation> {

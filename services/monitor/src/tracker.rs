@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use quiver_features::Value;
+use quiver_models::metrics::sort_pairs;
 
 use crate::report::Window;
 
@@ -43,8 +44,6 @@ pub struct Seen {
     pub event_id: String,
     /// The deciding model's verdict, then a shadow's, if any.
     pub verdicts: Vec<Verdict>,
-    /// The inputs scored (`<view>__<feature>` → value).
-    pub features: Vec<(String, Value)>,
     /// When it was made (µs since the epoch).
     pub prediction_time_us: i64,
     /// Event time → prediction time (ms).
@@ -97,11 +96,24 @@ struct Bucket {
     latencies_ms: Vec<f64>,
     scores: Vec<f64>,
     joined: Vec<(f64, bool)>,
+    /// How many of `scores` and of `joined` are sorted (a prefix: what came since is sorted
+    /// into it at the next evaluation, in time linear in the bucket plus the newcomers').
+    sorted: (usize, usize),
     inputs: Vec<String>,
     rows: Vec<Vec<Value>>,
     /// Rows offered to the sample (reservoir sampling's `n`).
     offered: u64,
     rng: u64,
+}
+
+/// The inputs of a prediction, read when the sample keeps them.
+pub type Inputs<'a> = &'a dyn Fn() -> Vec<(String, Value)>;
+
+/// Where a sampled row goes in its bucket.
+#[derive(Debug, Clone, Copy)]
+enum Placement {
+    Append,
+    Replace(usize),
 }
 
 /// A prediction waiting for its label.
@@ -142,9 +154,10 @@ impl Tracker {
         }
     }
 
-    /// Takes in a prediction, read at `now_us`. One made before the window (read while
-    /// catching up) only waits for its label, to be counted.
-    pub fn prediction(&mut self, seen: Seen, now_us: i64) -> Taken {
+    /// Takes in a prediction, read at `now_us`, with its inputs scored (`<view>__<feature>` →
+    /// value) read by `inputs` only if the sample keeps the row (at most once). One made before
+    /// the window (read while catching up) only waits for its label, to be counted.
+    pub fn prediction(&mut self, seen: Seen, inputs: Inputs<'_>, now_us: i64) -> Taken {
         let key = id_hash(&seen.event_id);
         if self.pending.contains_key(&key) {
             self.repeated += 1;
@@ -153,6 +166,7 @@ impl Tracker {
         let bucket = seen.prediction_time_us.div_euclid(self.limits.interval_us);
         let in_window = bucket >= self.first_bucket(now_us);
         let label = self.early.remove(&key);
+        let mut read: Option<Vec<(String, Value)>> = None;
         let mut verdicts = Vec::with_capacity(seen.verdicts.len());
         for v in &seen.verdicts {
             let slot = self.slot(&v.slot);
@@ -175,7 +189,10 @@ impl Tracker {
             if let Some(l) = label {
                 b.joined.push((v.score, l));
             }
-            b.sample(&seen.features, sample_rows);
+            if let Some(at) = b.sample_at(sample_rows) {
+                let features = read.get_or_insert_with(inputs);
+                b.place(at, features);
+            }
         }
         self.pending.insert(
             key,
@@ -263,21 +280,30 @@ impl Tracker {
             .div_euclid(self.limits.interval_us)
     }
 
-    /// Each model's window ending at `now_us` (every model with a prediction in it).
-    pub fn windows(&self, now_us: i64) -> Vec<(Slot, Window)> {
+    /// Each model's window ending at `now_us` (every model with a prediction in it). Its
+    /// scores and joined pairs come as one sorted run per bucket, so sorting them costs
+    /// little more than reading them.
+    pub fn windows(&mut self, now_us: i64) -> Vec<(Slot, Window)> {
         self.windows_from(self.first_bucket(now_us))
     }
 
     /// Each model's predictions of the window made from `since_us` on (whole buckets: from the
     /// first bucket starting at or after it) — to compare two models over the same span.
-    pub fn windows_since(&self, now_us: i64, since_us: i64) -> Vec<(Slot, Window)> {
+    pub fn windows_since(&mut self, now_us: i64, since_us: i64) -> Vec<(Slot, Window)> {
         let since = since_us
             .saturating_add(self.limits.interval_us - 1)
             .div_euclid(self.limits.interval_us);
         self.windows_from(self.first_bucket(now_us).max(since))
     }
 
-    fn windows_from(&self, first: i64) -> Vec<(Slot, Window)> {
+    fn windows_from(&mut self, first: i64) -> Vec<(Slot, Window)> {
+        for (_, b) in self
+            .buckets
+            .iter_mut()
+            .filter(|((_, bucket), _)| *bucket >= first)
+        {
+            b.sort();
+        }
         // Sized first: growing vectors of millions of scores page-faults at every doubling.
         let mut sizes: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
         for ((slot, _), b) in self
@@ -336,23 +362,38 @@ impl Tracker {
 }
 
 impl Bucket {
-    /// Reservoir sampling (algorithm R) of the bucket's input rows.
-    fn sample(&mut self, features: &[(String, Value)], capacity: usize) {
+    /// Sorts what came since the last sort into the sorted prefix.
+    fn sort(&mut self) {
+        if self.sorted.0 < self.scores.len() {
+            self.scores.sort_by(f64::total_cmp);
+        }
+        if self.sorted.1 < self.joined.len() {
+            sort_pairs(&mut self.joined);
+        }
+        self.sorted = (self.scores.len(), self.joined.len());
+    }
+
+    /// Reservoir sampling (algorithm R) of the bucket's input rows: where the row offered now
+    /// goes, if it is kept — decided before the row is read, so a row left out costs nothing.
+    fn sample_at(&mut self, capacity: usize) -> Option<Placement> {
         self.offered += 1;
-        let slot = if self.rows.len() < capacity {
-            None
-        } else {
-            self.rng = splitmix(self.rng);
-            let j = self.rng % self.offered;
-            match usize::try_from(j) {
-                Ok(j) if j < capacity => Some(j),
-                _ => return,
-            }
-        };
+        if self.rows.len() < capacity {
+            return Some(Placement::Append);
+        }
+        self.rng = splitmix(self.rng);
+        let j = self.rng % self.offered;
+        match usize::try_from(j) {
+            Ok(j) if j < capacity => Some(Placement::Replace(j)),
+            _ => None,
+        }
+    }
+
+    /// Keeps `features` where [`Bucket::sample_at`] said.
+    fn place(&mut self, at: Placement, features: &[(String, Value)]) {
         let row = self.row(features);
-        match slot {
-            None => self.rows.push(row),
-            Some(j) => self.rows[j] = row,
+        match at {
+            Placement::Append => self.rows.push(row),
+            Placement::Replace(j) => self.rows[j] = row,
         }
     }
 
@@ -432,7 +473,7 @@ mod tests {
         }
     }
 
-    fn seen(id: usize, at_s: i64, model: &str, shadow: bool) -> Seen {
+    fn seen(id: usize, at_s: i64, model: &str, shadow: bool) -> (Seen, Vec<(String, Value)>) {
         let score = (id % 100) as f64 / 100.0;
         let mut verdicts = vec![Verdict {
             slot: Slot {
@@ -452,24 +493,30 @@ mod tests {
                 decision: score < 0.5,
             });
         }
-        Seen {
+        let seen = Seen {
             event_id: format!("t{id}"),
             verdicts,
-            features: vec![
-                ("v__amount".into(), Value::Float(id as f64)),
-                ("v__country".into(), Value::Str("FR".into())),
-            ],
             prediction_time_us: at_s * S,
             latency_ms: 5.0,
-        }
+        };
+        let features = vec![
+            ("v__amount".into(), Value::Float(id as f64)),
+            ("v__country".into(), Value::Str("FR".into())),
+        ];
+        (seen, features)
+    }
+
+    /// Takes in a prediction with its inputs.
+    fn take(t: &mut Tracker, (seen, features): (Seen, Vec<(String, Value)>), now: i64) -> Taken {
+        t.prediction(seen, &|| features.clone(), now)
     }
 
     #[test]
     fn labels_join_their_prediction_in_any_order_and_count_once() {
         let mut t = Tracker::new(limits());
-        assert_eq!(t.prediction(seen(1, 100, "m", true), 100 * S), Taken::New);
+        assert_eq!(take(&mut t, seen(1, 100, "m", true), 100 * S), Taken::New);
         assert_eq!(
-            t.prediction(seen(1, 100, "m", true), 100 * S),
+            take(&mut t, seen(1, 100, "m", true), 100 * S),
             Taken::Repeated
         );
         assert_eq!(t.repeated, 1);
@@ -486,7 +533,7 @@ mod tests {
             "the first one wins"
         );
         assert!(matches!(
-            t.prediction(seen(2, 102, "m", false), 102 * S),
+            take(&mut t, seen(2, 102, "m", false), 102 * S),
             Taken::Labelled(m) if m.len() == 1
         ));
         let windows = t.windows(105 * S);
@@ -504,7 +551,7 @@ mod tests {
     fn the_window_slides_by_buckets_and_late_labels_are_counted_outside_it() {
         let mut t = Tracker::new(limits());
         for i in 0..30 {
-            t.prediction(seen(i, i as i64 * 3, "m", false), 50 * S);
+            take(&mut t, seen(i, i as i64 * 3, "m", false), 50 * S);
         }
         // At 75 s the window holds the buckets from the one holding 15 s on: predictions made
         // at 10 s or later (a window of 65 s).
@@ -520,7 +567,7 @@ mod tests {
         t.expire(75 * S);
         assert_eq!(t.windows(75 * S)[0].1.served, 26);
         // A prediction read late, from before the window, only waits for its label.
-        t.prediction(seen(99, 1, "m", false), 75 * S);
+        take(&mut t, seen(99, 1, "m", false), 75 * S);
         assert_eq!(t.windows(75 * S)[0].1.served, 26);
         assert!(matches!(
             t.label("t99", true, 76 * S),
@@ -540,7 +587,7 @@ mod tests {
     fn input_rows_are_a_bounded_uniform_sample_and_counts_stay_whole() {
         let mut t = Tracker::new(limits());
         for i in 0..1_000 {
-            t.prediction(seen(i, 100, "m", false), 100 * S);
+            take(&mut t, seen(i, 100, "m", false), 100 * S);
         }
         let w = &t.windows(100 * S)[0].1;
         assert_eq!((w.served, w.scores.len(), w.rows.len()), (1_000, 1_000, 50));
