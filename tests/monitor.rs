@@ -1,5 +1,5 @@
 //! Monitoring against real tansu and Redis: `quiver monitor report` over the stores, and the
-//! live monitor (`quiver monitor run`) reading the predictions and labels topics — both give
+//! live monitor (`quiver monitor run`) tailing the score store and the labels' raw store — both give
 //! the realised ROC AUC computed independently from the predictions topic and the labels, and
 //! the live one publishes it as a metric and as rows of the `monitor` table.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -163,7 +163,8 @@ fn the_live_monitor_publishes_each_models_window_as_metrics_and_monitor_rows() {
 
     let txns = transactions(62, 0, 2_000);
     produce(&t, &txns, true);
-    // Garbage among the labels is counted and skipped.
+    // Garbage among the labels goes to the worker's dead-letter topic: the monitor reads only
+    // what the worker stored.
     produce_all(
         &services().kafka,
         &t.topic("labels"),
@@ -237,12 +238,31 @@ fn the_live_monitor_publishes_each_models_window_as_metrics_and_monitor_rows() {
         "{metrics}"
     );
     assert!(sample(&metrics, "quiver_model_drift_share", &[&model]).is_some());
+    assert_eq!(
+        sample(
+            &metrics,
+            "quiver_monitor_rows_total",
+            &["stream=\"raw/labels\"", "result=\"ok\""]
+        ),
+        Some(2_000.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "quiver_monitor_rows_total",
+            &["stream=\"scores/transactions\"", "result=\"ok\""]
+        ),
+        Some(2_000.0),
+        "{metrics}"
+    );
     assert!(
         sample(
             &metrics,
-            "quiver_monitor_messages_total",
+            "quiver_monitor_rows_total",
             &["result=\"unreadable\""]
-        ) == Some(1.0),
+        )
+        .is_none(),
         "{metrics}"
     );
 

@@ -342,6 +342,19 @@ fn with_monitor(
     // of 20–30 s sees a few evaluations.
     let extra = [("QUIVER__MONITOR__INTERVAL", "10s".to_string())];
     let monitor = WorkerProcess::start_monitor(config, &extra, &log)?;
+    // Measured from when it has read the window's backlog (the earlier phases' predictions):
+    // its cost while it keeps up, not its catch-up.
+    let started = Instant::now();
+    while monitor.metric("quiver_ready") < 1.0 {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the monitor did not catch up (log: {})", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "  monitor caught up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let meter = CpuMeter::start_with(Some(worker.pid()), Some(monitor.pid()));
     let e2e = paced(
         config,
@@ -354,7 +367,7 @@ fn with_monitor(
     )?;
     let shares = meter.shares();
     let cpu = meter.line();
-    let read = monitor.metric("quiver_monitor_messages_total");
+    let read = monitor.metric("quiver_monitor_rows_total");
     monitor.stop()?;
     let share = |name: &str| {
         shares
@@ -364,7 +377,7 @@ fn with_monitor(
     };
     let (w, m) = (share("worker"), share("monitor"));
     let summary = format!(
-        "live monitor: {m:.1} % of a core against the worker's {w:.1} % ({:.1} % of the worker's CPU), {read:.0} messages read",
+        "live monitor: {m:.1} % of a core against the worker's {w:.1} % ({:.1} % of the worker's CPU), {read:.0} rows read",
         100.0 * m / w.max(1e-9)
     );
     Ok((e2e, cpu, summary))

@@ -85,9 +85,9 @@ pub enum MonitorCommand {
     /// latency, drift per input and of the scores, labels joined, realised ROC AUC next to the
     /// estimated one and the test split's.
     Report(MonitorReportArgs),
-    /// The live monitor: reads predictions and labels, and every `monitor.interval` reports
-    /// each deployed model's window (`monitor.window`) as metrics on `monitor.admin_listen` and
-    /// as a row of the `monitor` table. `quiver up` runs it too.
+    /// The live monitor: tails the score store and the labels' raw store, and every
+    /// `monitor.interval` reports each deployed model's window (`monitor.window`) as metrics on
+    /// `monitor.admin_listen` and as a row of the `monitor` table. `quiver up` runs it too.
     Run,
 }
 

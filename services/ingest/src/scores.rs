@@ -48,6 +48,7 @@ pub(crate) fn schema(source: &SourceSchema) -> SchemaRef {
         Field::new("decision", DataType::Boolean, false),
         Field::new("shadow_model_id", DataType::Utf8, true),
         Field::new("shadow_score", DataType::Float64, true),
+        Field::new("shadow_decision", DataType::Boolean, true),
         Field::new("event_time", timestamp_type(), false),
         Field::new("prediction_time", timestamp_type(), false),
         Field::new(PARTITION_COLUMN, DataType::Int32, false),
@@ -89,6 +90,9 @@ pub(crate) fn batch(
         )),
         Arc::new(Float64Array::from_iter(
             rows.iter().map(|r| shadow(r).map(|s| s.score)),
+        )),
+        Arc::new(BooleanArray::from_iter(
+            rows.iter().map(|r| shadow(r).map(|s| s.decision)),
         )),
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.event_time))

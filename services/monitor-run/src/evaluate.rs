@@ -157,7 +157,7 @@ impl Evaluation {
     /// a candidate is on canary — production's and the canary's over the canary's span.
     fn policy(
         &mut self,
-        tracker: &Tracker,
+        tracker: &mut Tracker,
         reports: &[ModelReport],
         deployment: &Deployment,
         now: i64,

@@ -6,24 +6,35 @@ use metrics::{counter, gauge};
 use quiver_monitor::ModelReport;
 use quiver_telemetry::names;
 
-/// A message read off `topic`: `ok`, `repeated` or `unreadable` (with why, logged).
-pub(crate) fn message(topic: &str, result: &'static str, why: Option<&dyn std::fmt::Display>) {
-    counter!(names::MONITOR_MESSAGES, "topic" => topic.to_string(), "result" => result)
-        .increment(1);
-    if let Some(why) = why {
-        tracing::debug!(topic, %why, "monitor: message skipped");
+/// One segment's rows read off `stream` (`scores/<source>` or `raw/<source>`), by result:
+/// `ok`, `repeated`, `unreadable` (why the first was, logged), `skipped` (a label row without
+/// an id or a label).
+pub(crate) fn rows(stream: &str, counts: &crate::Counts) {
+    for (result, n) in [
+        ("ok", counts.ok),
+        ("repeated", counts.repeated),
+        ("unreadable", counts.unreadable),
+        ("skipped", counts.skipped),
+    ] {
+        if n > 0 {
+            counter!(names::MONITOR_ROWS, "stream" => stream.to_string(), "result" => result)
+                .increment(n);
+        }
+    }
+    if let Some(why) = &counts.why {
+        tracing::debug!(stream, %why, unreadable = counts.unreadable, "monitor: rows skipped");
     }
 }
 
 /// Labels joined to a model's predictions.
-pub(crate) fn labels_joined(model_id: &str) {
-    counter!(names::LABELS_JOINED, "model_id" => model_id.to_string()).increment(1);
+pub(crate) fn labels_joined(model_id: &str, n: u64) {
+    counter!(names::LABELS_JOINED, "model_id" => model_id.to_string()).increment(n);
 }
 
-/// A poll that failed (the consumer retries by itself).
-pub(crate) fn consumer_error(error: &dyn std::fmt::Display) {
-    counter!(names::MONITOR_MESSAGES, "topic" => "", "result" => "error").increment(1);
-    tracing::warn!(%error, "monitor: reading the topics failed; retrying");
+/// A read of the stores that failed (retried at the next read).
+pub(crate) fn read_error(error: &dyn std::fmt::Display) {
+    counter!(names::MONITOR_ROWS, "stream" => "", "result" => "error").increment(1);
+    tracing::warn!(%error, "monitor: reading the stores failed; retrying");
 }
 
 /// The window's backlog is read: evaluations start.
@@ -177,6 +188,6 @@ pub(crate) fn unreportable(model_id: &str, why: &str) {
 }
 
 /// Where the monitor starts reading.
-pub(crate) fn started(topics: &[String], from_ms: i64) {
-    tracing::info!(?topics, from_ms, "monitor: reading predictions and labels");
+pub(crate) fn started(streams: &[String], from_ms: i64) {
+    tracing::info!(?streams, from_ms, "monitor: reading predictions and labels");
 }

@@ -1,33 +1,36 @@
-//! `quiver monitor run`: the live monitor of the deployed models. It reads the predictions topic
-//! and the label source's topic from `monitor.window` (or `monitor.label_horizon`, the longer)
-//! ago, joins labels to predictions by event id ([`quiver_monitor::Tracker`]), and every
-//! `monitor.interval` reports each model's window against its training baseline
-//! ([`quiver_monitor::report`]): as Prometheus gauges ([`events`]) and as rows of the `monitor`
-//! table ([`history`]).
+//! `quiver monitor run`: the live monitor of the deployed models. It tails the score store
+//! (the predictions the worker made, as it wrote them) and the label source's raw store from
+//! `monitor.window` (or `monitor.label_horizon`, the longer) ago ([`tail`]), joins labels to
+//! predictions by event id ([`quiver_monitor::Tracker`]), and every `monitor.interval` reports
+//! each model's window against its training baseline ([`quiver_monitor::report`]): as
+//! Prometheus gauges ([`events`]) and as rows of the `monitor` table ([`history`]).
 //!
-//! It keeps no offsets: a restarted monitor reads its window again from the topics, so it needs
-//! them to retain at least that much. It writes nothing but the monitor table.
+//! It reads files, not topics: no second consumer of `predictions` on the broker, a columnar
+//! read of the few columns it needs, and a prediction's inputs parsed only when the drift
+//! sample keeps them. It keeps no position: a restarted monitor reads its window again from
+//! the stores. It writes nothing but the monitor table.
 
-mod consumer;
 mod evaluate;
 mod events;
 pub mod history;
 pub mod read;
 mod retrain;
+mod tail;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
 use quiver_core::{Catalog, Config, Retry};
 use quiver_features::ViewCatalog;
 use quiver_models::baseline::Baseline;
 use quiver_models::metrics::Metrics;
 use quiver_monitor::tracker::{Joined, Limits, Taken, Tracker};
+use quiver_store::{SegmentStore, Table};
 use quiver_telemetry::Health;
-use rdkafka::Message as _;
-use rdkafka::message::BorrowedMessage;
 
 use crate::evaluate::Evaluation;
-use crate::read::Fields;
+use crate::tail::{Kind, Stream};
 
 /// Result alias of `quiver-monitor-run`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -38,9 +41,6 @@ pub enum Error {
     /// The configuration or the schemas do not allow monitoring.
     #[error("{0}")]
     Invalid(String),
-    /// The broker refused or did not answer.
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
     /// A message the monitor does not understand (skipped and counted, never fatal).
     #[error("unreadable: {0}")]
     Unreadable(String),
@@ -63,7 +63,6 @@ impl Error {
     /// Whether retrying can help.
     pub fn retry(&self) -> Retry {
         match self {
-            Error::Kafka(_) => Retry::Transient,
             Error::Store(e) => e.retry(),
             Error::Registry(_)
             | Error::Invalid(_)
@@ -105,44 +104,39 @@ pub fn run(
         label_horizon_us: m.label_horizon_us(),
         sample_rows: m.sample_rows,
     };
-    let from_ms = (now_us() - limits.window_us.max(limits.label_horizon_us)) / 1_000;
+    let span_us = limits.window_us.max(limits.label_horizon_us);
     let mut state = State {
-        from_ms,
-        fields: fields(config, catalog, views)?,
-        predictions_topic: config.kafka.topic(&config.score.predictions_topic),
-        labels_topic: String::new(),
+        streams: streams(config, catalog, views)?,
         tracker: Tracker::new(limits),
         summary: MonitorSummary::default(),
     };
-    if let Some(labels) = catalog.source(&m.labels) {
-        state.labels_topic = config.kafka.topic(&labels.topic);
-    }
-    let topics = [state.predictions_topic.clone(), state.labels_topic.clone()];
-    let consumer = consumer::assigned(config, &topics, from_ms)?;
-    events::started(&topics, from_ms);
+    let names: Vec<String> = state.streams.iter().map(Stream::describe).collect();
+    events::started(&names, (now_us() - span_us) / 1_000);
     let mut evaluation = Evaluation::new(config, catalog, views)?;
+    // The stores are read a few times per interval, and once more right before each
+    // evaluation (which then sees every segment written until then).
+    let read_every = (limits.interval_us / 5).clamp(100_000, 5_000_000);
     // Nothing is evaluated before the backlog of the window is read (a first evaluation
     // would report a part of it as the whole).
     let mut caught_up = false;
     let mut next = now_us();
+    let mut next_read = next;
     while !stop() {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                state.take(&message);
-                health.set_ready();
-            }
-            Some(Err(error)) => {
-                // The consumer retries by itself; say so and wait a little.
-                events::consumer_error(&error);
-                health.set_not_ready(format!("kafka: {error}"));
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            None => {
-                if !caught_up {
-                    events::caught_up(state.summary.predictions, state.summary.labels);
+        let now = now_us();
+        if now >= next_read || (caught_up && now >= next) {
+            next_read = now + read_every;
+            match state.read(now - span_us, now) {
+                Ok(()) => {
+                    if !caught_up {
+                        events::caught_up(state.summary.predictions, state.summary.labels);
+                    }
+                    caught_up = true;
                     health.set_ready();
                 }
-                caught_up = true;
+                Err(error) => {
+                    events::read_error(&error);
+                    health.set_not_ready(format!("store: {error}"));
+                }
             }
         }
         let now = now_us();
@@ -160,13 +154,15 @@ pub fn run(
                     .map(|e| e as &dyn std::fmt::Display),
             );
         }
+        let until = next_read.min(next) - now_us();
+        std::thread::sleep(Duration::from_micros(until.clamp(1_000, 100_000) as u64));
     }
     Ok(state.summary)
 }
 
-/// How predictions and labels name their fields: the scored sources' event ids, the label
-/// source's id and boolean column.
-fn fields(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Result<Fields> {
+/// The streams to tail: the score store of every scored source (with its event id) and the
+/// label source's raw store (its event id and boolean column).
+fn streams(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Result<Vec<Stream>> {
     let m = &config.monitor;
     let label_source = catalog.source(&m.labels).ok_or_else(|| {
         Error::Invalid(format!(
@@ -184,89 +180,163 @@ fn fields(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Result<Fie
     let label = label_source
         .label_column(named)
         .map_err(|e| Error::Invalid(format!("monitor.label_column: {e}")))?;
+    let scores = SegmentStore::open(&config.store.dir, Table::Scores)?;
+    let raw = SegmentStore::open(&config.store.dir, Table::Raw)?;
     // The scored sources: `score.sources`, or every source with a view (as the worker reads it).
-    let prediction_ids: Vec<String> = catalog
+    let mut out: Vec<Stream> = catalog
         .sources
         .iter()
         .filter(|s| views.scores(&config.score.sources, &s.name))
-        .filter_map(|s| s.id.clone())
+        .filter_map(|s| {
+            let id = s.id.clone()?;
+            Some(Stream::new(
+                scores.clone(),
+                s.name.clone(),
+                Kind::Scores { id },
+            ))
+        })
         .collect();
-    if prediction_ids.is_empty() {
+    if out.is_empty() {
         return Err(Error::Invalid(
             "no scored source declares an event id: predictions cannot be joined with labels"
                 .into(),
         ));
     }
-    Ok(Fields {
-        prediction_ids,
-        label_id,
-        label,
-    })
+    out.push(Stream::new(
+        raw,
+        label_source.name.clone(),
+        Kind::Labels {
+            id: label_id,
+            label,
+        },
+    ));
+    Ok(out)
 }
 
-/// What the loop keeps between messages.
+/// What the loop keeps between reads.
 struct State {
-    /// Messages older than this (ms) are before the window: skipped.
-    from_ms: i64,
-    fields: Fields,
-    predictions_topic: String,
-    labels_topic: String,
+    streams: Vec<Stream>,
     tracker: Tracker,
     summary: MonitorSummary,
 }
 
 impl State {
-    /// Takes in one message of either topic; one it cannot read is counted and skipped.
-    fn take(&mut self, message: &BorrowedMessage<'_>) {
-        let topic = message.topic();
-        let payload = message.payload().unwrap_or_default();
-        if message
-            .timestamp()
-            .to_millis()
-            .is_some_and(|ms| ms < self.from_ms)
-        {
-            return;
-        }
-        let now = now_us();
-        let read = if topic == self.predictions_topic {
-            read::prediction(&self.fields, payload).map(|seen| {
-                match self.tracker.prediction(seen, now) {
-                    Taken::Repeated => "repeated",
-                    Taken::New => {
-                        self.summary.predictions += 1;
-                        "ok"
+    /// Reads every segment written since the last read (from `from_us` on, the first time).
+    /// A segment that cannot be read now is tried again at the next read; one whose rows the
+    /// monitor does not understand is counted and skipped.
+    fn read(&mut self, from_us: i64, now_us: i64) -> Result<()> {
+        let mut failed = None;
+        for s in 0..self.streams.len() {
+            let fresh = match self.streams[s].fresh(from_us) {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
+            for segment in fresh {
+                let stream = &self.streams[s];
+                let columns: Vec<&str> = match &stream.kind {
+                    Kind::Scores { id } => std::iter::once(id.as_str())
+                        .chain(read::SCORE_COLUMNS)
+                        .collect(),
+                    Kind::Labels { id, label } => vec![id.as_str(), label.as_str()],
+                };
+                match stream.store.read_columns(&segment, &columns) {
+                    Ok(batch) => {
+                        let kind = stream.kind.clone();
+                        let name = stream.describe();
+                        self.take(&name, &kind, &batch, now_us);
                     }
-                    Taken::Labelled(slots) => {
-                        self.summary.predictions += 1;
-                        slots
-                            .iter()
-                            .for_each(|s| events::labels_joined(&s.model_id));
-                        "ok"
+                    Err(e) => {
+                        self.streams[s].retry(&segment);
+                        failed.get_or_insert(e.into());
                     }
                 }
-            })
-        } else if topic == self.labels_topic {
-            read::label(&self.fields, payload).map(|(id, label)| {
-                self.summary.labels += 1;
-                if let Joined::InWindow(slots) | Joined::PastWindow(slots) =
-                    self.tracker.label(&id, label, now)
-                {
-                    slots
-                        .iter()
-                        .for_each(|s| events::labels_joined(&s.model_id));
-                }
-                "ok"
-            })
-        } else {
-            return;
-        };
-        match read {
-            Ok(result) => events::message(topic, result, None),
-            Err(e) => {
-                self.summary.unreadable += 1;
-                events::message(topic, "unreadable", Some(&e));
             }
         }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Takes in one segment's rows.
+    fn take(&mut self, stream: &str, kind: &Kind, batch: &RecordBatch, now_us: i64) {
+        let mut counts = Counts::default();
+        let mut joined: BTreeMap<String, u64> = BTreeMap::new();
+        match kind {
+            Kind::Scores { id } => match read::Scores::new(batch, id) {
+                Ok(scores) => {
+                    for i in 0..scores.len() {
+                        let seen = match scores.seen(i) {
+                            Ok(seen) => seen,
+                            Err(e) => {
+                                counts.unreadable(&e);
+                                continue;
+                            }
+                        };
+                        match self.tracker.prediction(seen, &|| scores.inputs(i), now_us) {
+                            Taken::Repeated => counts.repeated += 1,
+                            Taken::New => counts.ok += 1,
+                            Taken::Labelled(slots) => {
+                                counts.ok += 1;
+                                for s in slots {
+                                    *joined.entry(s.model_id).or_default() += 1;
+                                }
+                            }
+                        }
+                    }
+                    self.summary.predictions += counts.ok;
+                }
+                Err(e) => counts.unreadable_all(batch.num_rows(), &e),
+            },
+            Kind::Labels { id, label } => match read::labels(batch, id, label) {
+                Ok((labels, skipped)) => {
+                    counts.skipped = skipped;
+                    for (id, label) in labels {
+                        counts.ok += 1;
+                        if let Joined::InWindow(slots) | Joined::PastWindow(slots) =
+                            self.tracker.label(&id, label, now_us)
+                        {
+                            for s in slots {
+                                *joined.entry(s.model_id).or_default() += 1;
+                            }
+                        }
+                    }
+                    self.summary.labels += counts.ok;
+                }
+                Err(e) => counts.unreadable_all(batch.num_rows(), &e),
+            },
+        }
+        self.summary.unreadable += counts.unreadable;
+        events::rows(stream, &counts);
+        for (model_id, n) in joined {
+            events::labels_joined(&model_id, n);
+        }
+    }
+}
+
+/// What one segment's rows gave.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) ok: u64,
+    /// Predictions seen before (a replay re-wrote them): not counted twice.
+    pub(crate) repeated: u64,
+    /// Rows the monitor does not understand.
+    pub(crate) unreadable: u64,
+    /// Label rows without an id or a label.
+    pub(crate) skipped: u64,
+    /// Why the first unreadable row was.
+    pub(crate) why: Option<String>,
+}
+
+impl Counts {
+    fn unreadable(&mut self, why: &Error) {
+        self.unreadable += 1;
+        self.why.get_or_insert_with(|| why.to_string());
+    }
+
+    fn unreadable_all(&mut self, rows: usize, why: &Error) {
+        self.unreadable += rows as u64;
+        self.why.get_or_insert_with(|| why.to_string());
     }
 }
 

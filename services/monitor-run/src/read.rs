@@ -1,117 +1,198 @@
-//! What the monitor reads off its topics: a prediction (the worker's JSON object) and a label
-//! (an event of the label source). Pure, so every shape a topic can carry is unit-tested.
+//! What the monitor reads off the stores: the score store's rows (one per prediction, as the
+//! worker wrote it) and the label source's raw rows. Pure — a batch in, rows out — so every
+//! shape a segment can have is unit-tested; columns are found by name, never by position.
 
+use arrow::array::{
+    Array, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::TimestampMicrosecondType;
 use quiver_features::Value;
 use quiver_monitor::tracker::{Seen, Slot, Verdict};
 use serde_json::{Map, Value as Json};
 
 use crate::{Error, Result};
 
-/// How predictions and labels name their fields.
-#[derive(Debug, Clone)]
-pub struct Fields {
-    /// The event-id fields of the scored sources (a prediction carries its source's).
-    pub prediction_ids: Vec<String>,
-    /// The label source's event-id field.
-    pub label_id: String,
-    /// The label source's boolean column.
-    pub label: String,
+/// The score store's columns the monitor reads (besides the source's event id).
+pub const SCORE_COLUMNS: [&str; 10] = [
+    "model_id",
+    "variant",
+    "score",
+    "decision",
+    "shadow_model_id",
+    "shadow_score",
+    "shadow_decision",
+    "event_time",
+    "prediction_time",
+    "features",
+];
+
+/// A score-store segment's rows, typed: read a row's prediction with [`Scores::seen`] and its
+/// inputs (parsed only when asked) with [`Scores::inputs`].
+#[derive(Debug)]
+pub struct Scores<'a> {
+    ids: &'a StringArray,
+    model_id: &'a StringArray,
+    variant: &'a StringArray,
+    score: &'a Float64Array,
+    decision: &'a BooleanArray,
+    shadow: Option<(&'a StringArray, &'a Float64Array, &'a BooleanArray)>,
+    event_time: &'a TimestampMicrosecondArray,
+    prediction_time: &'a TimestampMicrosecondArray,
+    features: &'a StringArray,
 }
 
-/// A prediction as the monitor tracks it.
-pub fn prediction(fields: &Fields, payload: &[u8]) -> Result<Seen> {
-    let object = object(payload)?;
-    let event_id = fields
-        .prediction_ids
-        .iter()
-        .find_map(|name| object.get(name).and_then(Json::as_str))
-        .ok_or_else(|| unreadable("no event id field", &fields.prediction_ids.join(", ")))?
-        .to_string();
-    let mut verdicts = vec![verdict(&object, None)?];
-    if let Some(shadow) = object.get("shadow").and_then(Json::as_object) {
-        verdicts.push(verdict(shadow, Some("shadow"))?);
+impl<'a> Scores<'a> {
+    /// The typed columns of `batch`, whose event id column is `id`. A segment written before
+    /// shadow decisions were stored has no shadow columns read: its shadow verdicts are left
+    /// out, not guessed.
+    pub fn new(batch: &'a RecordBatch, id: &str) -> Result<Self> {
+        let shadow = match (
+            batch.column_by_name("shadow_model_id"),
+            batch.column_by_name("shadow_score"),
+            batch.column_by_name("shadow_decision"),
+        ) {
+            (Some(m), Some(s), Some(d)) => Some((
+                strings(m, "shadow_model_id")?,
+                floats(s, "shadow_score")?,
+                bools(d, "shadow_decision")?,
+            )),
+            _ => None,
+        };
+        Ok(Self {
+            ids: strings(column(batch, id)?, id)?,
+            model_id: strings(column(batch, "model_id")?, "model_id")?,
+            variant: strings(column(batch, "variant")?, "variant")?,
+            score: floats(column(batch, "score")?, "score")?,
+            decision: bools(column(batch, "decision")?, "decision")?,
+            shadow,
+            event_time: times(column(batch, "event_time")?, "event_time")?,
+            prediction_time: times(column(batch, "prediction_time")?, "prediction_time")?,
+            features: strings(column(batch, "features")?, "features")?,
+        })
     }
-    let features = object
-        .get("features")
-        .and_then(Json::as_object)
-        .ok_or_else(|| unreadable("no `features` object", ""))?
-        .iter()
-        .map(|(name, v)| (name.clone(), value(v)))
-        .collect();
-    let event_time = time(&object, "event_time")?;
-    let prediction_time = time(&object, "prediction_time")?;
-    Ok(Seen {
-        event_id,
-        verdicts,
-        features,
-        prediction_time_us: prediction_time,
-        latency_ms: (prediction_time - event_time) as f64 / 1_000.0,
-    })
-}
 
-/// A label: its event id and value.
-pub fn label(fields: &Fields, payload: &[u8]) -> Result<(String, bool)> {
-    let object = object(payload)?;
-    let id = object
-        .get(&fields.label_id)
-        .and_then(Json::as_str)
-        .ok_or_else(|| unreadable("no event id field", &fields.label_id))?;
-    let label = object
-        .get(&fields.label)
-        .and_then(Json::as_bool)
-        .ok_or_else(|| unreadable("no boolean label field", &fields.label))?;
-    Ok((id.to_string(), label))
-}
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
 
-fn object(payload: &[u8]) -> Result<Map<String, Json>> {
-    match serde_json::from_slice(payload) {
-        Ok(Json::Object(map)) => Ok(map),
-        Ok(_) => Err(unreadable("not a JSON object", "")),
-        Err(e) => Err(unreadable("not JSON", &e.to_string())),
+    /// Whether there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Row `i` as the tracker takes it.
+    pub fn seen(&self, i: usize) -> Result<Seen> {
+        let text = |a: &StringArray, name: &str| {
+            a.is_valid(i)
+                .then(|| a.value(i).to_string())
+                .ok_or_else(|| unreadable("a null", name))
+        };
+        let model_id = text(self.model_id, "model_id")?;
+        let score = self.score.is_valid(i).then(|| self.score.value(i));
+        let score = score
+            .filter(|s| s.is_finite())
+            .ok_or_else(|| unreadable("no finite `score`", &model_id))?;
+        let decision = (self.decision.is_valid(i))
+            .then(|| self.decision.value(i))
+            .ok_or_else(|| unreadable("a null", "decision"))?;
+        let mut verdicts = vec![Verdict {
+            slot: Slot {
+                model_id,
+                variant: text(self.variant, "variant")?,
+            },
+            score,
+            decision,
+        }];
+        if let Some((model, score, decision)) = self.shadow
+            && model.is_valid(i)
+        {
+            let score = (score.is_valid(i))
+                .then(|| score.value(i))
+                .filter(|s| s.is_finite())
+                .ok_or_else(|| unreadable("no finite `shadow_score`", model.value(i)))?;
+            let decision = (decision.is_valid(i))
+                .then(|| decision.value(i))
+                .ok_or_else(|| unreadable("a null", "shadow_decision"))?;
+            verdicts.push(Verdict {
+                slot: Slot {
+                    model_id: model.value(i).to_string(),
+                    variant: "shadow".to_string(),
+                },
+                score,
+                decision,
+            });
+        }
+        let time = |a: &TimestampMicrosecondArray, name: &str| {
+            a.is_valid(i)
+                .then(|| a.value(i))
+                .ok_or_else(|| unreadable("a null", name))
+        };
+        let event_time = time(self.event_time, "event_time")?;
+        let prediction_time = time(self.prediction_time, "prediction_time")?;
+        Ok(Seen {
+            event_id: text(self.ids, "the event id")?,
+            verdicts,
+            prediction_time_us: prediction_time,
+            latency_ms: (prediction_time - event_time) as f64 / 1_000.0,
+        })
+    }
+
+    /// Row `i`'s inputs (`<view>__<feature>` → value), from its `features` JSON object; an
+    /// unreadable object gives no inputs (the row still counts everywhere else).
+    pub fn inputs(&self, i: usize) -> Vec<(String, Value)> {
+        if !self.features.is_valid(i) {
+            return Vec::new();
+        }
+        match serde_json::from_str::<Map<String, Json>>(self.features.value(i)) {
+            Ok(object) => object.into_iter().map(|(n, v)| (n, value(&v))).collect(),
+            Err(_) => Vec::new(),
+        }
     }
 }
 
-/// The deciding verdict (its variant in the object) or a shadow's.
-fn verdict(object: &Map<String, Json>, variant: Option<&str>) -> Result<Verdict> {
-    let model_id = object
-        .get("model_id")
-        .and_then(Json::as_str)
-        .ok_or_else(|| unreadable("no `model_id`", ""))?;
-    let variant = match variant {
-        Some(v) => v,
-        None => object
-            .get("variant")
-            .and_then(Json::as_str)
-            .unwrap_or("production"),
-    };
-    let score = object
-        .get("score")
-        .and_then(Json::as_f64)
-        .filter(|s| s.is_finite())
-        .ok_or_else(|| unreadable("no finite `score`", model_id))?;
-    let decision = object
-        .get("decision")
-        .and_then(Json::as_bool)
-        .ok_or_else(|| unreadable("no boolean `decision`", model_id))?;
-    Ok(Verdict {
-        slot: Slot {
-            model_id: model_id.to_string(),
-            variant: variant.to_string(),
-        },
-        score,
-        decision,
-    })
+/// The labels of a raw-store batch of the label source: `(event id, label)`, and how many rows
+/// had no id or no label (skipped).
+pub fn labels(batch: &RecordBatch, id: &str, label: &str) -> Result<(Vec<(String, bool)>, u64)> {
+    let ids = strings(column(batch, id)?, id)?;
+    let values = bools(column(batch, label)?, label)?;
+    let mut out = Vec::with_capacity(ids.len());
+    let mut skipped = 0;
+    for i in 0..ids.len() {
+        if ids.is_valid(i) && values.is_valid(i) {
+            out.push((ids.value(i).to_string(), values.value(i)));
+        } else {
+            skipped += 1;
+        }
+    }
+    Ok((out, skipped))
 }
 
-/// An RFC 3339 time field, in µs since the epoch.
-fn time(object: &Map<String, Json>, name: &str) -> Result<i64> {
-    let text = object
-        .get(name)
-        .and_then(Json::as_str)
-        .ok_or_else(|| unreadable("no time field", name))?;
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_micros())
-        .map_err(|e| unreadable("a time that is not RFC 3339", &format!("{name}: {e}")))
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array> {
+    batch
+        .column_by_name(name)
+        .map(|c| c.as_ref())
+        .ok_or_else(|| unreadable("no column", name))
+}
+
+fn strings<'a>(a: &'a dyn Array, name: &str) -> Result<&'a StringArray> {
+    a.as_string_opt::<i32>()
+        .ok_or_else(|| unreadable("not a string column", name))
+}
+
+fn floats<'a>(a: &'a dyn Array, name: &str) -> Result<&'a Float64Array> {
+    a.as_primitive_opt()
+        .ok_or_else(|| unreadable("not a float64 column", name))
+}
+
+fn bools<'a>(a: &'a dyn Array, name: &str) -> Result<&'a BooleanArray> {
+    a.as_boolean_opt()
+        .ok_or_else(|| unreadable("not a boolean column", name))
+}
+
+fn times<'a>(a: &'a dyn Array, name: &str) -> Result<&'a TimestampMicrosecondArray> {
+    a.as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| unreadable("not a µs timestamp column", name))
 }
 
 fn value(v: &Json) -> Value {
@@ -133,24 +214,60 @@ fn unreadable(what: &str, detail: &str) -> Error {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::ArrayRef;
+
     use super::*;
 
-    fn fields() -> Fields {
-        Fields {
-            prediction_ids: vec!["txn_id".into()],
-            label_id: "txn_id".into(),
-            label: "is_fraud".into(),
+    fn batch(shadow: bool, score: Option<f64>) -> RecordBatch {
+        let t = |us: i64| -> ArrayRef {
+            Arc::new(TimestampMicrosecondArray::from(vec![us]).with_timezone("UTC"))
+        };
+        let mut columns: Vec<(&str, ArrayRef)> = vec![
+            ("txn_id", Arc::new(StringArray::from(vec!["t1"]))),
+            ("model_id", Arc::new(StringArray::from(vec!["m1"]))),
+            ("variant", Arc::new(StringArray::from(vec!["canary"]))),
+            ("score", Arc::new(Float64Array::from(vec![score]))),
+            ("decision", Arc::new(BooleanArray::from(vec![false]))),
+            ("event_time", t(1_000_000)),
+            ("prediction_time", t(1_020_000)),
+            (
+                "features",
+                Arc::new(StringArray::from(vec![
+                    r#"{"v__amount":12.5,"v__country":"FR","v__none":null,"v__flag":true}"#,
+                ])),
+            ),
+        ];
+        if shadow {
+            columns.extend([
+                (
+                    "shadow_model_id",
+                    Arc::new(StringArray::from(vec![Some("m2")])) as ArrayRef,
+                ),
+                (
+                    "shadow_score",
+                    Arc::new(Float64Array::from(vec![Some(0.75)])),
+                ),
+                (
+                    "shadow_decision",
+                    Arc::new(BooleanArray::from(vec![Some(true)])),
+                ),
+            ]);
         }
+        RecordBatch::try_from_iter(columns).unwrap()
     }
 
-    const PREDICTION: &str = r#"{"txn_id":"t1","user_id":"u1","model_id":"m1","variant":"canary","score":0.25,"decision":false,"features":{"v__amount":12.5,"v__country":"FR","v__none":null,"v__flag":true},"event_time":"2026-11-28T10:00:00.000Z","prediction_time":"2026-11-28T10:00:00.020Z","shadow":{"model_id":"m2","score":0.75,"decision":true}}"#;
-
     #[test]
-    fn a_prediction_reads_with_its_shadow_features_and_latency() {
-        let seen = prediction(&fields(), PREDICTION.as_bytes()).unwrap();
+    fn a_score_row_reads_with_its_shadow_latency_and_inputs() {
+        let batch = batch(true, Some(0.25));
+        let scores = Scores::new(&batch, "txn_id").unwrap();
+        assert_eq!(scores.len(), 1);
+        let seen = scores.seen(0).unwrap();
         assert_eq!(seen.event_id, "t1");
         assert_eq!(seen.verdicts.len(), 2);
         assert_eq!(seen.verdicts[0].slot.variant, "canary");
+        assert_eq!(seen.verdicts[0].score, 0.25);
         assert_eq!(
             (
                 seen.verdicts[1].slot.model_id.as_str(),
@@ -161,7 +278,7 @@ mod tests {
         assert!(seen.verdicts[1].decision);
         assert_eq!(seen.latency_ms, 20.0);
         assert_eq!(
-            seen.features,
+            scores.inputs(0),
             vec![
                 ("v__amount".to_string(), Value::Float(12.5)),
                 ("v__country".to_string(), Value::Str("FR".into())),
@@ -172,26 +289,39 @@ mod tests {
     }
 
     #[test]
-    fn labels_read_and_anything_else_is_unreadable_not_a_panic() {
-        let l = label(
-            &fields(),
-            br#"{"txn_id":"t1","user_id":"u1","is_fraud":true,"event_time":"2026-11-28T10:00:05Z"}"#,
-        )
+    fn a_segment_without_shadow_columns_reads_without_shadow_verdicts() {
+        let batch = batch(false, Some(0.25));
+        let seen = Scores::new(&batch, "txn_id").unwrap().seen(0).unwrap();
+        assert_eq!(seen.verdicts.len(), 1);
+    }
+
+    #[test]
+    fn missing_columns_and_null_scores_are_errors_not_panics() {
+        let batch = batch(false, None);
+        let scores = Scores::new(&batch, "txn_id").unwrap();
+        assert!(scores.seen(0).is_err());
+        assert!(Scores::new(&batch, "order_id").is_err());
+        let no_features = batch.project(&[0, 1, 2, 3, 4, 5, 6]).unwrap();
+        assert!(Scores::new(&no_features, "txn_id").is_err());
+    }
+
+    #[test]
+    fn labels_read_and_rows_without_id_or_label_are_skipped() {
+        let batch = RecordBatch::try_from_iter([
+            (
+                "txn_id",
+                Arc::new(StringArray::from(vec![Some("t1"), None, Some("t3")])) as ArrayRef,
+            ),
+            (
+                "is_fraud",
+                Arc::new(BooleanArray::from(vec![Some(true), Some(false), None])),
+            ),
+        ])
         .unwrap();
-        assert_eq!(l, ("t1".to_string(), true));
-        for bad in [
-            &b"not json"[..],
-            b"[1]",
-            b"{}",
-            br#"{"txn_id":"t1","is_fraud":"yes"}"#,
-            br#"{"txn_id":1,"is_fraud":true}"#,
-        ] {
-            assert!(label(&fields(), bad).is_err(), "{bad:?}");
-            assert!(prediction(&fields(), bad).is_err(), "{bad:?}");
-        }
-        let no_time = PREDICTION.replace("\"event_time\":\"2026-11-28T10:00:00.000Z\",", "");
-        assert!(prediction(&fields(), no_time.as_bytes()).is_err());
-        let nan_score = PREDICTION.replace("0.25", "null");
-        assert!(prediction(&fields(), nan_score.as_bytes()).is_err());
+        let (labels, skipped) = labels(&batch, "txn_id", "is_fraud").unwrap();
+        assert_eq!(labels, vec![("t1".to_string(), true)]);
+        assert_eq!(skipped, 1 + 1);
+        assert!(super::labels(&batch, "txn_id", "label").is_err());
+        assert!(super::labels(&batch, "is_fraud", "is_fraud").is_err());
     }
 }

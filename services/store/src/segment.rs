@@ -93,9 +93,14 @@ pub struct SegmentFile {
 impl SegmentFile {
     /// The date directory it sits in (`date=YYYY-MM-DD`).
     pub fn date(&self) -> Option<NaiveDate> {
-        let dir = self.path.parent()?.file_name()?.to_str()?;
-        NaiveDate::parse_from_str(dir.strip_prefix("date=")?, "%Y-%m-%d").ok()
+        date_of(self.path.parent()?)
     }
+}
+
+/// The date of a `date=YYYY-MM-DD` directory.
+pub(crate) fn date_of(dir: &std::path::Path) -> Option<NaiveDate> {
+    let name = dir.file_name()?.to_str()?;
+    NaiveDate::parse_from_str(name.strip_prefix("date=")?, "%Y-%m-%d").ok()
 }
 
 #[cfg(test)]

@@ -10,11 +10,13 @@ use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use quiver_core::schema::OFFSET_COLUMN;
 
-use crate::segment::{SegmentFile, SegmentId};
+use crate::segment::{SegmentFile, SegmentId, date_of};
 use crate::{Error, Result, Table, io};
 
 /// What a segment write did.
@@ -58,6 +60,13 @@ impl SegmentStore {
     /// Every segment of a stream, sorted by (partition, first offset). Temporary files left by
     /// a writer that has exited are removed on the way.
     pub fn segments(&self, stream: &str) -> Result<Vec<SegmentFile>> {
+        self.segments_since(stream, NaiveDate::MIN)
+    }
+
+    /// The segments of a stream written on `since` (UTC) or later, sorted like
+    /// [`SegmentStore::segments`]: a segment's date directory is the day it was written, so a
+    /// reader tailing recent segments skips the older days' directories without listing them.
+    pub fn segments_since(&self, stream: &str, since: NaiveDate) -> Result<Vec<SegmentFile>> {
         let dir = self.stream_dir(stream);
         let ext = self.table.extension();
         let mut out = Vec::new();
@@ -68,7 +77,7 @@ impl SegmentStore {
         };
         for date in dates {
             let date = date.map_err(io("list", &dir))?.path();
-            if !date.is_dir() {
+            if !date.is_dir() || date_of(&date).is_some_and(|d| d < since) {
                 continue;
             }
             for entry in std::fs::read_dir(&date).map_err(io("list", &date))? {
@@ -100,6 +109,30 @@ impl SegmentStore {
         let file = File::open(path).map_err(io("open", path))?;
         let reader = FileReader::try_new(std::io::BufReader::new(file), None)?;
         Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    /// The named columns of a segment (Arrow IPC or Parquet, as the table is), decoding no
+    /// other column of a Parquet segment; a column the segment lacks is left out.
+    pub fn read_columns(&self, segment: &SegmentFile, columns: &[&str]) -> Result<RecordBatch> {
+        let path = &segment.path;
+        let file = File::open(path).map_err(io("open", path))?;
+        let batches = match self.table {
+            Table::Raw => FileReader::try_new(std::io::BufReader::new(file), None)?
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+            Table::FeatureLog | Table::Scores | Table::Monitor => {
+                let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+                let schema = builder.parquet_schema();
+                let wanted: Vec<usize> = (0..schema.num_columns())
+                    .filter(|&i| columns.contains(&schema.column(i).name()))
+                    .collect();
+                let mask = ProjectionMask::leaves(schema, wanted);
+                builder
+                    .with_projection(mask)
+                    .build()?
+                    .collect::<std::result::Result<Vec<_>, _>>()?
+            }
+        };
+        project(batches, columns)
     }
 
     /// The last durable offset of each partition of a stream.
@@ -252,6 +285,23 @@ impl SegmentStore {
             bytes,
         })
     }
+}
+
+/// `batches` as one batch of those of `columns` they have (a reader checks for the ones it
+/// needs by name).
+fn project(batches: Vec<RecordBatch>, columns: &[&str]) -> Result<RecordBatch> {
+    let Some(first) = batches.first() else {
+        return Ok(RecordBatch::new_empty(std::sync::Arc::new(
+            arrow::datatypes::Schema::empty(),
+        )));
+    };
+    let schema = first.schema();
+    let indexes: Vec<usize> = columns
+        .iter()
+        .filter_map(|c| schema.index_of(c).ok())
+        .collect();
+    let batch = arrow::compute::concat_batches(&schema, &batches)?;
+    Ok(batch.project(&indexes)?)
 }
 
 fn encode_ipc(file: File, batch: &RecordBatch) -> Result<File> {

@@ -103,9 +103,10 @@ pub const LABELS_JOINED: &str = "quiver_labels_joined_total";
 pub const MONITOR_WINDOW_PREDICTIONS: &str = "quiver_monitor_window_predictions";
 /// Predictions still waiting for their label (at most `monitor.label_horizon` old).
 pub const MONITOR_LABELS_PENDING: &str = "quiver_monitor_labels_pending";
-/// Messages the monitor read. Labels: `topic`, `result` (`ok`, `repeated`: a replayed
-/// prediction, `unreadable`: not a prediction or label it understands).
-pub const MONITOR_MESSAGES: &str = "quiver_monitor_messages_total";
+/// Rows the monitor read off the stores. Labels: `stream` (`scores/<source>`, `raw/<labels>`),
+/// `result` (`ok`, `repeated`: a replayed prediction, `unreadable`: not a prediction it
+/// understands, `skipped`: a label row without id or label, `error`: a failed read).
+pub const MONITOR_ROWS: &str = "quiver_monitor_rows_total";
 /// Retraining jobs the monitor's policy ran. Labels: `result` (`trained`, `failed`).
 pub const MONITOR_RETRAINS: &str = "quiver_monitor_retrains_total";
 /// Evaluations of the window. Labels: `result` (`ok`, `error`).
@@ -192,9 +193,9 @@ pub(crate) fn describe() {
         "Predictions waiting for their label"
     );
     describe_counter!(
-        MONITOR_MESSAGES,
+        MONITOR_ROWS,
         Unit::Count,
-        "Messages the monitor read, by topic and result"
+        "Rows the monitor read off the stores, by stream and result"
     );
     describe_counter!(
         MONITOR_RETRAINS,
