@@ -122,6 +122,7 @@ pub(crate) fn produce_options(args: &ProduceArgs) -> anyhow::Result<ProduceOptio
             ..GeneratorOptions::default()
         },
         clock,
+        skip: 0,
     })
 }
 

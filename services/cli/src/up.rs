@@ -269,10 +269,18 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
             },
             wall => wall,
         };
+        // The same card holders go on paying: the warm-up's sequence continues (a second seed
+        // would give every user id a new home country, amounts and favourite merchants, and
+        // the inputs would drift against the warm-up's baseline with no shift at all).
+        // `--shift-after` counts from here.
         let options = quiver_demo::ProduceOptions {
             count: rest,
-            seed: live.seed.wrapping_add(1),
             clock,
+            skip: history,
+            generator: quiver_demo::GeneratorOptions {
+                shift_after: live.generator.shift_after.map(|n| n.saturating_add(history)),
+                ..live.generator.clone()
+            },
             ..live
         };
         let report = demo(

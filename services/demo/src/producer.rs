@@ -34,6 +34,10 @@ pub struct ProduceOptions {
     pub generator: GeneratorOptions,
     /// When the events happen.
     pub clock: EventClock,
+    /// Transactions of this seed generated and dropped before the first one sent: a run that
+    /// goes on where an earlier run of the same seed stopped (the same card holders, the next
+    /// transaction ids) instead of starting the sequence again.
+    pub skip: u64,
 }
 
 /// When the demo's transactions happen (their `event_time`).
@@ -82,6 +86,7 @@ impl Default for ProduceOptions {
             malformed_ratio: 0.0,
             generator: GeneratorOptions::default(),
             clock: EventClock::Wall,
+            skip: 0,
         }
     }
 }
@@ -203,6 +208,9 @@ pub fn produce(
         .create_with_context(Deliveries::default())?;
 
     let mut generator = Generator::new(options.seed, options.generator.clone());
+    for _ in 0..options.skip {
+        generator.next_transaction(Utc::now());
+    }
     let mut noise = ChaCha8Rng::seed_from_u64(options.seed ^ 0x5eed);
     let mut pending = Pending::new();
     let label_delay = chrono::Duration::from_std(options.label_delay)
