@@ -273,7 +273,7 @@ fn a_member_that_lost_its_partitions_writes_nothing_for_them_after() {
 /// (a member that lost the partition without knowing yet) is refused, not recorded.
 #[test]
 fn a_claim_below_the_committed_floor_is_refused() {
-    use quiver_online::{Claim, OnlineStore};
+    use quiver_online::{Claim, Floor, OnlineStore};
     let t = TestEnv::new("claimfloor", &[]);
     let mut store = OnlineStore::connect(
         &t.config.redis.url,
@@ -293,7 +293,7 @@ fn a_claim_below_the_committed_floor_is_refused() {
     );
     // The owner commits offset 20 and deletes the claim of 10..=19.
     store
-        .release_claims("transactions", 3, 20, &[(10, 19)])
+        .release_claims("transactions", 3, (20, Floor::Raise), &[(10, 19)], ttl)
         .unwrap();
     assert!(store.claims("transactions", 3).unwrap().is_empty());
     assert_eq!(
@@ -305,10 +305,20 @@ fn a_claim_below_the_committed_floor_is_refused() {
         Claim::Fenced
     );
     assert!(store.claims("transactions", 3).unwrap().is_empty());
-    // The floor only rises; offsets past it are claimed as before.
-    store.release_claims("transactions", 3, 5, &[]).unwrap();
+    // After a commit the floor only rises; offsets past it are claimed as before.
+    store
+        .release_claims("transactions", 3, (5, Floor::Raise), &[], ttl)
+        .unwrap();
     assert_eq!(
         store.claim("transactions", 3, (20, 29), b"b", ttl).unwrap(),
+        Claim::Recorded
+    );
+    // An assignment from offsets that went back (a reset, a recreated topic) puts it down.
+    store
+        .release_claims("transactions", 3, (0, Floor::Set), &[(20, 29)], ttl)
+        .unwrap();
+    assert_eq!(
+        store.claim("transactions", 3, (0, 9), b"c", ttl).unwrap(),
         Claim::Recorded
     );
     assert_eq!(

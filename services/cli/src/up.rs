@@ -278,7 +278,10 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
             clock,
             skip: history,
             generator: quiver_demo::GeneratorOptions {
-                shift_after: live.generator.shift_after.map(|n| n.saturating_add(history)),
+                shift_after: live
+                    .generator
+                    .shift_after
+                    .map(|n| n.saturating_add(history)),
                 ..live.generator.clone()
             },
             ..live

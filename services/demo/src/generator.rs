@@ -134,6 +134,15 @@ impl Generator {
         }
     }
 
+    /// Generates and drops `n` transactions: the sequence then goes on where a run of the same
+    /// seed that sent `n` stopped.
+    pub fn skip(&mut self, n: u64) {
+        let now = DateTime::<Utc>::UNIX_EPOCH;
+        for _ in 0..n {
+            self.next_transaction(now);
+        }
+    }
+
     /// The next transaction, stamped `now`.
     pub fn next_transaction(&mut self, now: DateTime<Utc>) -> Transaction {
         self.sequence += 1;
@@ -314,6 +323,22 @@ mod tests {
         assert_eq!(v["event_time"], "2026-11-26T10:00:00.000Z");
         let l: serde_json::Value = serde_json::from_str(&t.label_json(t.event_time)).unwrap();
         assert_eq!(l["is_fraud"], t.is_fraud);
+    }
+
+    #[test]
+    fn a_skipped_sequence_goes_on_where_the_earlier_run_stopped() {
+        let now = DateTime::<Utc>::from_timestamp(1_795_687_200, 0).unwrap();
+        let mut first = Generator::new(9, GeneratorOptions::default());
+        let sent: Vec<Transaction> = (0..600).map(|_| first.next_transaction(now)).collect();
+        let mut next = Generator::new(9, GeneratorOptions::default());
+        next.skip(500);
+        for t in &sent[500..] {
+            let again = next.next_transaction(now);
+            assert_eq!(
+                (&again.txn_id, &again.user_id, again.amount),
+                (&t.txn_id, &t.user_id, t.amount)
+            );
+        }
     }
 
     #[test]

@@ -208,9 +208,7 @@ pub fn produce(
         .create_with_context(Deliveries::default())?;
 
     let mut generator = Generator::new(options.seed, options.generator.clone());
-    for _ in 0..options.skip {
-        generator.next_transaction(Utc::now());
-    }
+    generator.skip(options.skip);
     let mut noise = ChaCha8Rng::seed_from_u64(options.seed ^ 0x5eed);
     let mut pending = Pending::new();
     let label_delay = chrono::Duration::from_std(options.label_delay)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use chrono::NaiveDate;
 use quiver_features::Shard;
-use quiver_online::{Applied, OnlineStore};
+use quiver_online::{Applied, Floor, OnlineStore};
 use quiver_store::{SegmentId, SegmentStore, Table};
 use tracing::warn;
 
@@ -63,12 +63,14 @@ pub(crate) struct FlushJob {
 #[derive(Debug)]
 pub(crate) enum Job {
     Flush(Box<FlushJob>),
-    /// Delete claims whose offsets are committed and raise the partition's claim floor.
+    /// Delete claims whose offsets are committed and move the partition's claim floor.
     Release {
         source_name: String,
         partition: i32,
         committed_next: i64,
+        floor: Floor,
         ranges: Vec<(i64, i64)>,
+        ttl: std::time::Duration,
     },
 }
 
@@ -149,13 +151,16 @@ impl Flusher {
                             source_name,
                             partition,
                             committed_next,
+                            floor,
                             ranges,
+                            ttl,
                         } => {
                             if let Err(error) = stores.online.release_claims(
                                 &source_name,
                                 partition,
-                                committed_next,
+                                (committed_next, floor),
                                 &ranges,
+                                ttl,
                             ) {
                                 warn!(source = %source_name, partition, %error, "cannot delete committed claims; they expire with score.claim_ttl_s");
                             }

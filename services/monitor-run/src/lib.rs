@@ -154,7 +154,13 @@ pub fn run(
                     .map(|e| e as &dyn std::fmt::Display),
             );
         }
-        let until = next_read.min(next) - now_us();
+        // Until the backlog is read, evaluations wait: only the next read matters.
+        let wake = if caught_up {
+            next_read.min(next)
+        } else {
+            next_read
+        };
+        let until = wake - now_us();
         std::thread::sleep(Duration::from_micros(until.clamp(1_000, 100_000) as u64));
     }
     Ok(state.summary)
@@ -243,14 +249,26 @@ impl State {
                     Kind::Labels { id, label } => vec![id.as_str(), label.as_str()],
                 };
                 match stream.store.read_columns(&segment, &columns) {
+                    Ok(batch) if batch.num_rows() == 0 => {}
                     Ok(batch) => {
                         let kind = stream.kind.clone();
                         let name = stream.describe();
                         self.take(&name, &kind, &batch, now_us);
                     }
-                    Err(e) => {
+                    Err(e) if e.retry() == Retry::Transient => {
                         self.streams[s].retry(&segment);
                         failed.get_or_insert(e.into());
+                    }
+                    // A segment that does not decode never will: counted, skipped, not retried
+                    // (it would hold every evaluation back).
+                    Err(e) => {
+                        let counts = Counts {
+                            unreadable: 1,
+                            why: Some(format!("{}: {e}", segment.path.display())),
+                            ..Counts::default()
+                        };
+                        self.summary.unreadable += 1;
+                        events::rows(&stream.describe(), &counts);
                     }
                 }
             }

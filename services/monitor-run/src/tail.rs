@@ -49,8 +49,10 @@ impl Stream {
     /// since the epoch; by day, and by modification time on the first listing). They count as
     /// read from now on: the caller reads each once.
     pub(crate) fn fresh(&mut self, from_us: i64) -> Result<Vec<SegmentFile>> {
+        // From the day before: a segment is dated when its write begins, which may be the day
+        // before it appears.
         let day = chrono::DateTime::from_timestamp_micros(from_us)
-            .map(|t| t.date_naive())
+            .and_then(|t| t.date_naive().pred_opt())
             .unwrap_or_default();
         let listed = self.store.segments_since(&self.name, day)?;
         // Forget what fell out of the listed days.

@@ -31,7 +31,7 @@ pub use encoding::Fetched;
 pub use keys::Keys;
 pub use quiver_features::Shard;
 pub use reader::OnlineReader;
-pub use store::{Applied, Claim, ClaimedRange, OnlineStore, ShardWrites};
+pub use store::{Applied, Claim, ClaimedRange, Floor, OnlineStore, ShardWrites};
 
 use quiver_core::Retry;
 

@@ -70,18 +70,23 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {0, {}}
 ";
 
-/// Deletes the claims of committed offsets and raises the partition's floor, in one step: a
+/// Deletes the claims of committed offsets and moves the partition's floor, in one step: a
 /// claim can never be deleted without the floor that refuses a late claim of its offsets.
 ///
-/// `KEYS[1]`: the claims hash. `ARGV[1]`: the committed next offset, then the fields to delete.
+/// `KEYS[1]`: the claims hash. `ARGV[1]`: the committed next offset, `ARGV[2]`: `raise` (after a
+/// commit: the floor only rises) or `set` (at an assignment, from the group's committed offset:
+/// below the floor only when the offsets went back — a reset, a recreated topic — and then the
+/// old floor would refuse every claim of the partition's new history), `ARGV[3]`: TTL (ms), then
+/// the fields to delete. The hash's TTL is refreshed: the floor lives as long as claims do.
 pub const RELEASE_CLAIMS: &str = r"
-for i = 2, #ARGV do
+for i = 4, #ARGV do
   redis.call('HDEL', KEYS[1], ARGV[i])
 end
 local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '-1')
-if tonumber(ARGV[1]) > floor then
+if ARGV[2] == 'set' or tonumber(ARGV[1]) > floor then
   redis.call('HSET', KEYS[1], 'floor', ARGV[1])
 end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 0
 ";
 

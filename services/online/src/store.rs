@@ -53,6 +53,16 @@ pub enum Claim {
     Fenced,
 }
 
+/// How a release moves a partition's claim floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Floor {
+    /// After a commit: only upwards.
+    Raise,
+    /// At an assignment, to the group's committed offset, even downwards (the offsets went
+    /// back: a reset, a recreated topic).
+    Set,
+}
+
 /// One recorded claim: an offset range and its opaque bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedRange {
@@ -328,17 +338,24 @@ impl OnlineStore {
         Ok(out)
     }
 
-    /// Deletes claims of a source partition whose offsets are committed, and raises its floor
-    /// to `committed_next`: from then on a claim below it is refused ([`Claim::Fenced`]).
+    /// Deletes claims of a source partition whose offsets are committed, and moves its floor
+    /// to `committed_next` (see [`Floor`]): from then on a claim below it is refused
+    /// ([`Claim::Fenced`]). The floor expires with the claims, `ttl` after the last write.
     pub fn release_claims(
         &mut self,
         source: &str,
         partition: i32,
-        committed_next: i64,
+        (committed_next, floor): (i64, Floor),
         ranges: &[(i64, i64)],
+        ttl: Duration,
     ) -> Result<()> {
         let key = self.keys.claims(source, partition);
         let hash = self.release_claims.get_hash().to_string();
+        let mode = match floor {
+            Floor::Raise => "raise",
+            Floor::Set => "set",
+        };
+        let ttl_ms = ttl.as_millis().max(1) as u64;
         let fields: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}:{b}")).collect();
         self.run(|c| {
             redis::cmd("EVALSHA")
@@ -346,6 +363,8 @@ impl OnlineStore {
                 .arg(1)
                 .arg(&key)
                 .arg(committed_next)
+                .arg(mode)
+                .arg(ttl_ms)
                 .arg(&fields)
                 .query::<i64>(c)
         })?;

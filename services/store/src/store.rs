@@ -60,13 +60,21 @@ impl SegmentStore {
     /// Every segment of a stream, sorted by (partition, first offset). Temporary files left by
     /// a writer that has exited are removed on the way.
     pub fn segments(&self, stream: &str) -> Result<Vec<SegmentFile>> {
-        self.segments_since(stream, NaiveDate::MIN)
+        self.list(stream, NaiveDate::MIN, true)
     }
 
-    /// The segments of a stream written on `since` (UTC) or later, sorted like
-    /// [`SegmentStore::segments`]: a segment's date directory is the day it was written, so a
+    /// The segments of a stream dated `since` (UTC) or later, sorted like
+    /// [`SegmentStore::segments`]: a segment's date directory is the day its write began, so a
     /// reader tailing recent segments skips the older days' directories without listing them.
+    /// A reader's listing: it removes nothing (a writer it cannot see — another host, another
+    /// PID namespace — may own a temporary file).
     pub fn segments_since(&self, stream: &str, since: NaiveDate) -> Result<Vec<SegmentFile>> {
+        self.list(stream, since, false)
+    }
+
+    /// The segments of the date directories from `since` on; with `tidy`, temporary files of
+    /// writers that have exited are removed on the way.
+    fn list(&self, stream: &str, since: NaiveDate, tidy: bool) -> Result<Vec<SegmentFile>> {
         let dir = self.stream_dir(stream);
         let ext = self.table.extension();
         let mut out = Vec::new();
@@ -89,7 +97,7 @@ impl SegmentStore {
                     // A write that never reached its rename. Another process (or another
                     // member in this one) may be writing it right now, so only a file whose
                     // writer is gone is removed.
-                    if writer_gone(name) {
+                    if tidy && writer_gone(name) {
                         let _ = std::fs::remove_file(&path);
                     }
                     continue;

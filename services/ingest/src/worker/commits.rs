@@ -12,6 +12,7 @@ use super::Worker;
 use crate::consumer::WorkerConsumer;
 use crate::flusher::Job;
 use crate::{Error, events};
+use quiver_online::Floor;
 
 impl Worker {
     /// Commits every partition whose offsets moved, every `ingest.commit_interval_ms`. The
@@ -112,7 +113,9 @@ impl Worker {
                     source_name: self.sources[s].schema.name.clone(),
                     partition: p,
                     committed_next: next,
+                    floor: Floor::Raise,
                     ranges,
+                    ttl: self.settings.claim_ttl,
                 };
                 if let Err(error) = self.flusher.submit(job) {
                     warn!(%error, "cannot queue the deletion of committed claims");

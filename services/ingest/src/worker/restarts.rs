@@ -17,6 +17,7 @@ use crate::consumer::WorkerConsumer;
 use crate::flusher::Job;
 use crate::partition::{BACKOFF_MAX, BACKOFF_MIN, Failure, PartitionState, resume_from};
 use crate::{Error, Result, events};
+use quiver_online::Floor;
 
 impl Worker {
     /// Pauses a partition after an error: what it had not flushed is dropped, its state is
@@ -149,12 +150,15 @@ impl Worker {
         let stale = claims.release(start);
         if self.sources[s].scored {
             // Everything below the commit is decided: delete its claims (a crash came between
-            // commit and delete) and raise the floor.
+            // commit and delete) and put the floor at the commit — down too, when the offsets
+            // went back (a reset or a recreated topic), or the old floor would refuse them all.
             self.flusher.submit(Job::Release {
                 source_name: name.clone(),
                 partition: p,
                 committed_next: start,
+                floor: Floor::Set,
                 ranges: stale,
+                ttl: self.settings.claim_ttl,
             })?;
         }
         let views = self.sources[s].view_names();
