@@ -279,11 +279,35 @@ fn the_live_monitor_publishes_each_models_window_as_metrics_and_monitor_rows() {
     );
     assert!(out.contains("2000") && out.contains("true"), "{out}");
     assert!(out.contains(&format!("{:.6}", realised)[..6]), "{out}");
+    // And each view's freshness: now − the latest event time of its feature log.
+    let out = quiver(
+        &t,
+        &[
+            "sql",
+            "SELECT freshness FROM monitor ORDER BY window_end DESC LIMIT 1",
+        ],
+    );
+    let json = &out[out.find('{').unwrap()..=out.rfind('}').unwrap()];
+    let freshness: BTreeMap<String, f64> = serde_json::from_str(json).unwrap();
+    assert_eq!(
+        freshness.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["merchant_txn", "user_txn"],
+        "{out}"
+    );
+    // The stream's events are dated in the past: its freshness is how long ago the last was.
+    let latest = txns.iter().map(|x| x.event_time).max().unwrap();
+    let expected = (chrono::Utc::now() - latest).num_milliseconds() as f64 / 1e3;
+    assert!(
+        freshness
+            .values()
+            .all(|s| (expected - 120.0..=expected).contains(s)),
+        "{out} against {expected} s"
+    );
 
     let status = sigterm(&mut monitor.child);
     assert!(status.success(), "the monitor stops cleanly on SIGTERM");
 
-    // A restarted monitor keeps no state: it reads its window again from the topics.
+    // A restarted monitor keeps no state: it reads its window again from the stores.
     let again = spawn_ready_monitor(&t, &[("QUIVER__MONITOR__INTERVAL", "1s")]);
     assert!(
         eventually(Duration::from_secs(60), || {

@@ -228,7 +228,12 @@ impl Evaluation {
 
     /// Reports every model of the window ending `now`: gauges and a row each in the monitor
     /// table. Returns how many models were reported.
-    pub(crate) fn run(&mut self, tracker: &mut Tracker, now: i64) -> Result<usize> {
+    pub(crate) fn run(
+        &mut self,
+        tracker: &mut Tracker,
+        freshest: &BTreeMap<String, i64>,
+        now: i64,
+    ) -> Result<usize> {
         tracker.expire(now);
         let deployment = self.registry.deployment()?;
         for (model, variant) in deployment.slots() {
@@ -269,11 +274,17 @@ impl Evaluation {
         }
         self.shown = shown;
         self.drift_shown = drift_shown;
+        // Each view's freshness: now − the latest event time in its feature log (s).
+        let freshness: BTreeMap<&str, f64> = freshest
+            .iter()
+            .map(|(view, latest)| (view.as_str(), (now - latest) as f64 / 1e6))
+            .collect();
         let rows: Vec<history::Row<'_>> = reports
             .iter()
             .map(|r| history::Row {
                 report: r,
                 deployed_at: deployment.deployed_at(&r.model_id, &r.variant),
+                freshness: &freshness,
             })
             .collect();
         history::append(&self.history, tracker.window_start(now), now, &rows)?;

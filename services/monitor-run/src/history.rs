@@ -23,6 +23,8 @@ pub struct Row<'a> {
     pub report: &'a ModelReport,
     /// When it entered its slot (RFC 3339), if the registry's timeline says.
     pub deployed_at: Option<&'a str>,
+    /// Each view's freshness at the window's end (s): now − its latest event time.
+    pub freshness: &'a std::collections::BTreeMap<&'a str, f64>,
 }
 
 /// Appends one evaluation (the window `[start_us, end_us)`) to the monitor table.
@@ -73,6 +75,7 @@ pub fn schema() -> Schema {
         float("realised_recall"),
         float("estimated_roc_auc"),
         float("test_roc_auc"),
+        Field::new("freshness", DataType::Utf8, false),
         count(OFFSET_COLUMN),
     ])
 }
@@ -111,6 +114,7 @@ struct Columns {
     realised_recall: Float64Builder,
     estimated_roc_auc: Float64Builder,
     test_roc_auc: Float64Builder,
+    freshness: StringBuilder,
     offset: Int64Builder,
 }
 
@@ -151,6 +155,9 @@ impl Columns {
         self.realised_recall.append_option(realised(|m| m.recall));
         self.estimated_roc_auc.append_option(r.estimated_roc_auc);
         self.test_roc_auc.append_value(r.test.roc_auc);
+        let freshness =
+            serde_json::to_string(row.freshness).map_err(|e| Error::History(e.to_string()))?;
+        self.freshness.append_value(freshness);
         self.offset.append_value(end_ms);
         Ok(())
     }
@@ -181,6 +188,7 @@ impl Columns {
             Arc::new(self.realised_recall.finish()),
             Arc::new(self.estimated_roc_auc.finish()),
             Arc::new(self.test_roc_auc.finish()),
+            Arc::new(self.freshness.finish()),
             Arc::new(self.offset.finish()),
         ]
     }

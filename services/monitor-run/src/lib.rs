@@ -23,6 +23,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use quiver_core::{Catalog, Config, Retry};
 use quiver_features::ViewCatalog;
+use quiver_features::log::EVENT_TIME_COLUMN;
 use quiver_models::baseline::Baseline;
 use quiver_models::metrics::Metrics;
 use quiver_monitor::tracker::{Joined, Limits, Taken, Tracker};
@@ -109,6 +110,7 @@ pub fn run(
         streams: streams(config, catalog, views)?,
         tracker: Tracker::new(limits),
         summary: MonitorSummary::default(),
+        freshest: BTreeMap::new(),
     };
     let names: Vec<String> = state.streams.iter().map(Stream::describe).collect();
     events::started(&names, (now_us() - span_us) / 1_000);
@@ -144,7 +146,7 @@ pub fn run(
         if caught_up && now >= next {
             next = now + limits.interval_us;
             state.summary.evaluations += 1;
-            let evaluated = evaluation.run(&mut state.tracker, now);
+            let evaluated = evaluation.run(&mut state.tracker, &state.freshest, now);
             events::evaluated(
                 evaluated.as_ref().map_or(0, |n| *n),
                 state.tracker.pending(),
@@ -216,6 +218,11 @@ fn streams(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Result<Ve
             label,
         },
     ));
+    let log = SegmentStore::open(&config.store.dir, Table::FeatureLog)?;
+    out.extend(views.views.iter().map(|v| {
+        let view = v.name.clone();
+        Stream::new(log.clone(), view.clone(), Kind::Log { view })
+    }));
     Ok(out)
 }
 
@@ -224,6 +231,8 @@ struct State {
     streams: Vec<Stream>,
     tracker: Tracker,
     summary: MonitorSummary,
+    /// Each view's latest event time in its feature log (µs).
+    freshest: BTreeMap<String, i64>,
 }
 
 impl State {
@@ -247,6 +256,7 @@ impl State {
                         .chain(read::SCORE_COLUMNS)
                         .collect(),
                     Kind::Labels { id, label } => vec![id.as_str(), label.as_str()],
+                    Kind::Log { .. } => vec![EVENT_TIME_COLUMN],
                 };
                 match stream.store.read_columns(&segment, &columns) {
                     Ok(batch) if batch.num_rows() == 0 => {}
@@ -303,6 +313,16 @@ impl State {
                         }
                     }
                     self.summary.predictions += counts.ok;
+                }
+                Err(e) => counts.unreadable_all(batch.num_rows(), &e),
+            },
+            Kind::Log { view } => match read::latest_event_time(batch) {
+                Ok(latest) => {
+                    if let Some(latest) = latest {
+                        let held = self.freshest.entry(view.clone()).or_insert(latest);
+                        *held = (*held).max(latest);
+                    }
+                    counts.ok += batch.num_rows() as u64;
                 }
                 Err(e) => counts.unreadable_all(batch.num_rows(), &e),
             },

@@ -21,6 +21,8 @@ pub(crate) enum Kind {
     Scores { id: String },
     /// The label source's events (raw store): its event id and boolean label columns.
     Labels { id: String, label: String },
+    /// A view's feature log: only its event times, for the view's freshness.
+    Log { view: String },
 }
 
 /// One stream tailed.
@@ -54,21 +56,43 @@ impl Stream {
         let day = chrono::DateTime::from_timestamp_micros(from_us)
             .and_then(|t| t.date_naive().pred_opt())
             .unwrap_or_default();
+        let first = !self.listed;
+        let day = if first && matches!(self.kind, Kind::Log { .. }) {
+            // Every day, once: a view's last segment may be older than the span.
+            chrono::NaiveDate::MIN
+        } else {
+            day
+        };
         let listed = self.store.segments_since(&self.name, day)?;
         // Forget what fell out of the listed days.
         let present: HashSet<SegmentId> = listed.iter().map(|s| s.id).collect();
         self.read.retain(|id| present.contains(id));
-        let first = !self.listed;
         self.listed = true;
+        // A feature log is read for its latest event time only: at first its last segment of
+        // each partition, however old (a view that stopped moving shows how long ago).
+        let last_of_partition: HashSet<SegmentId> =
+            if first && matches!(self.kind, Kind::Log { .. }) {
+                let mut last = std::collections::HashMap::new();
+                for s in &listed {
+                    last.insert(s.id.partition, s.id);
+                }
+                last.into_values().collect()
+            } else {
+                HashSet::new()
+            };
         let mut out = Vec::new();
         for segment in listed {
             if !self.read.insert(segment.id) {
                 continue;
             }
-            if first && modified_before(&segment, from_us) {
-                continue;
+            let skip = if matches!(self.kind, Kind::Log { .. }) {
+                first && !last_of_partition.contains(&segment.id)
+            } else {
+                first && modified_before(&segment, from_us)
+            };
+            if !skip {
+                out.push(segment);
             }
-            out.push(segment);
         }
         Ok(out)
     }
