@@ -102,6 +102,19 @@ impl Deployment {
             .map(|c| c.at.as_str())
     }
 
+    /// The canary, if a policy put it there (its latest `canary` change has a reason): its id,
+    /// when (RFC 3339) and why — for a restarted monitor to go on judging it. A canary a user
+    /// set is theirs to end.
+    pub fn policy_canary(&self) -> Option<(&str, &str, &str)> {
+        let canary = self.canary.as_ref()?;
+        self.timeline
+            .iter()
+            .rev()
+            .find(|c| c.model_id == canary.id && c.action == "canary")
+            .filter(|c| !c.reason.is_empty())
+            .map(|c| (c.model_id.as_str(), c.at.as_str(), c.reason.as_str()))
+    }
+
     /// The deployed models with their slots: production, canary, shadow.
     pub fn slots(&self) -> impl Iterator<Item = (&str, &'static str)> {
         [
@@ -405,5 +418,28 @@ mod tests {
         )
         .unwrap();
         assert!(old.timeline.is_empty());
+    }
+
+    #[test]
+    fn only_a_canary_a_policy_put_on_is_the_policys_to_judge() {
+        let mut by_policy = change("t2", "canary", "b");
+        by_policy.reason = "better on the recent test split".into();
+        let mut d = Deployment {
+            canary: Some(Canary {
+                id: "b".into(),
+                fraction: 0.1,
+            }),
+            timeline: vec![change("t1", "canary", "b"), by_policy],
+            ..Deployment::default()
+        };
+        assert_eq!(
+            d.policy_canary(),
+            Some(("b", "t2", "better on the recent test split"))
+        );
+        // Set again by a user since: theirs.
+        d.timeline.push(change("t3", "canary", "b"));
+        assert_eq!(d.policy_canary(), None);
+        d.canary = None;
+        assert_eq!(d.policy_canary(), None);
     }
 }

@@ -39,8 +39,20 @@ impl Evaluation {
     pub(crate) fn new(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Result<Self> {
         let m = &config.monitor;
         let r = &m.retrain;
+        let registry = Registry::open(&config.store.dir)?;
+        // A candidate this monitor's policy put on canary before a restart is judged on.
+        let canary = registry
+            .deployment()?
+            .policy_canary()
+            .and_then(|(id, at, why)| {
+                let since = chrono::DateTime::parse_from_rfc3339(at).ok()?;
+                Some((id.to_string(), since.timestamp_micros(), why.to_string()))
+            });
+        if let Some((id, _, _)) = &canary {
+            events::canary_resumed(id);
+        }
         Ok(Self {
-            registry: Registry::open(&config.store.dir)?,
+            registry,
             history: history::open(&config.store.dir)?,
             settings: Settings {
                 min_rows: m.min_rows,
@@ -51,15 +63,18 @@ impl Evaluation {
             shown: BTreeSet::new(),
             drift_shown: BTreeSet::new(),
             retrainer: r.enabled.then(|| {
-                Retrainer::new(Policy {
-                    min_roc_auc: r.min_roc_auc,
-                    max_drift_share: r.max_drift_share,
-                    for_windows: r.for_windows,
-                    auto_promote: r.auto_promote,
-                    canary_fraction: r.canary_fraction,
-                    canary_for_us: r.canary_for_us(),
-                    min_train_rows: m.min_rows.saturating_mul(5),
-                })
+                Retrainer::resume(
+                    Policy {
+                        min_roc_auc: r.min_roc_auc,
+                        max_drift_share: r.max_drift_share,
+                        for_windows: r.for_windows,
+                        auto_promote: r.auto_promote,
+                        canary_fraction: r.canary_fraction,
+                        canary_for_us: r.canary_for_us(),
+                        min_train_rows: m.min_rows.saturating_mul(5),
+                    },
+                    canary,
+                )
             }),
             job: None,
             template: Job {

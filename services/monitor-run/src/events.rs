@@ -37,6 +37,14 @@ pub(crate) fn read_error(error: &dyn std::fmt::Display) {
     tracing::warn!(%error, "monitor: reading the stores failed; retrying");
 }
 
+/// A restarted monitor goes on judging the candidate its policy had put on canary.
+pub(crate) fn canary_resumed(model_id: &str) {
+    tracing::info!(
+        model_id,
+        "monitor: judging the canary the retraining policy had put on before the restart"
+    );
+}
+
 /// The window's backlog is read: evaluations start.
 pub(crate) fn caught_up(predictions: u64, labels: u64) {
     tracing::info!(predictions, labels, "monitor: caught up with the window");

@@ -132,6 +132,20 @@ impl Retrainer {
         }
     }
 
+    /// The policy of a restarted monitor: judging the candidate it had put on canary
+    /// (`(model, since µs, why)`, from the registry), if one is still there; otherwise watching.
+    pub fn resume(policy: Policy, canary: Option<(String, i64, String)>) -> Self {
+        let mut r = Self::new(policy);
+        if let Some((model_id, since_us, reason)) = canary {
+            r.phase = Phase::Canary {
+                model_id,
+                since_us,
+                reason,
+            };
+        }
+        r
+    }
+
     /// When a candidate went on canary, if one is: the span its comparison with production
     /// covers.
     pub fn canary_since(&self) -> Option<i64> {
@@ -463,6 +477,25 @@ mod tests {
         assert_eq!(model_id, "c");
         assert!(reason.contains("canary without regression"), "{reason}");
         assert!(matches!(r.phase, Phase::Watching { degraded: 0, .. }));
+    }
+
+    #[test]
+    fn a_restarted_policy_goes_on_judging_its_canary_from_when_it_went_on() {
+        let mut r = Retrainer::resume(policy(), Some(("c".into(), 10, "why".into())));
+        assert_eq!(r.canary_since(), Some(10));
+        let bad = report("p", false, None);
+        assert_eq!(
+            r.evaluated(Some(&bad), Some(&canary(true)), 20),
+            Action::Wait
+        );
+        let Action::Promote { model_id, reason } =
+            r.evaluated(Some(&bad), Some(&canary(true)), 10 + 60_000_000)
+        else {
+            panic!("promoted");
+        };
+        assert_eq!(model_id, "c");
+        assert!(reason.ends_with("retrained: why"), "{reason}");
+        assert_eq!(Retrainer::resume(policy(), None), Retrainer::new(policy()));
     }
 
     #[test]
