@@ -464,36 +464,32 @@ mod tests {
             reason.contains("0.9000 against production's 0.6000"),
             "{reason}"
         );
-        // Not before canary_for.
+        let reason = promoted_after_canary_for(&mut r, &bad);
+        assert!(reason.contains("canary without regression"), "{reason}");
+        assert!(matches!(r.phase, Phase::Watching { degraded: 0, .. }));
+    }
+
+    /// A good canary "c" that went on at 10 µs: waited on, then promoted after `canary_for`;
+    /// the promotion's reason.
+    fn promoted_after_canary_for(r: &mut Retrainer, production: &ModelReport) -> String {
         assert_eq!(
-            r.evaluated(Some(&bad), Some(&canary(true)), 20),
+            r.evaluated(Some(production), Some(&canary(true)), 20),
             Action::Wait
         );
         let Action::Promote { model_id, reason } =
-            r.evaluated(Some(&bad), Some(&canary(true)), 10 + 60_000_000)
+            r.evaluated(Some(production), Some(&canary(true)), 10 + 60_000_000)
         else {
             panic!("promoted");
         };
         assert_eq!(model_id, "c");
-        assert!(reason.contains("canary without regression"), "{reason}");
-        assert!(matches!(r.phase, Phase::Watching { degraded: 0, .. }));
+        reason
     }
 
     #[test]
     fn a_restarted_policy_goes_on_judging_its_canary_from_when_it_went_on() {
         let mut r = Retrainer::resume(policy(), Some(("c".into(), 10, "why".into())));
         assert_eq!(r.canary_since(), Some(10));
-        let bad = report("p", false, None);
-        assert_eq!(
-            r.evaluated(Some(&bad), Some(&canary(true)), 20),
-            Action::Wait
-        );
-        let Action::Promote { model_id, reason } =
-            r.evaluated(Some(&bad), Some(&canary(true)), 10 + 60_000_000)
-        else {
-            panic!("promoted");
-        };
-        assert_eq!(model_id, "c");
+        let reason = promoted_after_canary_for(&mut r, &report("p", false, None));
         assert!(reason.ends_with("retrained: why"), "{reason}");
         assert_eq!(Retrainer::resume(policy(), None), Retrainer::new(policy()));
     }
