@@ -10,7 +10,7 @@
 //! passes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 
 use quiver_features::Value;
 use quiver_models::metrics::sort_pairs;
@@ -120,9 +120,68 @@ enum Placement {
 #[derive(Debug, Clone)]
 struct Pending {
     bucket: i64,
-    verdicts: Vec<(usize, f64)>,
+    verdicts: Scored,
     labelled: bool,
 }
+
+/// The models that scored a prediction (slot, score): the deciding one and a shadow kept
+/// inline — no allocation for each of the hour's predictions — more spilled to the heap.
+#[derive(Debug, Clone)]
+enum Scored {
+    Inline(u8, [(usize, f64); 2]),
+    Spilled(Vec<(usize, f64)>),
+}
+
+impl Scored {
+    fn new() -> Self {
+        Scored::Inline(0, [(0, 0.0); 2])
+    }
+
+    fn push(&mut self, v: (usize, f64)) {
+        match self {
+            Scored::Inline(n, items) if usize::from(*n) < items.len() => {
+                items[usize::from(*n)] = v;
+                *n += 1;
+            }
+            Scored::Inline(_, items) => {
+                let mut all = items.to_vec();
+                all.push(v);
+                *self = Scored::Spilled(all);
+            }
+            Scored::Spilled(all) => all.push(v),
+        }
+    }
+
+    fn as_slice(&self) -> &[(usize, f64)] {
+        match self {
+            Scored::Inline(n, items) => &items[..usize::from(*n)],
+            Scored::Spilled(all) => all,
+        }
+    }
+}
+
+/// Keys that are hashes already (of event ids): used as they are.
+#[derive(Debug, Clone, Copy, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed with it; anything else folds in, byte by byte.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type ByHash<V> = HashMap<u64, V, BuildHasherDefault<Prehashed>>;
 
 /// The live monitor's state.
 #[derive(Debug, Clone)]
@@ -131,9 +190,9 @@ pub struct Tracker {
     slots: Vec<Slot>,
     /// `(slot, bucket index)` → its predictions.
     buckets: BTreeMap<(usize, i64), Bucket>,
-    pending: HashMap<u64, Pending>,
+    pending: ByHash<Pending>,
     pending_expiry: VecDeque<(i64, u64)>,
-    early: HashMap<u64, bool>,
+    early: ByHash<bool>,
     early_expiry: VecDeque<(i64, u64)>,
     /// Predictions seen again (a replay re-emits them): not counted twice.
     pub repeated: u64,
@@ -146,9 +205,9 @@ impl Tracker {
             limits,
             slots: Vec::new(),
             buckets: BTreeMap::new(),
-            pending: HashMap::new(),
+            pending: ByHash::default(),
             pending_expiry: VecDeque::new(),
-            early: HashMap::new(),
+            early: ByHash::default(),
             early_expiry: VecDeque::new(),
             repeated: 0,
         }
@@ -167,7 +226,7 @@ impl Tracker {
         let in_window = bucket >= self.first_bucket(now_us);
         let label = self.early.remove(&key);
         let mut read: Option<Vec<(String, Value)>> = None;
-        let mut verdicts = Vec::with_capacity(seen.verdicts.len());
+        let mut verdicts = Scored::new();
         for v in &seen.verdicts {
             let slot = self.slot(&v.slot);
             verdicts.push((slot, v.score));
@@ -233,13 +292,14 @@ impl Tracker {
         p.labelled = true;
         let models: Vec<Slot> = p
             .verdicts
+            .as_slice()
             .iter()
             .map(|(slot, _)| self.slots[*slot].clone())
             .collect();
         if p.bucket < first {
             return Joined::PastWindow(models);
         }
-        for &(slot, score) in &p.verdicts {
+        for &(slot, score) in p.verdicts.as_slice() {
             if let Some(b) = self.buckets.get_mut(&(slot, p.bucket)) {
                 b.joined.push((score, label));
             }
@@ -509,6 +569,21 @@ mod tests {
     /// Takes in a prediction with its inputs.
     fn take(t: &mut Tracker, (seen, features): (Seen, Vec<(String, Value)>), now: i64) -> Taken {
         t.prediction(seen, &|| features.clone(), now)
+    }
+
+    #[test]
+    fn scores_stay_inline_for_two_models_and_spill_beyond() {
+        let mut s = Scored::new();
+        assert!(s.as_slice().is_empty());
+        s.push((0, 0.1));
+        s.push((1, 0.2));
+        assert!(matches!(s, Scored::Inline(2, _)));
+        s.push((2, 0.3));
+        assert_eq!(s.as_slice(), &[(0, 0.1), (1, 0.2), (2, 0.3)]);
+        let mut by_hash: ByHash<u8> = ByHash::default();
+        by_hash.insert(id_hash("t1"), 1);
+        assert_eq!(by_hash.get(&id_hash("t1")), Some(&1));
+        assert_eq!(by_hash.get(&id_hash("t2")), None);
     }
 
     #[test]
