@@ -95,11 +95,15 @@ impl Deployment {
             "shadow" => ["shadow"].as_slice(),
             _ => return None,
         };
+        self.latest_change(model_id, action).map(|c| c.at.as_str())
+    }
+
+    /// The latest change of `model_id` that is one of `actions`.
+    fn latest_change(&self, model_id: &str, actions: &[&str]) -> Option<&Change> {
         self.timeline
             .iter()
             .rev()
-            .find(|c| c.model_id == model_id && action.contains(&c.action.as_str()))
-            .map(|c| c.at.as_str())
+            .find(|c| c.model_id == model_id && actions.contains(&c.action.as_str()))
     }
 
     /// The canary, if a policy put it there (its latest `canary` change has a reason): its id,
@@ -107,10 +111,7 @@ impl Deployment {
     /// set is theirs to end.
     pub fn policy_canary(&self) -> Option<(&str, &str, &str)> {
         let canary = self.canary.as_ref()?;
-        self.timeline
-            .iter()
-            .rev()
-            .find(|c| c.model_id == canary.id && c.action == "canary")
+        self.latest_change(&canary.id, &["canary"])
             .filter(|c| !c.reason.is_empty())
             .map(|c| (c.model_id.as_str(), c.at.as_str(), c.reason.as_str()))
     }

@@ -122,12 +122,11 @@ impl SegmentStore {
     /// The named columns of a segment (Arrow IPC or Parquet, as the table is), decoding no
     /// other column of a Parquet segment; a column the segment lacks is left out.
     pub fn read_columns(&self, segment: &SegmentFile, columns: &[&str]) -> Result<RecordBatch> {
-        let path = &segment.path;
-        let file = File::open(path).map_err(io("open", path))?;
         let batches = match self.table {
-            Table::Raw => FileReader::try_new(std::io::BufReader::new(file), None)?
-                .collect::<std::result::Result<Vec<_>, _>>()?,
+            Table::Raw => self.read_raw(segment)?,
             Table::FeatureLog | Table::Scores | Table::Monitor => {
+                let path = &segment.path;
+                let file = File::open(path).map_err(io("open", path))?;
                 let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
                 let schema = builder.parquet_schema();
                 let wanted: Vec<usize> = (0..schema.num_columns())

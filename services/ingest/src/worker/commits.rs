@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use quiver_online::Floor;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::warn;
@@ -12,7 +13,6 @@ use super::Worker;
 use crate::consumer::WorkerConsumer;
 use crate::flusher::Job;
 use crate::{Error, events};
-use quiver_online::Floor;
 
 impl Worker {
     /// Commits every partition whose offsets moved, every `ingest.commit_interval_ms`. The

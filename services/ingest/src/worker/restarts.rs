@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quiver_core::Retry;
+use quiver_online::Floor;
 use rdkafka::consumer::Consumer;
 use rdkafka::topic_partition_list::Offset;
 use tracing::warn;
@@ -17,7 +18,6 @@ use crate::consumer::WorkerConsumer;
 use crate::flusher::Job;
 use crate::partition::{BACKOFF_MAX, BACKOFF_MIN, Failure, PartitionState, resume_from};
 use crate::{Error, Result, events};
-use quiver_online::Floor;
 
 impl Worker {
     /// Pauses a partition after an error: what it had not flushed is dropped, its state is
