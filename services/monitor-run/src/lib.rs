@@ -23,7 +23,6 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use quiver_core::{Catalog, Config, Retry};
 use quiver_features::ViewCatalog;
-use quiver_features::log::EVENT_TIME_COLUMN;
 use quiver_models::baseline::Baseline;
 use quiver_models::metrics::Metrics;
 use quiver_monitor::tracker::{Joined, Limits, Taken, Tracker};
@@ -219,10 +218,12 @@ fn streams(config: &Config, catalog: &Catalog, views: &ViewCatalog) -> Result<Ve
         },
     ));
     let log = SegmentStore::open(&config.store.dir, Table::FeatureLog)?;
-    out.extend(views.views.iter().map(|v| {
-        let view = v.name.clone();
-        Stream::new(log.clone(), view.clone(), Kind::Log { view })
-    }));
+    out.extend(
+        views
+            .views
+            .iter()
+            .map(|v| Stream::new(log.clone(), v.name.clone(), Kind::Log)),
+    );
     Ok(out)
 }
 
@@ -251,20 +252,9 @@ impl State {
             };
             for segment in fresh {
                 let stream = &self.streams[s];
-                let columns: Vec<&str> = match &stream.kind {
-                    Kind::Scores { id } => std::iter::once(id.as_str())
-                        .chain(read::SCORE_COLUMNS)
-                        .collect(),
-                    Kind::Labels { id, label } => vec![id.as_str(), label.as_str()],
-                    Kind::Log { .. } => vec![EVENT_TIME_COLUMN],
-                };
-                match stream.store.read_columns(&segment, &columns) {
+                match stream.store.read_columns(&segment, &stream.kind.columns()) {
                     Ok(batch) if batch.num_rows() == 0 => {}
-                    Ok(batch) => {
-                        let kind = stream.kind.clone();
-                        let name = stream.describe();
-                        self.take(&name, &kind, &batch, now_us);
-                    }
+                    Ok(batch) => self.take(s, &batch, now_us),
                     Err(e) if e.retry() == Retry::Transient => {
                         self.streams[s].retry(&segment);
                         failed.get_or_insert(e.into());
@@ -286,11 +276,12 @@ impl State {
         failed.map_or(Ok(()), Err)
     }
 
-    /// Takes in one segment's rows.
-    fn take(&mut self, stream: &str, kind: &Kind, batch: &RecordBatch, now_us: i64) {
+    /// Takes in one segment's rows of stream `s`.
+    fn take(&mut self, s: usize, batch: &RecordBatch, now_us: i64) {
+        let stream = &self.streams[s];
         let mut counts = Counts::default();
         let mut joined: BTreeMap<String, u64> = BTreeMap::new();
-        match kind {
+        match &stream.kind {
             Kind::Scores { id } => match read::Scores::new(batch, id) {
                 Ok(scores) => {
                     for i in 0..scores.len() {
@@ -316,10 +307,10 @@ impl State {
                 }
                 Err(e) => counts.unreadable_all(batch.num_rows(), &e),
             },
-            Kind::Log { view } => match read::latest_event_time(batch) {
+            Kind::Log => match read::latest_event_time(batch) {
                 Ok(latest) => {
                     if let Some(latest) = latest {
-                        let held = self.freshest.entry(view.clone()).or_insert(latest);
+                        let held = self.freshest.entry(stream.name.clone()).or_insert(latest);
                         *held = (*held).max(latest);
                     }
                     counts.ok += batch.num_rows() as u64;
@@ -345,7 +336,7 @@ impl State {
             },
         }
         self.summary.unreadable += counts.unreadable;
-        events::rows(stream, &counts);
+        events::rows(&stream.describe(), &counts);
         for (model_id, n) in joined {
             events::labels_joined(&model_id, n);
         }

@@ -47,28 +47,29 @@ impl<'a> Scores<'a> {
     /// shadow decisions were stored has no shadow columns read: its shadow verdicts are left
     /// out, not guessed.
     pub fn new(batch: &'a RecordBatch, id: &str) -> Result<Self> {
-        let shadow = match (
-            batch.column_by_name("shadow_model_id"),
-            batch.column_by_name("shadow_score"),
-            batch.column_by_name("shadow_decision"),
-        ) {
-            (Some(m), Some(s), Some(d)) => Some((
-                strings(m, "shadow_model_id")?,
-                floats(s, "shadow_score")?,
-                bools(d, "shadow_decision")?,
-            )),
-            _ => None,
+        let shadow_columns = ["shadow_model_id", "shadow_score", "shadow_decision"];
+        let shadow = if shadow_columns
+            .iter()
+            .all(|c| batch.column_by_name(c).is_some())
+        {
+            Some((
+                strings(batch, "shadow_model_id")?,
+                floats(batch, "shadow_score")?,
+                bools(batch, "shadow_decision")?,
+            ))
+        } else {
+            None
         };
         Ok(Self {
-            ids: strings(column(batch, id)?, id)?,
-            model_id: strings(column(batch, "model_id")?, "model_id")?,
-            variant: strings(column(batch, "variant")?, "variant")?,
-            score: floats(column(batch, "score")?, "score")?,
-            decision: bools(column(batch, "decision")?, "decision")?,
+            ids: strings(batch, id)?,
+            model_id: strings(batch, "model_id")?,
+            variant: strings(batch, "variant")?,
+            score: floats(batch, "score")?,
+            decision: bools(batch, "decision")?,
             shadow,
-            event_time: times(column(batch, "event_time")?, "event_time")?,
-            prediction_time: times(column(batch, "prediction_time")?, "prediction_time")?,
-            features: strings(column(batch, "features")?, "features")?,
+            event_time: times(batch, "event_time")?,
+            prediction_time: times(batch, "prediction_time")?,
+            features: strings(batch, "features")?,
         })
     }
 
@@ -155,8 +156,8 @@ impl<'a> Scores<'a> {
 /// The labels of a raw-store batch of the label source: `(event id, label)`, and how many rows
 /// had no id or no label (skipped).
 pub fn labels(batch: &RecordBatch, id: &str, label: &str) -> Result<(Vec<(String, bool)>, u64)> {
-    let ids = strings(column(batch, id)?, id)?;
-    let values = bools(column(batch, label)?, label)?;
+    let ids = strings(batch, id)?;
+    let values = bools(batch, label)?;
     let mut out = Vec::with_capacity(ids.len());
     let mut skipped = 0;
     for i in 0..ids.len() {
@@ -171,7 +172,7 @@ pub fn labels(batch: &RecordBatch, id: &str, label: &str) -> Result<(Vec<(String
 
 /// The latest event time of a feature-log batch (µs), if it has a row.
 pub fn latest_event_time(batch: &RecordBatch) -> Result<Option<i64>> {
-    let times = times(column(batch, EVENT_TIME_COLUMN)?, EVENT_TIME_COLUMN)?;
+    let times = times(batch, EVENT_TIME_COLUMN)?;
     Ok(times.iter().flatten().max())
 }
 
@@ -182,23 +183,28 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array> {
         .ok_or_else(|| unreadable("no column", name))
 }
 
-fn strings<'a>(a: &'a dyn Array, name: &str) -> Result<&'a StringArray> {
-    a.as_string_opt::<i32>()
+/// Column `name` of `batch` as strings (an error names it when it is missing or not that).
+fn strings<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
+    column(batch, name)?
+        .as_string_opt::<i32>()
         .ok_or_else(|| unreadable("not a string column", name))
 }
 
-fn floats<'a>(a: &'a dyn Array, name: &str) -> Result<&'a Float64Array> {
-    a.as_primitive_opt()
+fn floats<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Float64Array> {
+    column(batch, name)?
+        .as_primitive_opt()
         .ok_or_else(|| unreadable("not a float64 column", name))
 }
 
-fn bools<'a>(a: &'a dyn Array, name: &str) -> Result<&'a BooleanArray> {
-    a.as_boolean_opt()
+fn bools<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a BooleanArray> {
+    column(batch, name)?
+        .as_boolean_opt()
         .ok_or_else(|| unreadable("not a boolean column", name))
 }
 
-fn times<'a>(a: &'a dyn Array, name: &str) -> Result<&'a TimestampMicrosecondArray> {
-    a.as_primitive_opt::<TimestampMicrosecondType>()
+fn times<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a TimestampMicrosecondArray> {
+    column(batch, name)?
+        .as_primitive_opt::<TimestampMicrosecondType>()
         .ok_or_else(|| unreadable("not a µs timestamp column", name))
 }
 

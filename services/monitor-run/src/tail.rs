@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
+use quiver_features::log::EVENT_TIME_COLUMN;
 use quiver_store::{SegmentFile, SegmentId, SegmentStore};
 
 use crate::Result;
@@ -21,8 +22,21 @@ pub(crate) enum Kind {
     Scores { id: String },
     /// The label source's events (raw store): its event id and boolean label columns.
     Labels { id: String, label: String },
-    /// A view's feature log: only its event times, for the view's freshness.
-    Log { view: String },
+    /// A view's feature log (the stream is the view): only its event times, for freshness.
+    Log,
+}
+
+impl Kind {
+    /// The columns read of each segment.
+    pub(crate) fn columns(&self) -> Vec<&str> {
+        match self {
+            Kind::Scores { id } => std::iter::once(id.as_str())
+                .chain(crate::read::SCORE_COLUMNS)
+                .collect(),
+            Kind::Labels { id, label } => vec![id.as_str(), label.as_str()],
+            Kind::Log => vec![EVENT_TIME_COLUMN],
+        }
+    }
 }
 
 /// One stream tailed.
@@ -57,7 +71,8 @@ impl Stream {
             .and_then(|t| t.date_naive().pred_opt())
             .unwrap_or_default();
         let first = !self.listed;
-        let day = if first && matches!(self.kind, Kind::Log { .. }) {
+        let log = matches!(self.kind, Kind::Log);
+        let day = if first && log {
             // Every day, once: a view's last segment may be older than the span.
             chrono::NaiveDate::MIN
         } else {
@@ -70,22 +85,21 @@ impl Stream {
         self.listed = true;
         // A feature log is read for its latest event time only: at first its last segment of
         // each partition, however old (a view that stopped moving shows how long ago).
-        let last_of_partition: HashSet<SegmentId> =
-            if first && matches!(self.kind, Kind::Log { .. }) {
-                let mut last = std::collections::HashMap::new();
-                for s in &listed {
-                    last.insert(s.id.partition, s.id);
-                }
-                last.into_values().collect()
-            } else {
-                HashSet::new()
-            };
+        let last_of_partition: HashSet<SegmentId> = if first && log {
+            let mut last = std::collections::HashMap::new();
+            for s in &listed {
+                last.insert(s.id.partition, s.id);
+            }
+            last.into_values().collect()
+        } else {
+            HashSet::new()
+        };
         let mut out = Vec::new();
         for segment in listed {
             if !self.read.insert(segment.id) {
                 continue;
             }
-            let skip = if matches!(self.kind, Kind::Log { .. }) {
+            let skip = if log {
                 first && !last_of_partition.contains(&segment.id)
             } else {
                 first && modified_before(&segment, from_us)
