@@ -96,9 +96,6 @@ struct Bucket {
     latencies_ms: Vec<f64>,
     scores: Vec<f64>,
     joined: Vec<(f64, bool)>,
-    /// How many of `scores` and of `joined` are sorted (a prefix: what came since is sorted
-    /// into it at the next evaluation, in time linear in the bucket plus the newcomers').
-    sorted: (usize, usize),
     inputs: Vec<String>,
     rows: Vec<Vec<Value>>,
     /// Rows offered to the sample (reservoir sampling's `n`).
@@ -422,15 +419,12 @@ impl Tracker {
 }
 
 impl Bucket {
-    /// Sorts what came since the last sort into the sorted prefix.
+    /// Sorts the bucket's scores and joined pairs. What an earlier evaluation sorted is one run
+    /// the sort finds and keeps, so this costs time linear in the bucket plus the newcomers'
+    /// sort.
     fn sort(&mut self) {
-        if self.sorted.0 < self.scores.len() {
-            self.scores.sort_by(f64::total_cmp);
-        }
-        if self.sorted.1 < self.joined.len() {
-            sort_pairs(&mut self.joined);
-        }
-        self.sorted = (self.scores.len(), self.joined.len());
+        self.scores.sort_by(f64::total_cmp);
+        sort_pairs(&mut self.joined);
     }
 
     /// Reservoir sampling (algorithm R) of the bucket's input rows: where the row offered now
