@@ -443,3 +443,170 @@ fn a_training_row_never_sees_an_event_after_its_time() {
     let labels_out = b.column(6).as_any().downcast_ref::<BooleanArray>().unwrap();
     assert!(labels_out.value(0) && !labels_out.value(1));
 }
+
+/// Segments of a stream of the raw store, the feature log or the score store.
+fn segment_count(t: &TestEnv, table: quiver_store::Table, stream: &str) -> usize {
+    quiver_store::SegmentStore::open(&t.config.store.dir, table)
+        .unwrap()
+        .segments(stream)
+        .unwrap()
+        .len()
+}
+
+fn compact_at(t: &TestEnv, config: &quiver_core::Config, days_ahead: i64) -> String {
+    let options = quiver_batch::compact::CompactOptions {
+        dry_run: false,
+        now: Utc::now() + chrono::Duration::days(days_ahead),
+    };
+    let lines = std::sync::Mutex::new(Vec::new());
+    quiver_batch::compact::compact(config, &t.catalog, &t.views, options, &|s| {
+        lines.lock().unwrap().push(s.line(false));
+    })
+    .unwrap();
+    lines.into_inner().unwrap().join("\n")
+}
+
+#[test]
+fn compaction_merges_and_retention_removes_without_breaking_verify_or_the_worker() {
+    use quiver_store::Table;
+    let t = TestEnv::new(
+        "compact",
+        &[
+            ("QUIVER__INGEST__SEGMENT_MAX_EVENTS", "200"),
+            ("QUIVER__INGEST__SEGMENT_MAX_AGE_MS", "50"),
+        ],
+    );
+    t.create_topics();
+    // Event times in the past (the worker refuses events from the future): 3 000 events 911 ms
+    // apart five days ago, then (below) 1 000 a minute apart from two days ago.
+    let options = GeneratorOptions {
+        users: 200,
+        ..GeneratorOptions::default()
+    };
+    let now = DateTime::<Utc>::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let first = common::stream::demo_transactions_from(
+        11,
+        options.clone(),
+        now - chrono::Duration::days(5),
+        911,
+        0,
+        3_000,
+    );
+    stream(&t, &first);
+    let raw_before = segment_count(&t, Table::Raw, "transactions");
+    let log_before = segment_count(&t, Table::FeatureLog, "user_txn");
+    assert!(raw_before > 15, "only {raw_before} raw segments");
+    let durable: Vec<i64> = (0..3)
+        .map(|p| {
+            quiver_store::SegmentStore::open(&t.config.store.dir, Table::Raw)
+                .unwrap()
+                .tail("transactions", p, 0)
+                .unwrap()
+                .durable
+        })
+        .collect();
+
+    // Nothing of today is merged (a reader may be tailing it) and nothing expires.
+    let (ok, out) = run(&t, &["store", "compact", "--dry-run"], &[]);
+    assert!(ok && out.contains("dry run, nothing changed"), "{out}");
+    let (ok, out) = run(&t, &["store", "compact"], &[]);
+    assert!(ok && out.contains("0 merged into 0"), "{out}");
+    assert_eq!(segment_count(&t, Table::Raw, "transactions"), raw_before);
+
+    // Three days on, today's segments are old enough to merge: fewer files, the same rows,
+    // and streaming and batch still agree event by event.
+    let lines = compact_at(&t, &t.config, 3);
+    let raw_after = segment_count(&t, Table::Raw, "transactions");
+    eprintln!("raw segments {raw_before} -> {raw_after}; log {log_before}:\n{lines}");
+    assert!(
+        raw_after <= 6,
+        "{raw_after} raw segments after merging:\n{lines}"
+    );
+    assert!(segment_count(&t, Table::FeatureLog, "user_txn") < log_before);
+    assert_eq!(
+        t.raw_scalar("transactions", "SELECT count(*) FROM raw"),
+        3_000
+    );
+    assert_eq!(log_rows(&t, "user_txn"), 3_000);
+    let (ok, out) = run(&t, &["verify"], &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("view user_txn: 3000 events compared, 0 without"),
+        "{out}"
+    );
+    assert!(
+        out.contains("view merchant_txn: 3000 events compared, 0 without"),
+        "{out}"
+    );
+
+    // Ten days on, a 5-day raw retention removes every raw segment; the checkpoints keep
+    // where each partition stood, and a replay of removed offsets writes nothing.
+    let mut config = t.config.clone();
+    config.store.retention.raw = "5d".into();
+    let lines = compact_at(&t, &config, 10);
+    assert!(lines.contains("raw     transactions"), "{lines}");
+    assert_eq!(segment_count(&t, Table::Raw, "transactions"), 0, "{lines}");
+    let raw = quiver_store::SegmentStore::open(&t.config.store.dir, Table::Raw).unwrap();
+    for (p, durable) in durable.iter().enumerate() {
+        assert_eq!(
+            raw.tail("transactions", p as i32, 0).unwrap().durable,
+            *durable
+        );
+    }
+    assert!(!raw.is_empty("transactions").unwrap());
+    let replay = quiver_store::SegmentId {
+        partition: 0,
+        first_offset: 0,
+        last_offset: durable[0],
+    };
+    let written = raw
+        .append(
+            "transactions",
+            Utc::now().date_naive(),
+            replay,
+            &RecordBatch::new_empty(Arc::new(Schema::empty())),
+        )
+        .unwrap();
+    assert!(written.is_empty(), "{written:?}");
+
+    // The worker goes on after it; two days later in event time, verify compares the values
+    // whose windows lie after the removed history and says which it cannot.
+    let resumed = now - chrono::Duration::days(2) - chrono::Duration::seconds(3_000 * 60);
+    let second = common::stream::demo_transactions_from(11, options, resumed, 60_000, 3_000, 1_000);
+    let ingest = start_in_process(&t);
+    for slice in second.chunks(50) {
+        common::produce_demo(&t, slice, Some(chrono::Duration::minutes(30)));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(eventually(Duration::from_secs(90), || {
+        log_rows(&t, "user_txn") >= 4_000 && log_rows(&t, "merchant_txn") >= 4_000
+    }));
+    ingest.stop();
+    assert_eq!(
+        t.raw_scalar("transactions", "SELECT count(*) FROM raw"),
+        1_000
+    );
+    let (ok, out) = run(&t, &["verify"], &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("view user_txn: 1000 events compared, 0 without"),
+        "{out}"
+    );
+    assert!(out.contains("retention removed raw events up to"), "{out}");
+    let compared = |feature: &str| -> (u64, u64) {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{feature} ")))
+            .unwrap_or_else(|| panic!("no line for {feature}:\n{out}"));
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        (cells[1].parse().unwrap(), cells[4].parse().unwrap())
+    };
+    // A 1-hour window after the gap is compared; lifetime values never are.
+    assert_eq!(compared("txn_count_1h"), (1_000, 0), "{out}");
+    assert_eq!(compared("txn_count_lifetime"), (0, 1_000), "{out}");
+    let (ok, out) = run(&t, &["backfill", "--view", "user_txn"], &[]);
+    assert!(
+        ok && out.contains("warning: retention removed raw events"),
+        "{out}"
+    );
+}

@@ -304,8 +304,11 @@ pub fn services() -> &'static Services {
         let dir = std::env::temp_dir().join(format!("quiver-it-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let kport = free_port();
-        let kafka = format!("127.0.0.1:{kport}");
-        let url = format!("tcp://{kafka}");
+        let local = format!("127.0.0.1:{kport}");
+        let url = format!("tcp://{local}");
+        // Another Kafka-protocol broker for the tests that need one (tansu still starts: some
+        // tests drive its CLI).
+        let kafka = std::env::var("QUIVER_TEST_KAFKA").unwrap_or(local);
         let tansu_guard = spawn_guarded(
             &tansu,
             &[

@@ -18,6 +18,7 @@ use quiver_features::ViewCatalog;
 use quiver_store::{SegmentStore, Table};
 
 pub mod backfill;
+pub mod compact;
 pub mod dataset;
 pub mod monitor;
 pub mod replay;

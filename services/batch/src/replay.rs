@@ -156,6 +156,9 @@ struct Loaded {
     row: usize,
     selected: bool,
     outputs: Vec<LogBuilder>,
+    /// The ends of the segments a compaction merged into this one, but its own (the replay
+    /// seals the partition there as it would have between the original segments).
+    inner_ends: VecDeque<i64>,
 }
 
 struct Cursor {
@@ -163,7 +166,8 @@ struct Cursor {
     segments: VecDeque<SegmentFile>,
     loaded: Option<Loaded>,
     busy: bool,
-    /// Segments of the partition finished so far (what its shards' versions are kept at).
+    /// Segments of the partition finished so far, merged ones counted as the segments they
+    /// were (what its shards' versions are kept at).
     seal: u64,
 }
 
@@ -171,6 +175,7 @@ struct Cursor {
 pub struct Replay<'a> {
     ctx: SessionContext,
     handle: Handle,
+    raw: SegmentStore,
     source: Arc<SourceSchema>,
     columns: Vec<String>,
     views: Vec<ViewJob>,
@@ -285,6 +290,7 @@ impl<'a> Replay<'a> {
         Ok(Self {
             ctx: crate::session(),
             handle,
+            raw,
             source,
             columns,
             views: jobs,
@@ -406,6 +412,7 @@ impl<'a> Replay<'a> {
             if batch.num_rows() == 0 {
                 continue;
             }
+            let inner_ends = self.raw.inner_ends(&segment)?.into();
             let offsets = typed::<Int64Array>(&batch, 0, OFFSET_COLUMN)?;
             let ingest = typed::<TimestampMillisecondArray>(&batch, 1, INGEST_TIME_COLUMN)?;
             let times = typed::<TimestampMicrosecondArray>(&batch, 2, &self.source.event_time)?;
@@ -434,6 +441,7 @@ impl<'a> Replay<'a> {
                 row: 0,
                 selected,
                 outputs,
+                inner_ends,
             });
         }
         Ok(())
@@ -595,8 +603,14 @@ impl<'a> Replay<'a> {
 
     /// Moves cursor `i` past its head; a finished segment's rows go to the sink.
     fn advance(&mut self, i: usize) -> Result<()> {
-        let done = match self.cursors[i].loaded.as_mut() {
+        let cursor = &mut self.cursors[i];
+        let done = match cursor.loaded.as_mut() {
             Some(l) => {
+                let offset = l.offsets.value(l.row);
+                while l.inner_ends.front().is_some_and(|&end| end <= offset) {
+                    l.inner_ends.pop_front();
+                    cursor.seal += 1;
+                }
                 l.row += 1;
                 l.row >= l.batch.num_rows()
             }

@@ -11,6 +11,7 @@ use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
 use datafusion::prelude::SessionContext;
 use quiver_core::schema::OFFSET_COLUMN;
 use quiver_core::{Catalog, Config};
+use quiver_features::definition::Window;
 use quiver_features::log::{Column, EVENT_TIME_COLUMN, values_agree};
 use quiver_features::{FeatureView, ViewCatalog};
 use quiver_store::{SegmentFile, SegmentStore, Table};
@@ -34,6 +35,9 @@ pub struct FeatureCheck {
     pub compared: u64,
     /// Events whose values differ beyond the tolerance.
     pub mismatches: u64,
+    /// Events not compared: the value's window reaches back before the raw history retention
+    /// left (every lifetime value, once any was removed), so the replay cannot reproduce it.
+    pub beyond_history: u64,
     /// A few mismatches, described.
     pub examples: Vec<String>,
 }
@@ -47,6 +51,11 @@ pub struct ViewCheck {
     pub events: u64,
     /// Events in the raw store (and the range) that have no streaming log row.
     pub missing: u64,
+    /// Events whose streaming log row retention removed (not counted as missing).
+    pub log_removed: u64,
+    /// The newest event time retention removed from the view's source (µs), if any: values
+    /// whose window reaches back before it are not compared.
+    pub history_from: Option<i64>,
     /// Per feature, in declaration order.
     pub features: Vec<FeatureCheck>,
 }
@@ -78,6 +87,21 @@ impl VerifyReport {
                 "view {}: {} events compared, {} without a streaming row",
                 v.view, v.events, v.missing
             );
+            if let Some(from) = v.history_from {
+                let _ = writeln!(
+                    out,
+                    "  retention removed raw events up to {}: values whose window reaches back before it are not compared ({} log rows removed too)",
+                    chrono::DateTime::from_timestamp_micros(from)
+                        .map_or_else(|| from.to_string(), |t| t.to_rfc3339()),
+                    v.log_removed
+                );
+            } else if v.log_removed > 0 {
+                let _ = writeln!(
+                    out,
+                    "  {} events' log rows were removed by retention",
+                    v.log_removed
+                );
+            }
             let width = v
                 .features
                 .iter()
@@ -87,8 +111,8 @@ impl VerifyReport {
                 .max(7);
             let _ = writeln!(
                 out,
-                "  {:<width$}  {:>10}  {:>10}  {:>9}",
-                "feature", "compared", "mismatches", "rate"
+                "  {:<width$}  {:>10}  {:>10}  {:>9}  {:>14}",
+                "feature", "compared", "mismatches", "rate", "before history"
             );
             for f in &v.features {
                 let rate = if f.compared > 0 {
@@ -98,8 +122,8 @@ impl VerifyReport {
                 };
                 let _ = writeln!(
                     out,
-                    "  {:<width$}  {:>10}  {:>10}  {:>8.4}%",
-                    f.name, f.compared, f.mismatches, rate
+                    "  {:<width$}  {:>10}  {:>10}  {:>8.4}%  {:>14}",
+                    f.name, f.compared, f.mismatches, rate, f.beyond_history
                 );
             }
             for f in v.features.iter().filter(|f| !f.examples.is_empty()) {
@@ -121,6 +145,10 @@ struct CompareSink {
     range: TimeRange,
     /// Existing log segments per view and partition.
     logs: HashMap<String, BTreeMap<i32, Vec<SegmentFile>>>,
+    /// Per partition, the last offset whose log row retention removed.
+    log_removed: BTreeMap<i32, i64>,
+    /// The newest event time retention removed from the raw store (µs).
+    history_from: Option<i64>,
     checks: HashMap<String, ViewCheck>,
 }
 
@@ -180,8 +208,14 @@ impl Sink for CompareSink {
                         ..FeatureCheck::default()
                     })
                     .collect(),
+                history_from: self.history_from,
                 ..ViewCheck::default()
             });
+        let log_removed = self
+            .log_removed
+            .get(&segment.id.partition)
+            .copied()
+            .unwrap_or(-1);
         let new_offsets = offsets(&rows)?;
         let times = rows
             .column_by_name(EVENT_TIME_COLUMN)
@@ -197,12 +231,24 @@ impl Sink for CompareSink {
             }
             let offset = new_offsets.value(row);
             let Some(&(b, r)) = index.get(&offset) else {
-                check.missing += 1;
+                if offset <= log_removed {
+                    check.log_removed += 1;
+                } else {
+                    check.missing += 1;
+                }
                 continue;
             };
             check.events += 1;
             let old = &streamed[b];
+            let time = times.int(row).unwrap_or(i64::MIN);
             for (agg, f) in view.aggregations.iter().zip(check.features.iter_mut()) {
+                if self
+                    .history_from
+                    .is_some_and(|from| reaches_before(agg.window, time, from))
+                {
+                    f.beyond_history += 1;
+                    continue;
+                }
                 let (Some(new_col), Some(old_col)) = (
                     rows.column_by_name(&agg.name),
                     old.column_by_name(&agg.name),
@@ -233,6 +279,15 @@ impl Sink for CompareSink {
     }
 }
 
+/// Whether the value of a window at event time `time` may include events at or before `from`
+/// (a sliding window's tiles reach back up to one hop further than its size).
+fn reaches_before(window: Window, time: i64, from: i64) -> bool {
+    match window {
+        Window::Lifetime => true,
+        Window::Sliding { size, hop } => time.saturating_sub(size).saturating_sub(hop) <= from,
+    }
+}
+
 /// Runs `quiver verify` over events with an event time in `range`: one replay per view, in
 /// parallel threads. Call from a blocking thread of a Tokio runtime.
 pub fn verify(
@@ -245,10 +300,17 @@ pub fn verify(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<VerifyReport> {
     let offline = SegmentStore::open(&config.store.dir, Table::FeatureLog)?;
+    let raw = SegmentStore::open(&config.store.dir, Table::Raw)?;
     let mut jobs = Vec::new();
     for (source, source_views) in views_by_source(catalog, views, names)? {
         let selected = segments_in_range(&handle, &config.store.dir, &source, range)?;
+        let history_from = history_from(&raw, &source.name)?;
         for view in source_views {
+            let log_removed: BTreeMap<i32, i64> = offline
+                .dropped(&view.name)?
+                .into_iter()
+                .map(|(p, d)| (p, d.through))
+                .collect();
             let mut by_partition: BTreeMap<i32, Vec<SegmentFile>> = BTreeMap::new();
             for segment in offline.segments(&view.name)? {
                 by_partition
@@ -256,15 +318,24 @@ pub fn verify(
                     .or_default()
                     .push(segment);
             }
-            jobs.push((Arc::clone(&source), view, selected.clone(), by_partition));
+            let removed = (log_removed, history_from);
+            jobs.push((
+                Arc::clone(&source),
+                view,
+                selected.clone(),
+                by_partition,
+                removed,
+            ));
         }
     }
-    let results = in_parallel(jobs, |(source, view, selected, logs)| {
+    let results = in_parallel(jobs, |(source, view, selected, logs, removed)| {
         let mut sink = CompareSink {
             handle: handle.clone(),
             ctx: crate::session(),
             range,
             logs: HashMap::from([(view.name.clone(), logs)]),
+            log_removed: removed.0,
+            history_from: removed.1,
             checks: HashMap::new(),
         };
         let replayed = Replay::of_view(
@@ -289,4 +360,40 @@ pub fn verify(
         report.views.push(check);
     }
     Ok(report)
+}
+
+/// The newest event time retention removed from a source's raw store, if it removed any (a
+/// removal that did not record times counts as removing everything up to now).
+pub fn history_from(raw: &SegmentStore, source: &str) -> Result<Option<i64>> {
+    Ok(raw
+        .dropped(source)?
+        .values()
+        .map(|d| d.event_time_max.unwrap_or(i64::MAX))
+        .max())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_is_compared_only_when_its_window_lies_after_the_removed_history() {
+        let hour = 3_600_000_000;
+        let w = Window::Sliding {
+            size: hour,
+            hop: 300_000_000,
+        };
+        let from = 10 * hour;
+        assert!(reaches_before(Window::Lifetime, 100 * hour, from));
+        assert!(
+            reaches_before(w, 11 * hour, from),
+            "its window starts at 10 h"
+        );
+        assert!(
+            reaches_before(w, 11 * hour + 300_000_000, from),
+            "one hop more is still the tile at 10 h"
+        );
+        assert!(!reaches_before(w, 11 * hour + 300_000_001, from));
+        assert!(reaches_before(w, i64::MIN, from));
+    }
 }

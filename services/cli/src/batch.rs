@@ -60,7 +60,26 @@ fn printer(what: &'static str) -> impl Fn(Progress) + Sync {
     move |p: Progress| eprintln!("{}", p.line(what))
 }
 
+/// Warns, per source, when retention removed raw events: a replay of what remains starts
+/// without them, so values whose window reaches back before them are incomplete.
+fn warn_removed_history(ctx: &Context, what: &str) -> anyhow::Result<()> {
+    let raw = quiver_store::SegmentStore::open(&ctx.config.store.dir, quiver_store::Table::Raw)?;
+    for source in &ctx.catalog.sources {
+        if let Some(from) = quiver_batch::verify::history_from(&raw, &source.name)? {
+            let when = DateTime::from_timestamp_micros(from)
+                .map_or_else(|| "the present".to_string(), |t| t.to_rfc3339());
+            eprintln!(
+                "warning: retention removed raw events of `{}` up to {when}: {what} recomputes \
+                 lifetime values and windows reaching back before that from what remains",
+                source.name
+            );
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn backfill(ctx: &Context, args: BackfillArgs) -> anyhow::Result<()> {
+    warn_removed_history(ctx, "backfill")?;
     let (views, range) = selection(&args.selection)?;
     let options = BackfillOptions {
         views,
@@ -145,6 +164,7 @@ pub(crate) async fn verify(ctx: &Context, args: Selection) -> anyhow::Result<()>
 }
 
 pub(crate) async fn dataset(ctx: &Context, args: DatasetArgs) -> anyhow::Result<()> {
+    warn_removed_history(ctx, "the training set")?;
     let options = DatasetOptions {
         labels: args.labels,
         views: split_names(&args.views),
@@ -178,6 +198,36 @@ pub(crate) async fn dataset(ctx: &Context, args: DatasetArgs) -> anyhow::Result<
     for f in &report.files {
         println!("  {}", f.display());
     }
+    Ok(())
+}
+
+pub(crate) async fn compact(ctx: &Context, dry_run: bool) -> anyhow::Result<()> {
+    let options = quiver_batch::compact::CompactOptions {
+        dry_run,
+        now: Utc::now(),
+    };
+    let ctx = ctx.clone();
+    let started = Instant::now();
+    let done = tokio::task::spawn_blocking(move || {
+        quiver_batch::compact::compact(&ctx.config, &ctx.catalog, &ctx.views, options, &|s| {
+            eprintln!("{}", s.line(dry_run));
+        })
+    })
+    .await
+    .context("the compaction task failed")??;
+    let dropped: usize = done.iter().map(|s| s.done.dropped).sum();
+    let merged: usize = done.iter().map(|s| s.done.merged_from).sum();
+    let into: usize = done.iter().map(|s| s.done.merged_into).sum();
+    println!(
+        "{}{} stream(s): {dropped} segment(s) past retention removed, {merged} merged into {into}, in {:.1} s",
+        if dry_run {
+            "dry run, nothing changed; "
+        } else {
+            ""
+        },
+        done.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -76,6 +76,22 @@ pub enum Command {
     /// Monitoring of the deployed models.
     #[command(subcommand)]
     Monitor(MonitorCommand),
+    /// The file stores (raw store, feature log, score store, monitor history).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `quiver store ...`.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum StoreCommand {
+    /// Remove what `store.retention` no longer keeps and merge runs of small segments (one
+    /// partition, one day, at least two days old) up to `store.compact_target_bytes`. Safe
+    /// while the worker runs.
+    Compact {
+        /// Show what would be removed and merged; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `quiver monitor ...`.
@@ -419,6 +435,9 @@ pub fn run(cli: Cli, ctx: Context) -> anyhow::Result<()> {
                 monitor::report_command(&ctx, args).await
             }
             Command::Monitor(MonitorCommand::Run) => monitor::run_command(&ctx).await,
+            Command::Store(StoreCommand::Compact { dry_run }) => {
+                batch::compact(&ctx, dry_run).await
+            }
             Command::Config(ConfigCommand::Show) => {
                 print!("{}", ctx.config.to_toml());
                 Ok(())

@@ -96,6 +96,47 @@ pub struct RedisConfig {
 pub struct StoreConfig {
     /// Root directory of the file stores.
     pub dir: PathBuf,
+    /// `quiver store compact` merges runs of small segments up to this many bytes.
+    pub compact_target_bytes: u64,
+    /// How long each table keeps its segments.
+    pub retention: RetentionConfig,
+}
+
+/// `[store.retention]`: per table, a duration (`30d`, `36h`) or `keep`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// The raw store.
+    pub raw: String,
+    /// The feature log.
+    pub log: String,
+    /// The score store.
+    pub scores: String,
+    /// The monitor's history.
+    pub monitor: String,
+}
+
+/// The word that keeps a table's segments for good.
+pub const KEEP: &str = "keep";
+
+impl RetentionConfig {
+    /// Each table's key and setting.
+    pub fn entries(&self) -> [(&'static str, &str); 4] {
+        [
+            ("raw", &self.raw),
+            ("log", &self.log),
+            ("scores", &self.scores),
+            ("monitor", &self.monitor),
+        ]
+    }
+
+    /// A setting as microseconds; `None` for `keep` (and for text that is not a duration,
+    /// which validation reports).
+    pub fn micros(setting: &str) -> Option<i64> {
+        (setting.trim() != KEEP)
+            .then(|| crate::duration::parse(setting))
+            .flatten()
+    }
 }
 
 /// `[schemas]`.
@@ -412,6 +453,16 @@ impl Config {
         }
         if r.for_windows == 0 {
             errors.push("monitor.retrain.for_windows: must be greater than 0".to_string());
+        }
+        for (table, setting) in self.store.retention.entries() {
+            if setting.trim() != KEEP && crate::duration::parse(setting).is_none() {
+                errors.push(format!(
+                    "store.retention.{table}: `{setting}` is neither `keep` nor a duration (a positive number and s, m, h or d)"
+                ));
+            }
+        }
+        if self.store.compact_target_bytes == 0 {
+            errors.push("store.compact_target_bytes: must be greater than 0".to_string());
         }
         for (key, value) in [
             ("monitor.retrain.canary_for", &r.canary_for),

@@ -82,6 +82,9 @@ struct Slot {
     history: VecDeque<Arc<Shard>>,
     /// The seal `history` last saved a version for.
     sealed: u64,
+    /// The first offset applied to a slot a replay started empty (`i64::MIN` for one made from
+    /// a stored shard): a read that named an earlier offset saw none of this slot's events.
+    born: i64,
 }
 
 impl Slot {
@@ -92,7 +95,18 @@ impl Slot {
             published: None,
             history: VecDeque::new(),
             sealed: 0,
+            born: i64::MIN,
         }
+    }
+
+    /// The version a read that named `offset` saw: `Some(None)` when it came before every event
+    /// of the slot (a replay of a raw store whose older segments retention removed), `None`
+    /// when that version is not held.
+    fn named(&self, offset: i64) -> Option<Option<&Shard>> {
+        if offset < self.born {
+            return Some(None);
+        }
+        self.version_at(offset).map(Some)
     }
 
     /// What a read for another partition's event sees now.
@@ -284,6 +298,7 @@ impl EntityShards {
             Err(i) => {
                 let mut slot = Slot::new(partition, Arc::new(Shard::empty(plan)));
                 slot.sealed = seal;
+                slot.born = offset;
                 self.slots.insert(i, slot);
                 i
             }
@@ -323,9 +338,9 @@ impl EntityShards {
     /// Whether every version `clock` names is held (the shard itself, its published version or
     /// a kept earlier one), so a read with it reproduces the vector exactly.
     pub fn meets(&self, partition: i32, clock: &Clock) -> bool {
-        clock.iter().all(|(q, o)| {
-            *q == partition || self.slot(*q).is_some_and(|s| s.version_at(*o).is_some())
-        })
+        clock
+            .iter()
+            .all(|(q, o)| *q == partition || self.slot(*q).is_some_and(|s| s.named(*o).is_some()))
     }
 
     /// The vector as of an event of `partition`: that partition's shard merged, in partition
@@ -351,7 +366,7 @@ impl EntityShards {
                     None => slot.seen(),
                     Some(c) => c
                         .get(&slot.partition)
-                        .and_then(|o| slot.version_at(*o).or_else(|| slot.seen())),
+                        .and_then(|o| slot.named(*o).unwrap_or_else(|| slot.seen())),
                 }
             };
             if let Some(shard) = seen {

@@ -184,6 +184,7 @@ pub fn run(
         poll(&consumer, &worker);
         let mut w = lock(&worker);
         w.hot();
+        w.producer.resend_refused();
         w.pause_failed(&consumer);
         w.completions();
         w.cut_due();

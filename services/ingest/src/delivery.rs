@@ -49,6 +49,29 @@ impl Acks {
 pub(crate) struct Delivery {
     acks: Arc<Acks>,
     prediction: Option<Acked>,
+    /// Set on a dead letter sent with its payload: what its marker would carry, should the
+    /// broker refuse it as too large.
+    dead_letter: Option<Marker>,
+}
+
+/// A dead letter as a marker: its headers (reason, provenance) and key, no payload, and a
+/// [`headers::TRUNCATED`] header with the payload's size.
+#[derive(Debug, Clone)]
+pub(crate) struct Marker {
+    topic: String,
+    key: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+    source: (String, i32, i64),
+    size: usize,
+}
+
+/// Whether a failed delivery is the broker refusing the message as too large (a topic whose
+/// `max.message.bytes` is below the client's `message.max.bytes`).
+pub(crate) fn refused_as_too_large(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
+    )
 }
 
 /// A prediction's labels and its event's broker timestamp, for the metrics.
@@ -63,6 +86,9 @@ pub(crate) struct Acked {
 /// The delivery callbacks.
 pub(crate) struct DeliveryContext {
     stats: Arc<IngestStats>,
+    /// Dead letters the broker refused as too large, to go again as markers (from the poll
+    /// loop: a callback cannot produce). Their batches keep waiting for them meanwhile.
+    refused: Mutex<Vec<(Arc<Acks>, Marker)>>,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -87,6 +113,14 @@ impl ProducerContext for DeliveryContext {
                 }
             }
             Err((error, _)) => {
+                if refused_as_too_large(error.rdkafka_error_code())
+                    && let Some(marker) = delivery.dead_letter
+                    && let Ok(mut refused) = self.refused.lock()
+                {
+                    // Still pending: the marker's delivery settles it.
+                    refused.push((delivery.acks, marker));
+                    return;
+                }
                 if let Ok(mut f) = delivery.acks.failure.lock() {
                     f.get_or_insert_with(|| error.to_string());
                 }
@@ -129,7 +163,10 @@ impl Producer {
         let inner = quiver_kafka::producer_config(&config.kafka)
             .set("enable.idempotence", "true")
             .set("linger.ms", "1")
-            .create_with_context(DeliveryContext { stats })
+            .create_with_context(DeliveryContext {
+                stats,
+                refused: Mutex::new(Vec::new()),
+            })
             .map_err(|source| Error::Client {
                 context: "create producer",
                 source,
@@ -194,6 +231,7 @@ impl Producer {
                 Box::new(Delivery {
                     acks: Arc::clone(acks),
                     prediction: Some(acked),
+                    dead_letter: None,
                 }),
             )
             .key(key.as_bytes())
@@ -224,8 +262,8 @@ impl Producer {
             + detail.len()
             + origin.topic.len()
             + DEAD_LETTER_OVERHEAD;
-        let truncated = (size + framing > self.max_message_bytes).then(|| size.to_string());
-        let mut hdrs = OwnedHeaders::new()
+        let too_large = size + framing > self.max_message_bytes;
+        let hdrs = OwnedHeaders::new()
             .insert(Header {
                 key: headers::REASON,
                 value: Some(reason),
@@ -246,35 +284,94 @@ impl Producer {
                 key: headers::SOURCE_OFFSET,
                 value: Some(offset.as_str()),
             });
-        let payload = match &truncated {
-            Some(bytes) => {
-                hdrs = hdrs.insert(Header {
-                    key: headers::TRUNCATED,
-                    value: Some(bytes.as_str()),
-                });
-                events::dead_letter_truncated(origin.topic, origin.partition, origin.offset, size);
-                None
-            }
-            None => payload,
+        let marker = Marker {
+            topic: dlq_topic.to_string(),
+            key: key.map(<[u8]>::to_vec),
+            headers: hdrs,
+            source: (origin.topic.to_string(), origin.partition, origin.offset),
+            size,
         };
+        if too_large {
+            return self.send_marker(Arc::clone(acks), marker);
+        }
         let mut record = BaseRecord::with_opaque_to(
             dlq_topic,
             Box::new(Delivery {
                 acks: Arc::clone(acks),
                 prediction: None,
+                dead_letter: Some(marker.clone()),
             }),
         )
         .payload(payload.unwrap_or_default())
-        .headers(hdrs);
+        .headers(marker.headers);
         if let Some(key) = key {
             record = record.key(key);
         }
         self.send(record)
     }
 
-    /// Waits (at most `timeout`) until everything produced is acknowledged or failed.
+    /// Sends a dead letter as its marker (counted).
+    fn send_marker(&self, acks: Arc<Acks>, marker: Marker) -> Result<()> {
+        let size = marker.size.to_string();
+        let (topic, partition, offset) = &marker.source;
+        events::dead_letter_truncated(topic, *partition, *offset, marker.size);
+        let headers = marker.headers.insert(Header {
+            key: headers::TRUNCATED,
+            value: Some(size.as_str()),
+        });
+        let mut record = BaseRecord::with_opaque_to(
+            &marker.topic,
+            Box::new(Delivery {
+                acks,
+                prediction: None,
+                dead_letter: None,
+            }),
+        )
+        .payload(&[][..])
+        .headers(headers);
+        if let Some(key) = &marker.key {
+            record = record.key(key.as_slice());
+        }
+        self.send(record)
+    }
+
+    /// Sends again, as markers, the dead letters the broker refused as too large. Their
+    /// batches were kept waiting; a marker that cannot be sent fails its batch.
+    pub(crate) fn resend_refused(&self) {
+        let refused = match self.inner.context().refused.lock() {
+            Ok(mut r) if !r.is_empty() => std::mem::take(&mut *r),
+            _ => return,
+        };
+        for (acks, marker) in refused {
+            // The refused message is settled once its marker is in the queue.
+            let sent = self.send_marker(Arc::clone(&acks), marker);
+            if let Err(e) = sent
+                && let Ok(mut f) = acks.failure.lock()
+            {
+                f.get_or_insert_with(|| e.to_string());
+            }
+            acks.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Waits (at most `timeout`) until everything produced is acknowledged or failed, sending
+    /// refused dead letters again as markers meanwhile.
     pub(crate) fn flush(&self, timeout: Duration) {
-        let _ = self.inner.flush(timeout);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            self.resend_refused();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let flushed = self.inner.flush(left.min(Duration::from_millis(100)));
+            let refused = self
+                .inner
+                .context()
+                .refused
+                .lock()
+                .is_ok_and(|r| !r.is_empty());
+            if (flushed.is_ok() && !refused) || left.is_zero() {
+                return;
+            }
+        }
     }
 }
 
@@ -311,5 +408,24 @@ impl AckQueue {
     /// Whether nothing waits.
     pub(crate) fn is_empty(&self) -> bool {
         self.batches.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_size_refusal_turns_a_dead_letter_into_a_marker() {
+        assert!(refused_as_too_large(Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+        )));
+        assert!(refused_as_too_large(Some(
+            RDKafkaErrorCode::InvalidMessageSize
+        )));
+        assert!(!refused_as_too_large(Some(
+            RDKafkaErrorCode::RequestTimedOut
+        )));
+        assert!(!refused_as_too_large(None));
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use quiver_features::log::LogBuilder;
+use quiver_store::Tail;
 
 use crate::claims::ClaimBook;
 use crate::delivery::AckQueue;
@@ -215,10 +216,10 @@ pub(crate) struct PartitionState {
 }
 
 impl PartitionState {
-    /// A partition consumed from `start` whose raw store holds offsets up to `raw_durable`.
+    /// A partition consumed from `start` where the raw store stands at `raw`.
     pub(crate) fn new(
         start: i64,
-        raw_segments: &[i64],
+        raw: &Tail,
         claims: ClaimBook,
         window: Window,
         fence: Arc<AtomicU64>,
@@ -230,12 +231,8 @@ impl PartitionState {
             incoming: Buffer::default(),
             window,
             next_offset: start,
-            raw_durable: raw_segments.iter().copied().max().unwrap_or(-1),
-            boundaries: raw_segments
-                .iter()
-                .copied()
-                .filter(|l| *l >= start)
-                .collect(),
+            raw_durable: raw.durable,
+            boundaries: raw.ends.iter().copied().filter(|l| *l >= start).collect(),
             start,
             settled_below: start,
             applied: Vec::new(),
@@ -293,7 +290,10 @@ mod tests {
     fn state(start: i64, raw_segments: &[i64]) -> PartitionState {
         PartitionState::new(
             start,
-            raw_segments,
+            &Tail {
+                durable: raw_segments.iter().copied().max().unwrap_or(-1),
+                ends: raw_segments.to_vec(),
+            },
             ClaimBook::default(),
             Window::new(&[], false),
             Arc::new(AtomicU64::new(0)),

@@ -213,7 +213,7 @@ pub async fn up(
         let mut moved_stale_store = None;
         let mut cleared_views = Vec::new();
         if let (TopicOutcome::Created, Some(source)) = (&outcome, source)
-            && !store.segments(&source.name)?.is_empty()
+            && !store.is_empty(&source.name)?
         {
             moved_stale_store = Some(store.retire(&source.name)?);
             // The views, claims and scores of the source were built from the old topic's
@@ -227,12 +227,12 @@ pub async fn up(
                 std::time::Duration::from_millis(config.redis.command_timeout_ms),
             )?;
             online.clear_claims(&source.name)?;
-            if !scores.segments(&source.name)?.is_empty() {
+            if !scores.is_empty(&source.name)? {
                 scores.retire(&source.name)?;
             }
             for view in views.views.iter().filter(|v| v.source == source.name) {
                 online.clear_view(&view.name)?;
-                if !log.segments(&view.name)?.is_empty() {
+                if !log.is_empty(&view.name)? {
                     log.retire(&view.name)?;
                 }
                 cleared_views.push(view.name.clone());

@@ -19,13 +19,23 @@
 //! its range no segment holds yet are written ([`SegmentStore::append`]). So each offset lands
 //! in exactly one segment even when two writers race (a member that lost its partition and the
 //! one that has it now), and a replay after a crash writes nothing twice.
-//! [`SegmentStore::durable_offsets`] gives the last offset each partition already has on disk.
+//!
+//! **Checkpoints.** Each partition of a stream has a small checkpoint file (the last offset its
+//! segments cover, and what retention removed), so a writer appending past it and a worker
+//! taking the partition over learn where it stands without listing every segment
+//! ([`SegmentStore::tail`], [`Checkpoint`]).
+//!
+//! **Bounded growth.** [`SegmentStore::compact`] removes the date directories a retention no
+//! longer keeps and merges runs of small segments ([`compact`]).
 
+mod checkpoint;
+pub mod compact;
 mod segment;
 mod store;
 
+pub use checkpoint::{Checkpoint, Dropped};
 pub use segment::{SegmentFile, SegmentId};
-pub use store::{SegmentStore, WrittenSegment};
+pub use store::{SegmentStore, Tail, WrittenSegment};
 
 use std::path::{Path, PathBuf};
 

@@ -16,8 +16,18 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use quiver_core::schema::OFFSET_COLUMN;
 
+use crate::checkpoint::{self, Checkpoint, Dropped};
 use crate::segment::{SegmentFile, SegmentId, date_of};
 use crate::{Error, Result, Table, io};
+
+/// Where a partition of a stream stands (see [`SegmentStore::tail`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    /// The last offset the stream holds (or held, before retention), `-1` for none.
+    pub durable: i64,
+    /// The last offsets of the segments ending at or after the asked offset, in order.
+    pub ends: Vec<i64>,
+}
 
 /// What a segment write did.
 #[derive(Debug, Clone)]
@@ -63,6 +73,13 @@ impl SegmentStore {
         self.list(stream, NaiveDate::MIN, true)
     }
 
+    /// [`SegmentStore::segments`], and apart the segments another one covers (left by a
+    /// compaction that stopped between writing a merged segment and removing its parts).
+    pub(crate) fn list_all(&self, stream: &str) -> Result<(Vec<SegmentFile>, Vec<SegmentFile>)> {
+        let all = self.list_with_covered(stream, NaiveDate::MIN, true)?;
+        Ok(split_covered(all))
+    }
+
     /// The segments of a stream dated `since` (UTC) or later, sorted like
     /// [`SegmentStore::segments`]: a segment's date directory is the day its write began, so a
     /// reader tailing recent segments skips the older days' directories without listing them.
@@ -72,9 +89,19 @@ impl SegmentStore {
         self.list(stream, since, false)
     }
 
-    /// The segments of the date directories from `since` on; with `tidy`, temporary files of
+    /// The segments of the date directories from `since` on, but those another segment covers
+    /// (a merged segment whose parts are not removed yet); with `tidy`, temporary files of
     /// writers that have exited are removed on the way.
     fn list(&self, stream: &str, since: NaiveDate, tidy: bool) -> Result<Vec<SegmentFile>> {
+        Ok(split_covered(self.list_with_covered(stream, since, tidy)?).0)
+    }
+
+    fn list_with_covered(
+        &self,
+        stream: &str,
+        since: NaiveDate,
+        tidy: bool,
+    ) -> Result<Vec<SegmentFile>> {
         let dir = self.stream_dir(stream);
         let ext = self.table.extension();
         let mut out = Vec::new();
@@ -142,16 +169,128 @@ impl SegmentStore {
         project(batches, columns)
     }
 
-    /// The last durable offset of each partition of a stream.
-    pub fn durable_offsets(&self, stream: &str) -> Result<BTreeMap<i32, i64>> {
+    /// What the stream holds of partition `partition`: its checkpoint, a `pending` segment
+    /// resolved (folded in when it exists). Without a readable checkpoint (a store written
+    /// before checkpoints, or a damaged file), it is rebuilt from a listing and saved.
+    pub fn checkpoint(&self, stream: &str, partition: i32) -> Result<Checkpoint> {
+        let path = self
+            .stream_dir(stream)
+            .join(checkpoint::file_name(partition));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io("read", &path)(e)),
+        };
+        let Some(mut cp) = text.and_then(|t| Checkpoint::decode(&t, partition)) else {
+            let mut cp = Checkpoint::default();
+            for segment in self.segments(stream)? {
+                if segment.id.partition == partition {
+                    cp.covers(segment.id);
+                }
+            }
+            if cp.durable.is_some() {
+                self.save_checkpoint(stream, partition, &cp, false)?;
+            }
+            return Ok(cp);
+        };
+        if let Some((date, id)) = cp.pending.take() {
+            let segment = self.segment_path(stream, date, id);
+            if segment.exists() {
+                cp.covers(id);
+            }
+        }
+        Ok(cp)
+    }
+
+    /// Where a stream's partition stands: the last offset its segments cover (or retention
+    /// removed), and the last offsets of the segments that end at or after `from`, in order —
+    /// read from the checkpoint, listing the segments only when some end at or after `from`.
+    pub fn tail(&self, stream: &str, partition: i32, from: i64) -> Result<Tail> {
+        let cp = self.checkpoint(stream, partition)?;
+        let durable = cp.durable.max(cp.dropped.map(|d| d.through)).unwrap_or(-1);
+        let mut ends = Vec::new();
+        if durable >= from {
+            ends = self
+                .segments(stream)?
+                .into_iter()
+                .filter(|s| s.id.partition == partition && s.id.last_offset >= from)
+                .map(|s| s.id.last_offset)
+                .collect();
+        }
+        Ok(Tail { durable, ends })
+    }
+
+    /// What retention removed of each partition of a stream.
+    pub fn dropped(&self, stream: &str) -> Result<BTreeMap<i32, Dropped>> {
         let mut out = BTreeMap::new();
-        for segment in self.segments(stream)? {
-            let last = out
-                .entry(segment.id.partition)
-                .or_insert(segment.id.last_offset);
-            *last = (*last).max(segment.id.last_offset);
+        for partition in self.checkpointed(stream)? {
+            if let Some(dropped) = self.checkpoint(stream, partition)?.dropped {
+                out.insert(partition, dropped);
+            }
         }
         Ok(out)
+    }
+
+    /// Whether the stream holds anything: a segment, or a checkpoint of segments retention
+    /// removed (a topic recreated under it must not inherit either).
+    pub fn is_empty(&self, stream: &str) -> Result<bool> {
+        Ok(self.segments(stream)?.is_empty() && self.checkpointed(stream)?.is_empty())
+    }
+
+    /// The partitions with a checkpoint file.
+    fn checkpointed(&self, stream: &str) -> Result<Vec<i32>> {
+        let dir = self.stream_dir(stream);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("list", &dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io("list", &dir))?;
+            if let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(checkpoint::partition_of)
+            {
+                out.push(p);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Replaces a partition's checkpoint file atomically; with `durable`, fsynced (file and
+    /// directory) before returning.
+    pub(crate) fn save_checkpoint(
+        &self,
+        stream: &str,
+        partition: i32,
+        cp: &Checkpoint,
+        durable: bool,
+    ) -> Result<()> {
+        let dir = self.stream_dir(stream);
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let name = checkpoint::file_name(partition);
+        let path = dir.join(&name);
+        let tmp = dir.join(format!("{name}.tmp-{}", std::process::id()));
+        let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
+        std::io::Write::write_all(&mut file, cp.encode().as_bytes()).map_err(io("write", &tmp))?;
+        if durable {
+            file.sync_all().map_err(io("fsync", &tmp))?;
+        }
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+        if durable {
+            sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    fn segment_path(&self, stream: &str, date: NaiveDate, id: SegmentId) -> PathBuf {
+        self.stream_dir(stream)
+            .join(format!("date={}", date.format("%Y-%m-%d")))
+            .join(id.file_name(self.table.extension()))
     }
 
     /// Moves a stream's segments aside to `<stream>.stale-<UTC time>` (they belong to an
@@ -179,12 +318,26 @@ impl SegmentStore {
         batch: &RecordBatch,
     ) -> Result<Vec<WrittenSegment>> {
         let _lock = self.lock(stream)?;
-        let existing: Vec<SegmentId> = self
+        let cp = self.checkpoint(stream, id.partition)?;
+        let after = cp.durable.max(cp.dropped.map(|d| d.through));
+        if after.is_none_or(|after| id.first_offset > after) {
+            // Past every offset the partition has: nothing to check against.
+            return Ok(vec![self.write_past(stream, date, id, batch, cp)?]);
+        }
+        let mut existing: Vec<SegmentId> = self
             .segments(stream)?
             .into_iter()
             .map(|s| s.id)
             .filter(|s| s.overlaps(&id))
             .collect();
+        if let Some(dropped) = cp.dropped {
+            // Offsets retention removed were written once: a replay of them writes nothing.
+            existing.push(SegmentId {
+                partition: id.partition,
+                first_offset: i64::MIN,
+                last_offset: dropped.through,
+            });
+        }
         let parts = id.uncovered(&existing);
         if parts == [id] {
             return Ok(vec![self.write(stream, date, id, batch)?]);
@@ -224,7 +377,7 @@ impl SegmentStore {
     }
 
     /// The stream's lock: held while a writer checks for overlaps and renames into place.
-    fn lock(&self, stream: &str) -> Result<File> {
+    pub(crate) fn lock(&self, stream: &str) -> Result<File> {
         let dir = self.stream_dir(stream);
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let path = dir.join(".lock");
@@ -255,21 +408,60 @@ impl SegmentStore {
         Ok(filter_record_batch(batch, &keep)?)
     }
 
-    /// Encodes and renames one segment into place (the caller holds the stream's lock).
-    fn write(
+    /// Writes one segment (the caller holds the stream's lock), keeping the partition's
+    /// checkpoint in step.
+    pub(crate) fn write(
         &self,
         stream: &str,
         date: NaiveDate,
         id: SegmentId,
         batch: &RecordBatch,
     ) -> Result<WrittenSegment> {
-        let dir = self
-            .stream_dir(stream)
-            .join(format!("date={}", date.format("%Y-%m-%d")));
-        let name = id.file_name(self.table.extension());
-        let path = dir.join(&name);
+        let cp = self.checkpoint(stream, id.partition)?;
+        if cp.durable.is_some_and(|d| id.last_offset <= d) {
+            return self.encode_into_place(stream, date, id, batch, None);
+        }
+        self.write_past(stream, date, id, batch, cp)
+    }
+
+    /// Writes a segment reaching past the partition's checkpoint: announced as pending
+    /// (durably) before its rename, folded into `durable` after, so a crash in between never
+    /// leaves a segment the checkpoint does not account for.
+    fn write_past(
+        &self,
+        stream: &str,
+        date: NaiveDate,
+        id: SegmentId,
+        batch: &RecordBatch,
+        mut cp: Checkpoint,
+    ) -> Result<WrittenSegment> {
+        cp.pending = Some((date, id));
+        self.save_checkpoint(stream, id.partition, &cp, true)?;
+        let written = self.encode_into_place(stream, date, id, batch, None)?;
+        cp.pending = None;
+        cp.covers(id);
+        // Not fsynced: a lost update leaves the pending line, which a reader resolves.
+        self.save_checkpoint(stream, id.partition, &cp, false)?;
+        Ok(written)
+    }
+
+    /// Encodes and renames one segment into place, with a file metadata entry if given (the
+    /// caller holds the stream's lock).
+    pub(crate) fn encode_into_place(
+        &self,
+        stream: &str,
+        date: NaiveDate,
+        id: SegmentId,
+        batch: &RecordBatch,
+        metadata: Option<(&str, String)>,
+    ) -> Result<WrittenSegment> {
+        let path = self.segment_path(stream, date, id);
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(io("write", &path)(std::io::ErrorKind::InvalidInput.into()));
+        };
         if !dir.exists() {
-            std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+            std::fs::create_dir_all(dir).map_err(io("create", dir))?;
             if let Some(parent) = dir.parent() {
                 sync_dir(parent)?;
             }
@@ -277,14 +469,16 @@ impl SegmentStore {
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let file = File::create(&tmp).map_err(io("create", &tmp))?;
         let file = match self.table {
-            Table::Raw => encode_ipc(file, batch)?,
-            Table::FeatureLog | Table::Scores | Table::Monitor => encode_parquet(file, batch)?,
+            Table::Raw => encode_ipc(file, batch, metadata)?,
+            Table::FeatureLog | Table::Scores | Table::Monitor => {
+                encode_parquet(file, batch, metadata)?
+            }
         };
         file.sync_all().map_err(io("fsync", &tmp))?;
         let bytes = file.metadata().map_err(io("stat", &tmp))?.len();
         drop(file);
         std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
-        sync_dir(&dir)?;
+        sync_dir(dir)?;
         Ok(WrittenSegment {
             id,
             path,
@@ -292,6 +486,38 @@ impl SegmentStore {
             bytes,
         })
     }
+}
+
+/// Splits sorted segments into those no other one covers and those another one covers (a
+/// merged segment and the parts it replaced; the parts go).
+fn split_covered(sorted: Vec<SegmentFile>) -> (Vec<SegmentFile>, Vec<SegmentFile>) {
+    let mut kept: Vec<SegmentFile> = Vec::with_capacity(sorted.len());
+    let mut covered = Vec::new();
+    for segment in sorted {
+        let id = segment.id;
+        // Sorted by (partition, first, last): a segment covering this one starts at or before
+        // it, and the widest such is the last kept one reaching furthest.
+        if let Some(last) = kept.last()
+            && last.id.partition == id.partition
+            && last.id.first_offset <= id.first_offset
+            && id.last_offset <= last.id.last_offset
+        {
+            covered.push(segment);
+            continue;
+        }
+        // Same first offset, wider: this one covers those kept before it.
+        while let Some(last) = kept.last()
+            && last.id.partition == id.partition
+            && last.id.first_offset >= id.first_offset
+            && last.id.last_offset <= id.last_offset
+        {
+            if let Some(gone) = kept.pop() {
+                covered.push(gone);
+            }
+        }
+        kept.push(segment);
+    }
+    (kept, covered)
 }
 
 /// `batches` as one batch of those of `columns` they have (a reader checks for the ones it
@@ -311,18 +537,31 @@ fn project(batches: Vec<RecordBatch>, columns: &[&str]) -> Result<RecordBatch> {
     Ok(batch.project(&indexes)?)
 }
 
-fn encode_ipc(file: File, batch: &RecordBatch) -> Result<File> {
+fn encode_ipc(file: File, batch: &RecordBatch, metadata: Option<(&str, String)>) -> Result<File> {
     let mut writer = FileWriter::try_new(file, &batch.schema())?;
+    if let Some((key, value)) = metadata {
+        writer.write_metadata(key, value);
+    }
     writer.write(batch)?;
     writer.finish()?;
     Ok(writer.into_inner()?)
 }
 
-fn encode_parquet(file: File, batch: &RecordBatch) -> Result<File> {
+fn encode_parquet(
+    file: File,
+    batch: &RecordBatch,
+    metadata: Option<(&str, String)>,
+) -> Result<File> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .build();
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+    if let Some((key, value)) = metadata {
+        writer.append_key_value_metadata(parquet::file::metadata::KeyValue::new(
+            key.to_string(),
+            value,
+        ));
+    }
     writer.write(batch)?;
     Ok(writer.into_inner()?)
 }
@@ -350,6 +589,38 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_another_covers_is_hidden() {
+        let seg = |partition, first, last| SegmentFile {
+            id: SegmentId {
+                partition,
+                first_offset: first,
+                last_offset: last,
+            },
+            path: PathBuf::new(),
+        };
+        let mut all = vec![
+            seg(0, 0, 9),
+            seg(0, 0, 39),
+            seg(0, 10, 19),
+            seg(0, 20, 39),
+            seg(0, 40, 49),
+            seg(1, 0, 9),
+            seg(1, 10, 19),
+        ];
+        all.sort_by_key(|s| s.id);
+        let (kept, covered) = split_covered(all);
+        let ids = |v: &[SegmentFile]| v.iter().map(|s| s.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(&kept),
+            ids(&[seg(0, 0, 39), seg(0, 40, 49), seg(1, 0, 9), seg(1, 10, 19)])
+        );
+        assert_eq!(
+            ids(&covered),
+            ids(&[seg(0, 0, 9), seg(0, 10, 19), seg(0, 20, 39)])
+        );
+    }
 
     #[test]
     fn temporary_files_of_live_or_unknown_writers_are_kept() {

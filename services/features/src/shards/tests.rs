@@ -541,3 +541,53 @@ fn a_sealed_replay_reproduces_reads_of_published_versions() {
     }
     assert_eq!(row, 450);
 }
+
+/// A replay of a raw store whose older segments retention removed: a logged clock that names
+/// a removed offset of another partition read none of what the replay holds of that shard.
+#[test]
+fn a_clock_naming_removed_history_reads_nothing_of_that_shard() {
+    let plan = plan();
+    let partitions = events(7, 20);
+    let mut scratch = Vec::new();
+    let mut replay = EntityShards::new();
+    for e in &partitions[1][10..] {
+        replay.apply(
+            &plan,
+            e.partition,
+            e.offset,
+            e.time,
+            &e.inputs,
+            &mut scratch,
+        );
+    }
+    let e = &partitions[0][0];
+    replay.apply(
+        &plan,
+        e.partition,
+        e.offset,
+        e.time,
+        &e.inputs,
+        &mut scratch,
+    );
+    let clock: Clock = [(1, partitions[1][4].offset)].into_iter().collect();
+    assert!(replay.meets(0, &clock));
+    let mut alone = EntityShards::new();
+    alone.apply(
+        &plan,
+        e.partition,
+        e.offset,
+        e.time,
+        &e.inputs,
+        &mut scratch,
+    );
+    assert_eq!(
+        replay.vector_as_of(&plan, 0, e.time, Some(&clock)),
+        alone.vector_as_of(&plan, 0, e.time, None)
+    );
+    // A clock naming an offset the replay holds still reads that version.
+    let held: Clock = [(1, partitions[1][19].offset)].into_iter().collect();
+    assert_ne!(
+        replay.vector_as_of(&plan, 0, e.time, Some(&held)),
+        alone.vector_as_of(&plan, 0, e.time, None)
+    );
+}

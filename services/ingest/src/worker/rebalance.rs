@@ -54,7 +54,16 @@ impl Worker {
                     let fresh = self.window(s);
                     self.partitions.insert(
                         (s, p),
-                        PartitionState::new(start, &[], ClaimBook::default(), fresh, fence),
+                        PartitionState::new(
+                            start,
+                            &quiver_store::Tail {
+                                durable: -1,
+                                ends: Vec::new(),
+                            },
+                            ClaimBook::default(),
+                            fresh,
+                            fence,
+                        ),
                     );
                     self.fail(s, p, error);
                 }

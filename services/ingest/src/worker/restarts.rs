@@ -130,13 +130,9 @@ impl Worker {
         start: i64,
     ) -> Result<PartitionState> {
         let name = self.sources[s].schema.name.clone();
-        let raw_segments: Vec<i64> = self
-            .raw
-            .segments(&name)?
-            .into_iter()
-            .filter(|seg| seg.id.partition == p)
-            .map(|seg| seg.id.last_offset)
-            .collect();
+        // Where the raw store stands (its checkpoint; segments are listed only when some end
+        // at or after `start`, i.e. when this is a replay).
+        let raw_tail = self.raw.tail(&name, p, start)?;
         let mut claims = ClaimBook::default();
         for range in self.online.claims(&name, p)? {
             let batch = ClaimBatch::decode(&range.bytes).map_err(|detail| Error::Claim {
@@ -172,7 +168,7 @@ impl Worker {
         let fence = Arc::clone(self.fences.entry((s, p)).or_default());
         self.ownership[s].own(p);
         let fresh = self.window(s);
-        let mut state = PartitionState::new(resume, &raw_segments, claims, fresh, fence);
+        let mut state = PartitionState::new(resume, &raw_tail, claims, fresh, fence);
         state.settled_below = start;
         state.applied = applied;
         if resume < start {
