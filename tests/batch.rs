@@ -294,6 +294,87 @@ fn backfill_reproduces_the_streaming_log_and_rebuilds_the_online_store() {
         same, n,
         "training rows differ from the log rows of their events"
     );
+
+    // With `--vectors logged`, every feature of every row is the vector the worker logged for
+    // the event — merchant features too, which read other partitions' shards as they stood.
+    let logged_dir = t.dir.join("dataset-logged");
+    let (ok, out) = run(
+        &t,
+        &[
+            "dataset",
+            "build",
+            "--labels",
+            "labels",
+            "--vectors",
+            "logged",
+            "--out",
+            logged_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok && out.contains("(logged)"), "{out}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(logged_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["vectors"], "logged");
+    assert_eq!(manifest["unlogged_labels"], 0);
+    let rows =
+        manifest["train"]["rows"].as_u64().unwrap() + manifest["test"]["rows"].as_u64().unwrap();
+    assert_eq!(rows, 6_000);
+    let counts = common::runtime().block_on(async {
+        let ctx = quiver_batch::session();
+        for split in ["train", "test"] {
+            ctx.register_parquet(
+                split,
+                logged_dir
+                    .join(format!("{split}.parquet"))
+                    .to_str()
+                    .unwrap(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        }
+        ctx.register_parquet(
+            "merchant_log",
+            t.config
+                .store
+                .dir
+                .join("offline/merchant_txn/")
+                .to_str()
+                .unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        ctx.sql(
+            "SELECT count(*) AS n, \
+               sum(CASE WHEN d.merchant_txn__txn_count_1h = l.txn_count_1h \
+                         AND d.merchant_txn__distinct_users_24h = l.distinct_users_24h \
+                         AND d.merchant_txn__amount_sum_24h = l.amount_sum_24h \
+                    THEN 1 ELSE 0 END) AS same \
+             FROM (SELECT * FROM train UNION ALL SELECT * FROM test) d \
+             JOIN merchant_log l ON d.txn_id = l.txn_id",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+    });
+    let column = |i: usize| {
+        counts[0]
+            .column(i)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    assert_eq!(
+        (column(0), column(1)),
+        (6_000, 6_000),
+        "logged vectors differ from the log"
+    );
 }
 
 #[test]
@@ -492,7 +573,22 @@ fn compaction_merges_and_retention_removes_without_breaking_verify_or_the_worker
         0,
         3_000,
     );
-    stream(&t, &first);
+    // With a malformed event after every 50 (dead letters: rejected offsets inside segments
+    // and at their ends, which merged segments must keep apart as before).
+    let ingest = start_in_process(&t);
+    for slice in first.chunks(50) {
+        common::produce_demo(&t, slice, Some(chrono::Duration::minutes(30)));
+        produce_all(
+            &services().kafka,
+            &t.topic("transactions"),
+            &[("u-bad".to_string(), b"not json".to_vec())],
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(eventually(Duration::from_secs(90), || {
+        log_rows(&t, "user_txn") >= 3_000 && log_rows(&t, "merchant_txn") >= 3_000
+    }));
+    ingest.stop();
     let raw_before = segment_count(&t, Table::Raw, "transactions");
     let log_before = segment_count(&t, Table::FeatureLog, "user_txn");
     assert!(raw_before > 15, "only {raw_before} raw segments");

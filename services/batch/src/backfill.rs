@@ -176,6 +176,9 @@ fn backfill_view(
     options: &BackfillOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<ViewOutcome> {
+    // No compaction merges the view's log while its segments are rewritten and the superseded
+    // ones removed.
+    let _maintenance = offline.maintenance_lock(&view.name)?;
     let mut sink = WriteSink {
         offline: offline.clone(),
         written: BTreeMap::new(),

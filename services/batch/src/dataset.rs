@@ -61,6 +61,8 @@ pub struct DatasetOptions {
     /// Only the latest this many label rows by time (the retraining policy's recent window);
     /// `None`: all of them.
     pub latest: Option<usize>,
+    /// Where the features come from.
+    pub vectors: Vectors,
 }
 
 impl DatasetOptions {
@@ -74,6 +76,7 @@ impl DatasetOptions {
             time_column: None,
             test_fraction: 0.2,
             latest: None,
+            vectors: Vectors::Recomputed,
         }
     }
 }
@@ -120,6 +123,12 @@ pub struct Manifest {
     pub test: SplitSummary,
     /// Label rows dropped because their event id matched no event.
     pub unmatched_labels: usize,
+    /// Where the features came from: `recomputed` (point in time, from the raw store) or
+    /// `logged` (the vectors the worker scored with).
+    pub vectors: Vectors,
+    /// With logged vectors: label rows dropped because a view logged no vector for their event
+    /// (not ingested yet, or its log rows removed by retention).
+    pub unlogged_labels: usize,
 }
 
 /// What a build did.
@@ -140,6 +149,31 @@ struct Labels {
     id: Option<(String, Vec<String>)>,
     join: String,
     unmatched: usize,
+}
+
+impl Labels {
+    /// Keeps the rows whose `keep` is true.
+    fn retain(&mut self, keep: &[bool]) -> Result<()> {
+        let pick = |v: &mut Vec<String>| {
+            let mut i = 0;
+            v.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+        };
+        let mut i = 0;
+        self.times.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        self.keys.values_mut().for_each(pick);
+        if let Some((_, ids)) = &mut self.id {
+            pick(ids);
+        }
+        let mask = BooleanArray::from(keep.to_vec());
+        self.label = datafusion::arrow::compute::filter(self.label.as_ref(), &mask)?;
+        Ok(())
+    }
 }
 
 fn rfc3339(t: i64) -> Option<String> {
@@ -172,7 +206,29 @@ pub fn build(
     let by_source = crate::replay::views_by_source(catalog, views, &options.views)?;
     let chosen: Vec<Arc<FeatureView>> = by_source.iter().flat_map(|(_, v)| v.clone()).collect();
     let stores = handle.block_on(crate::open(config, catalog, views))?;
-    let labels = handle.block_on(load_labels(&stores.ctx, catalog, &chosen, options))?;
+    let mut labels = handle.block_on(load_labels(&stores.ctx, catalog, &chosen, options))?;
+    // Logged vectors: each view's, by event id; only label rows every view logged a vector for.
+    let mut logged: Vec<HashMap<String, Vec<Value>>> = Vec::new();
+    let mut unlogged = 0;
+    if options.vectors == Vectors::Logged {
+        let Some((_, ids)) = &labels.id else {
+            return Err(Error::Invalid(
+                "logged vectors need labels that name their events by id".into(),
+            ));
+        };
+        for (source, view) in by_source
+            .iter()
+            .flat_map(|(s, views)| views.iter().map(move |v| (s, v)))
+        {
+            logged.push(handle.block_on(logged_vectors(&stores.ctx, view, source))?);
+        }
+        let keep: Vec<bool> = ids
+            .iter()
+            .map(|id| logged.iter().all(|m| m.contains_key(id)))
+            .collect();
+        unlogged = keep.iter().filter(|k| !**k).count();
+        labels.retain(&keep)?;
+    }
     let rows = labels.times.len();
     if rows == 0 {
         return Err(Error::Invalid(format!(
@@ -183,9 +239,10 @@ pub fn build(
 
     // Features per view, one vector per label row.
     let mut columns: Vec<(Field, ArrayRef)> = Vec::new();
-    for (source, view) in by_source
+    for (v, (source, view)) in by_source
         .iter()
         .flat_map(|(s, views)| views.iter().map(move |v| (s, v)))
+        .enumerate()
     {
         let keys = labels.keys.get(&view.entity).ok_or_else(|| {
             Error::Invalid(format!(
@@ -193,13 +250,24 @@ pub fn build(
                 view.entity, view.name
             ))
         })?;
-        let values = handle.block_on(view_features(
-            &stores.ctx,
-            view,
-            source,
-            keys,
-            &labels.times,
-        ))?;
+        let values = match (logged.get(v), &labels.id) {
+            (Some(by_id), Some((_, ids))) => ids
+                .iter()
+                .map(|id| {
+                    by_id
+                        .get(id)
+                        .cloned()
+                        .unwrap_or_else(|| vec![Value::Null; view.aggregations.len()])
+                })
+                .collect(),
+            _ => handle.block_on(view_features(
+                &stores.ctx,
+                view,
+                source,
+                keys,
+                &labels.times,
+            ))?,
+        };
         let schema = log_schema(view, source);
         let first = schema.fields().len() - view.aggregations.len();
         for (i, agg) in view.aggregations.iter().enumerate() {
@@ -281,6 +349,8 @@ pub fn build(
         train,
         test,
         unmatched_labels: labels.unmatched,
+        vectors: options.vectors,
+        unlogged_labels: unlogged,
     };
     let path = options.out.join("manifest.json");
     let text = serde_json::to_string_pretty(&manifest)
@@ -669,10 +739,16 @@ async fn fold_events(
         }
     };
     while let Some(batch) = stream.next().await.transpose()? {
-        let entity = Column::new(batch.column(0).as_ref());
-        let partitions = Column::new(batch.column(1).as_ref());
-        let offsets = Column::new(batch.column(2).as_ref());
-        let ts = Column::new(batch.column(3).as_ref());
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .map(|c| Column::new(c.as_ref()))
+                .ok_or_else(|| Error::Invalid(format!("raw events without `{name}`")))
+        };
+        let entity = column("entity")?;
+        let partitions = column(PARTITION_COLUMN)?;
+        let offsets = column(OFFSET_COLUMN)?;
+        let ts = column("t")?;
         let inputs: Vec<Option<Column<'_>>> = view
             .aggregations
             .iter()
@@ -699,6 +775,14 @@ async fn fold_events(
             else {
                 continue;
             };
+            // One row per offset: a listing taken while a compaction merged segments (the
+            // merged one in place, its parts not removed yet) holds some twice.
+            if events
+                .last()
+                .is_some_and(|e| e.partition == partition as i32 && e.offset == offset)
+            {
+                continue;
+            }
             events.push(Ev {
                 partition: partition as i32,
                 offset,
@@ -792,4 +876,87 @@ fn fold_entity(
 
 fn apply(plan: &ViewPlan, state: &mut EntityState, e: &Ev, scratch: &mut Vec<u8>) {
     plan.apply(state, e.time, (e.partition, e.offset), &e.inputs, scratch);
+}
+
+/// Where a training row's features come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vectors {
+    /// Recomputed from the raw store over exactly the entity's events with `event_time ≤ T`
+    /// (`../shared/DESIGN.md`, "Point in time").
+    #[default]
+    Recomputed,
+    /// The vectors the worker logged for the labelled events, the ones it scored them with:
+    /// what serving saw, other partitions' shards as it read them included (labels that name
+    /// their events by id only). A model trained on them meets in production the inputs it was
+    /// trained on; a vector never holds an event that arrived after its own.
+    Logged,
+}
+
+impl Vectors {
+    /// Its name on the command line and in the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Vectors::Recomputed => "recomputed",
+            Vectors::Logged => "logged",
+        }
+    }
+}
+
+/// The logged vector of every event of `view` with an id, by id (the latest row of an id
+/// logged twice).
+async fn logged_vectors(
+    ctx: &SessionContext,
+    view: &FeatureView,
+    source: &quiver_core::schema::SourceSchema,
+) -> Result<HashMap<String, Vec<Value>>> {
+    let id = source.id.as_ref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "logged vectors need events with an id: source `{}` declares none",
+            source.name
+        ))
+    })?;
+    let table = format!("features_{}", view.name);
+    let mut out = HashMap::new();
+    if !ctx.table_exist(table.as_str())? {
+        return Ok(out);
+    }
+    let columns: Vec<String> = std::iter::once(id)
+        .chain(view.aggregations.iter().map(|a| &a.name))
+        .map(|c| format!("\"{c}\""))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {table} ORDER BY _partition, _offset",
+        columns.join(", ")
+    );
+    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .map(|c| Column::new(c.as_ref()))
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "the feature log of `{}` has no `{name}` column (was the view changed? \
+                         backfill it first)",
+                        view.name
+                    ))
+                })
+        };
+        let ids = column(id)?;
+        let features = view
+            .aggregations
+            .iter()
+            .map(|a| column(&a.name))
+            .collect::<Result<Vec<_>>>()?;
+        for row in 0..batch.num_rows() {
+            let key = ids.key(row);
+            if key.is_empty() {
+                continue;
+            }
+            out.insert(key, features.iter().map(|c| c.value(row)).collect());
+        }
+    }
+    Ok(out)
 }

@@ -528,13 +528,19 @@ impl<'a> Replay<'a> {
 
     /// Applies the head event of cursor `i` to every view and records its rows.
     fn apply_head(&mut self, i: usize, clocks: &[Option<Clock>]) -> Result<()> {
-        let partition = self.cursors[i].partition;
-        let seal = self.cursors[i].seal;
-        let Some(loaded) = self.cursors[i].loaded.as_mut() else {
+        let cursor = &mut self.cursors[i];
+        let partition = cursor.partition;
+        let Some(loaded) = cursor.loaded.as_mut() else {
             return Ok(());
         };
         let row = loaded.row;
         let offset = loaded.offsets.value(row);
+        // Past the end of a segment merged into this one: a new seal, as between segments.
+        while loaded.inner_ends.front().is_some_and(|&end| end < offset) {
+            loaded.inner_ends.pop_front();
+            cursor.seal += 1;
+        }
+        let seal = cursor.seal;
         let time = loaded.times.value(row);
         let mut inputs = Vec::new();
         for (v, job) in self.views.iter_mut().enumerate() {
@@ -603,14 +609,8 @@ impl<'a> Replay<'a> {
 
     /// Moves cursor `i` past its head; a finished segment's rows go to the sink.
     fn advance(&mut self, i: usize) -> Result<()> {
-        let cursor = &mut self.cursors[i];
-        let done = match cursor.loaded.as_mut() {
+        let done = match self.cursors[i].loaded.as_mut() {
             Some(l) => {
-                let offset = l.offsets.value(l.row);
-                while l.inner_ends.front().is_some_and(|&end| end <= offset) {
-                    l.inner_ends.pop_front();
-                    cursor.seal += 1;
-                }
                 l.row += 1;
                 l.row >= l.batch.num_rows()
             }

@@ -362,14 +362,15 @@ pub fn verify(
     Ok(report)
 }
 
-/// The newest event time retention removed from a source's raw store, if it removed any (a
-/// removal that did not record times counts as removing everything up to now).
+/// The newest event time retention removed from a source's raw store, if it removed any
+/// event (a removal that did not record times counts as removing everything up to now).
 pub fn history_from(raw: &SegmentStore, source: &str) -> Result<Option<i64>> {
     Ok(raw
         .dropped(source)?
         .values()
         .map(|d| d.event_time_max.unwrap_or(i64::MAX))
-        .max())
+        .max()
+        .filter(|&t| t > i64::MIN))
 }
 
 #[cfg(test)]

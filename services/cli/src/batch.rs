@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use chrono::{DateTime, NaiveDate, Utc};
 use quiver_batch::backfill::BackfillOptions;
-use quiver_batch::dataset::DatasetOptions;
+use quiver_batch::dataset::{DatasetOptions, Vectors};
 use quiver_batch::replay::{Progress, TimeRange};
 
 use crate::{BackfillArgs, Context, DatasetArgs, Selection};
@@ -173,6 +173,10 @@ pub(crate) async fn dataset(ctx: &Context, args: DatasetArgs) -> anyhow::Result<
         time_column: args.time_column,
         test_fraction: args.test_fraction,
         latest: args.latest,
+        vectors: match args.vectors {
+            crate::VectorsArg::Recomputed => Vectors::Recomputed,
+            crate::VectorsArg::Logged => Vectors::Logged,
+        },
     };
     let ctx = ctx.clone();
     let handle = tokio::runtime::Handle::current();
@@ -184,17 +188,24 @@ pub(crate) async fn dataset(ctx: &Context, args: DatasetArgs) -> anyhow::Result<
     .context("dataset thread panicked")??;
     let m = &report.manifest;
     println!(
-        "dataset: {} train + {} test rows, {} features, label `{}` ({:.2} % / {:.2} % positive), \
+        "dataset: {} train + {} test rows, {} features ({}), label `{}` ({:.2} % / {:.2} % positive), \
          joined {}; {:.1} s",
         m.train.rows,
         m.test.rows,
         m.features.len(),
+        m.vectors.name(),
         m.label_column,
         100.0 * m.train.positive_rate,
         100.0 * m.test.positive_rate,
         m.join,
         started.elapsed().as_secs_f64()
     );
+    if m.unlogged_labels > 0 {
+        println!(
+            "  {} label row(s) left out: no logged vector for their event",
+            m.unlogged_labels
+        );
+    }
     for f in &report.files {
         println!("  {}", f.display());
     }

@@ -204,6 +204,19 @@ pub struct DatasetArgs {
     /// Only the latest N labelled events by time (e.g. a recent window to retrain on).
     #[arg(long)]
     pub latest: Option<usize>,
+    /// Features recomputed from the raw store at each label's time (point in time), or the
+    /// vectors the worker logged and scored the labelled events with (labels by event id).
+    #[arg(long, value_enum, default_value_t = VectorsArg::Recomputed)]
+    pub vectors: VectorsArg,
+}
+
+/// `--vectors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VectorsArg {
+    /// From the raw store, over the events with event time ≤ the label's.
+    Recomputed,
+    /// The feature log's rows of the labelled events: what serving saw.
+    Logged,
 }
 
 /// `quiver train`.

@@ -35,18 +35,56 @@ fn score_line(s: &IngestStats, since: Instant, model: &str) -> String {
 
 /// Builds a training set from the labels gathered so far, trains a logistic regression and
 /// promotes it. Returns the model id and its test ROC AUC.
-fn first_model(ctx: &Context, handle: tokio::runtime::Handle) -> anyhow::Result<(String, f64)> {
+fn first_model(
+    ctx: &Context,
+    handle: tokio::runtime::Handle,
+    latest: Option<usize>,
+) -> anyhow::Result<(String, f64)> {
     let dir = ctx
         .config
         .store
         .dir
         .join("datasets")
         .join(chrono::Utc::now().format("%Y%m%dT%H%M%S").to_string());
-    let options = quiver_batch::dataset::DatasetOptions::new("labels", dir.clone());
+    // The vectors the worker scored the warm-up with: what the model will meet in production
+    // (a merchant's vector reads other partitions' shards as they were then, which a
+    // recomputation from the raw store cannot know; at `--time-lapse` a second of lag is hours
+    // of event time).
+    let mut options = quiver_batch::dataset::DatasetOptions::new("labels", dir.clone());
+    options.vectors = quiver_batch::dataset::Vectors::Logged;
+    options.latest = latest;
     quiver_batch::dataset::build(handle, &ctx.config, &ctx.catalog, &ctx.views, &options)?;
     let card = quiver_models::Registry::open(&ctx.config.store.dir)?.train_and_promote(&dir)?;
     Ok((card.id, card.test.roc_auc))
 }
+
+/// Under a time-lapse, the warm-up events whose every sliding window had filled (their event
+/// time at least the longest window after the first event): the first model learns from
+/// those, as live traffic will look, not from a stream still filling its windows. `None`
+/// (all of them) in real time or when too few remain.
+fn filled(ctx: &Context, clock: &quiver_demo::EventClock, history: u64) -> Option<usize> {
+    let quiver_demo::EventClock::Lapse { step_ms, .. } = clock else {
+        return None;
+    };
+    let longest_us = ctx
+        .views
+        .views
+        .iter()
+        .flat_map(|v| &v.aggregations)
+        .filter_map(|a| match a.window {
+            quiver_features::Window::Sliding { size, .. } => Some(size),
+            quiver_features::Window::Lifetime => None,
+        })
+        .max()?;
+    let young = u64::try_from(longest_us / 1_000 / (*step_ms).max(1)).ok()?;
+    let filled = history.checked_sub(young)?;
+    (filled >= MIN_FILLED)
+        .then(|| usize::try_from(filled).ok())
+        .flatten()
+}
+
+/// Fewer filled warm-up events than this and the first model learns from all of them.
+const MIN_FILLED: u64 = 2_000;
 
 fn ingest_line(s: &IngestStats, since: Instant) -> String {
     let events = s.events.load(Ordering::Relaxed);
@@ -63,7 +101,7 @@ fn ingest_line(s: &IngestStats, since: Instant) -> String {
 
 /// Runs the demo producer on a blocking thread, printing a status line every second.
 async fn demo(
-    ctx: &Context,
+    ctx: Context,
     options: quiver_demo::ProduceOptions,
     shutdown: Shutdown,
     stats: Arc<IngestStats>,
@@ -108,13 +146,17 @@ async fn ingested(stats: &IngestStats, total: u64, shutdown: &Shutdown) {
 
 /// Trains and promotes the first model from the labels gathered, retrying (10 s apart) while
 /// they are too few; the model's description, or `None`.
-async fn train_first_model(ctx: &Context, shutdown: &Shutdown) -> Option<String> {
+async fn train_first_model(
+    ctx: &Context,
+    shutdown: &Shutdown,
+    latest: Option<usize>,
+) -> Option<String> {
     for _ in 0..FIRST_MODEL_ATTEMPTS {
         if shutdown.is_triggered() {
             return None;
         }
         let (c, handle) = (ctx.clone(), tokio::runtime::Handle::current());
-        match tokio::task::spawn_blocking(move || first_model(&c, handle)).await {
+        match tokio::task::spawn_blocking(move || first_model(&c, handle, latest)).await {
             Ok(Ok((id, auc))) => {
                 println!(
                     "      model: trained and promoted {id} (test ROC AUC {auc:.4}); every event from now on is scored"
@@ -169,8 +211,10 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     let mut looped = ctx.clone();
     looped.config.monitor.retrain.enabled = true;
     looped.config.monitor.retrain.auto_promote = true;
-    // Triggered by the realised AUC: the demo's windows (1 hour to 7 days, lifetime) are still
-    // filling during a run, so against the warm-up's baseline most inputs drift by construction.
+    // Triggered by the realised AUC: a retrained model's baseline is its recent labelled
+    // window, before and after the shift, which the inputs after it keep drifting from (the
+    // first model's inputs drift only after the shift: it learns from logged vectors whose
+    // windows had filled).
     looped.config.monitor.retrain.max_drift_share = 1.0;
     let monitor = crate::monitor::spawn_monitor(&looped, shutdown.clone(), monitor_health);
     println!(
@@ -222,7 +266,7 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
         ..live.clone()
     };
     let mut produced = demo(
-        ctx,
+        ctx.clone(),
         warm,
         shutdown.clone(),
         stats.clone(),
@@ -233,23 +277,18 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     .inspect_err(|_| shutdown.trigger())?
     .progress;
     ingested(&stats, produced.transactions + produced.labels, &shutdown).await;
-    if let Some(m) = train_first_model(ctx, &shutdown).await
-        && let Ok(mut current) = model.lock()
-    {
-        *current = m;
-    }
-    // The model is picked up within score.reload_interval_ms.
-    tokio::time::sleep(Duration::from_millis(2 * config.score.reload_interval_ms)).await;
 
-    // Live: the rest of the demo, each transaction scored as it is ingested.
+    // Live: the rest of the demo, each transaction scored as it is ingested once the first
+    // model (trained meanwhile) is picked up — the traffic does not pause for the training,
+    // so the first predictions see the worker as it runs, not a caught-up one.
     let rest = if live.count == 0 {
         0
     } else {
         live.count.saturating_sub(history)
     };
-    if (rest > 0 || live.count == 0) && !shutdown.is_triggered() {
+    let live_traffic = if (rest > 0 || live.count == 0) && !shutdown.is_triggered() {
         println!(
-            "[4/4] live: {} transactions at {}/s, {:.1}% malformed, each scored with the vector computed for it",
+            "[4/4] live: {} transactions at {}/s, {:.1}% malformed, each scored with the vector computed for it (from the first model on)",
             if rest == 0 {
                 "unbounded".to_string()
             } else {
@@ -284,19 +323,30 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
                     .map(|n| n.saturating_add(history)),
                 ..live.generator.clone()
             },
-            ..live
+            ..live.clone()
         };
-        let report = demo(
-            ctx,
+        Some(tokio::spawn(demo(
+            ctx.clone(),
             options,
             shutdown.clone(),
             stats.clone(),
             started,
             model.clone(),
-        )
-        .await
-        .inspect_err(|_| shutdown.trigger())?
-        .progress;
+        )))
+    } else {
+        None
+    };
+    if let Some(m) = train_first_model(ctx, &shutdown, filled(ctx, &live.clock, history)).await
+        && let Ok(mut current) = model.lock()
+    {
+        *current = m;
+    }
+    if let Some(task) = live_traffic {
+        let report = task
+            .await
+            .context("the live traffic task failed")?
+            .inspect_err(|_| shutdown.trigger())?
+            .progress;
         produced.transactions += report.transactions;
         produced.labels += report.labels;
     }

@@ -45,6 +45,8 @@ fn run(job: &Job) -> Result<Outcome, String> {
     let out = store.join("datasets").join(format!("retrain-{stamp}"));
     let mut options = DatasetOptions::new(job.config.monitor.labels.clone(), out.clone());
     options.latest = Some(job.rows);
+    // Trained and compared on the vectors serving scored the recent events with.
+    options.vectors = quiver_batch::dataset::Vectors::Logged;
     if !job.config.monitor.label_column.is_empty() {
         options.label_column = Some(job.config.monitor.label_column.clone());
     }

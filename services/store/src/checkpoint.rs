@@ -12,6 +12,7 @@
 //! A segment past `durable` is announced as `pending` (fsynced) before it is renamed into place
 //! and folded into `durable` after; a reader that finds a `pending` line checks whether that
 //! segment exists. So a crash between the two never hides a segment from the overlap check.
+//! Only writers holding the stream's lock write the file.
 
 use chrono::NaiveDate;
 
@@ -22,8 +23,9 @@ use crate::segment::SegmentId;
 pub struct Dropped {
     /// Every offset up to this one is gone (and never written again).
     pub through: i64,
-    /// The newest event time (µs) among the removed rows, when the table has one: events older
-    /// than it may be missing from what remains.
+    /// The newest event time (µs) among the removed rows: events older than it may be missing
+    /// from what remains. `i64::MIN` when no removed segment had rows; `None` when unknown (a
+    /// table without an event time), which counts as "up to now".
     pub event_time_max: Option<i64>,
 }
 
@@ -49,12 +51,18 @@ impl Checkpoint {
 
     /// Records that retention removed offsets up to `through`.
     pub(crate) fn drop_through(&mut self, through: i64, event_time_max: Option<i64>) {
-        let old = self.dropped;
-        self.dropped = Some(Dropped {
-            through: old.map_or(through, |d| d.through.max(through)),
-            event_time_max: match (old.and_then(|d| d.event_time_max), event_time_max) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
+        self.dropped = Some(match self.dropped {
+            None => Dropped {
+                through,
+                event_time_max,
+            },
+            Some(old) => Dropped {
+                through: old.through.max(through),
+                // Unknown stays unknown.
+                event_time_max: match (old.event_time_max, event_time_max) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                },
             },
         });
     }
@@ -85,6 +93,10 @@ impl Checkpoint {
     /// Parses the text of partition `partition`'s file; `None` when it does not parse (the
     /// caller then rebuilds it from a listing).
     pub(crate) fn decode(text: &str, partition: i32) -> Option<Self> {
+        // A checkpoint is written only with something to say: an empty file is a lost write.
+        if text.trim().is_empty() {
+            return None;
+        }
         let mut out = Checkpoint::default();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let mut words = line.split_whitespace();
@@ -153,7 +165,10 @@ mod tests {
             }),
         };
         for cp in [
-            Checkpoint::default(),
+            Checkpoint {
+                durable: Some(0),
+                ..Checkpoint::default()
+            },
             full,
             Checkpoint {
                 dropped: Some(Dropped {
@@ -172,6 +187,8 @@ mod tests {
     #[test]
     fn a_damaged_checkpoint_does_not_parse() {
         for bad in [
+            "",
+            "\n",
             "durable x\n",
             "durable 1 2\n",
             "pending 2026-13-01 1 2\n",
@@ -191,12 +208,20 @@ mod tests {
         cp.covers(id(0, 50));
         assert_eq!(cp.durable, Some(99));
         cp.drop_through(40, Some(7));
-        cp.drop_through(30, None);
+        cp.drop_through(30, Some(3));
         assert_eq!(
             cp.dropped,
             Some(Dropped {
                 through: 40,
                 event_time_max: Some(7)
+            })
+        );
+        cp.drop_through(50, None);
+        assert_eq!(
+            cp.dropped,
+            Some(Dropped {
+                through: 50,
+                event_time_max: None
             })
         );
     }

@@ -151,9 +151,11 @@ impl SegmentStore {
     }
 
     /// Compacts one stream by `policy` at `now`: removes what retention no longer keeps
-    /// (recording, per partition, the last offset removed and — given the table's
+    /// (recording first, per partition, the last offset removed and — given the table's
     /// `event_time` column — the newest event time removed) and merges small segments. Holds
-    /// the stream's lock throughout, so writers wait rather than interleave.
+    /// the stream's maintenance lock throughout (one compaction or backfill at a time) and its
+    /// write lock while removing and for each merge, so a worker's appends wait at most one
+    /// merge.
     pub fn compact(
         &self,
         stream: &str,
@@ -165,15 +167,25 @@ impl SegmentStore {
         if !self.stream_dir(stream).exists() {
             return Ok(done);
         }
-        let _lock = self.lock(stream)?;
-        let (listed, covered) = self.listed(stream)?;
-        for leftover in covered {
-            self.remove(&leftover)?;
-            done.leftovers += 1;
-        }
-        let plan = plan(&listed, policy, now);
-        self.drop_expired(stream, &plan.drop, &listed, event_time, &mut done)?;
+        let _maintenance = self.maintenance_lock(stream)?;
+        let plan = {
+            let _lock = self.lock(stream)?;
+            // Pending lines resolved and saved: a merge must not remove a segment only a
+            // pending line accounts for.
+            for partition in self.checkpointed(stream)? {
+                self.checkpoint_locked(stream, partition)?;
+            }
+            let (listed, covered) = self.listed(stream)?;
+            for leftover in covered {
+                self.remove(&leftover)?;
+                done.leftovers += 1;
+            }
+            let plan = plan(&listed, policy, now);
+            self.drop_expired(stream, &plan.drop, &listed, event_time, &mut done)?;
+            plan
+        };
         for run in &plan.merge {
+            let _lock = self.lock(stream)?;
             done.merged_into += self.merge(stream, run)?;
             done.merged_from += run.len();
         }
@@ -203,22 +215,34 @@ impl SegmentStore {
         event_time: Option<&str>,
         done: &mut Compacted,
     ) -> Result<()> {
+        // Per partition: the last offset removed, and the newest event time among the rows
+        // removed (`i64::MIN` when none had rows; `None` when unknown).
         let mut by_partition: BTreeMap<i32, (i64, Option<i64>)> = BTreeMap::new();
         for segment in drop {
             let time = match event_time {
-                Some(column) => newest(&self.read_columns(segment, &[column])?, column),
+                Some(column) => {
+                    let batch = self.read_columns(segment, &[column])?;
+                    if batch.num_rows() == 0 {
+                        Some(i64::MIN)
+                    } else {
+                        newest(&batch, column)
+                    }
+                }
                 None => None,
             };
             let entry = by_partition
                 .entry(segment.id.partition)
                 .or_insert((segment.id.last_offset, time));
             entry.0 = entry.0.max(segment.id.last_offset);
-            entry.1 = entry.1.max(time);
+            entry.1 = match (entry.1, time) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
         }
         // The checkpoints first: once they say the offsets are gone, a replay of them writes
         // nothing, whether or not the files are removed yet.
         for (&partition, &(through, time)) in &by_partition {
-            let mut cp = self.checkpoint(stream, partition)?;
+            let mut cp = self.checkpoint_locked(stream, partition)?;
             cp.drop_through(through, time);
             self.save_checkpoint(stream, partition, &cp, true)?;
         }

@@ -171,8 +171,27 @@ impl SegmentStore {
 
     /// What the stream holds of partition `partition`: its checkpoint, a `pending` segment
     /// resolved (folded in when it exists). Without a readable checkpoint (a store written
-    /// before checkpoints, or a damaged file), it is rebuilt from a listing and saved.
+    /// before checkpoints, or a damaged file), it is rebuilt from a listing — and not saved:
+    /// a reader holds no lock, and only writers (under the stream's lock) write checkpoints.
     pub fn checkpoint(&self, stream: &str, partition: i32) -> Result<Checkpoint> {
+        let (cp, _) = self.resolved_checkpoint(stream, partition)?;
+        Ok(cp)
+    }
+
+    /// [`SegmentStore::checkpoint`] for a caller holding the stream's lock: a rebuilt
+    /// checkpoint, or one whose pending segment was resolved, is saved (durably) as it now is,
+    /// so nothing later (a merge, a crash) can lose what the pending line said.
+    pub(crate) fn checkpoint_locked(&self, stream: &str, partition: i32) -> Result<Checkpoint> {
+        let (cp, changed) = self.resolved_checkpoint(stream, partition)?;
+        if changed && (cp.durable.is_some() || cp.dropped.is_some()) {
+            self.save_checkpoint(stream, partition, &cp, true)?;
+        }
+        Ok(cp)
+    }
+
+    /// The checkpoint with its pending segment resolved, and whether that differs from the
+    /// file (rebuilt, or a pending line resolved).
+    fn resolved_checkpoint(&self, stream: &str, partition: i32) -> Result<(Checkpoint, bool)> {
         let path = self
             .stream_dir(stream)
             .join(checkpoint::file_name(partition));
@@ -188,34 +207,37 @@ impl SegmentStore {
                     cp.covers(segment.id);
                 }
             }
-            if cp.durable.is_some() {
-                self.save_checkpoint(stream, partition, &cp, false)?;
-            }
-            return Ok(cp);
+            return Ok((cp, true));
         };
+        let mut changed = false;
         if let Some((date, id)) = cp.pending.take() {
-            let segment = self.segment_path(stream, date, id);
-            if segment.exists() {
+            changed = true;
+            if self.segment_path(stream, date, id).exists() {
                 cp.covers(id);
             }
         }
-        Ok(cp)
+        Ok((cp, changed))
     }
 
     /// Where a stream's partition stands: the last offset its segments cover (or retention
-    /// removed), and the last offsets of the segments that end at or after `from`, in order —
-    /// read from the checkpoint, listing the segments only when some end at or after `from`.
+    /// removed), and the ends at or after `from` of its segments (and of the segments merged
+    /// into them), in order — read from the checkpoint, listing the segments only when some
+    /// end at or after `from`.
     pub fn tail(&self, stream: &str, partition: i32, from: i64) -> Result<Tail> {
         let cp = self.checkpoint(stream, partition)?;
         let durable = cp.durable.max(cp.dropped.map(|d| d.through)).unwrap_or(-1);
         let mut ends = Vec::new();
         if durable >= from {
-            ends = self
-                .segments(stream)?
-                .into_iter()
-                .filter(|s| s.id.partition == partition && s.id.last_offset >= from)
-                .map(|s| s.id.last_offset)
-                .collect();
+            for segment in self.segments(stream)? {
+                if segment.id.partition == partition && segment.id.last_offset >= from {
+                    ends.extend(
+                        self.inner_ends(&segment)?
+                            .into_iter()
+                            .filter(|e| *e >= from),
+                    );
+                    ends.push(segment.id.last_offset);
+                }
+            }
         }
         Ok(Tail { durable, ends })
     }
@@ -238,7 +260,7 @@ impl SegmentStore {
     }
 
     /// The partitions with a checkpoint file.
-    fn checkpointed(&self, stream: &str) -> Result<Vec<i32>> {
+    pub(crate) fn checkpointed(&self, stream: &str) -> Result<Vec<i32>> {
         let dir = self.stream_dir(stream);
         let entries = match std::fs::read_dir(&dir) {
             Ok(d) => d,
@@ -318,7 +340,7 @@ impl SegmentStore {
         batch: &RecordBatch,
     ) -> Result<Vec<WrittenSegment>> {
         let _lock = self.lock(stream)?;
-        let cp = self.checkpoint(stream, id.partition)?;
+        let cp = self.checkpoint_locked(stream, id.partition)?;
         let after = cp.durable.max(cp.dropped.map(|d| d.through));
         if after.is_none_or(|after| id.first_offset > after) {
             // Past every offset the partition has: nothing to check against.
@@ -376,11 +398,22 @@ impl SegmentStore {
         Ok(())
     }
 
+    /// The stream's maintenance lock: held by a compaction and by a backfill rewriting the
+    /// stream for their whole run, so they never work on the same segments at once (writers
+    /// of new segments do not take it).
+    pub fn maintenance_lock(&self, stream: &str) -> Result<File> {
+        self.lock_file(stream, ".maintenance")
+    }
+
     /// The stream's lock: held while a writer checks for overlaps and renames into place.
     pub(crate) fn lock(&self, stream: &str) -> Result<File> {
+        self.lock_file(stream, ".lock")
+    }
+
+    fn lock_file(&self, stream: &str, name: &str) -> Result<File> {
         let dir = self.stream_dir(stream);
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        let path = dir.join(".lock");
+        let path = dir.join(name);
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -417,7 +450,7 @@ impl SegmentStore {
         id: SegmentId,
         batch: &RecordBatch,
     ) -> Result<WrittenSegment> {
-        let cp = self.checkpoint(stream, id.partition)?;
+        let cp = self.checkpoint_locked(stream, id.partition)?;
         if cp.durable.is_some_and(|d| id.last_offset <= d) {
             return self.encode_into_place(stream, date, id, batch, None);
         }
@@ -440,8 +473,9 @@ impl SegmentStore {
         let written = self.encode_into_place(stream, date, id, batch, None)?;
         cp.pending = None;
         cp.covers(id);
-        // Not fsynced: a lost update leaves the pending line, which a reader resolves.
-        self.save_checkpoint(stream, id.partition, &cp, false)?;
+        // Durable too: a file some filesystems keep empty after a power loss would say
+        // nothing of the partition.
+        self.save_checkpoint(stream, id.partition, &cp, true)?;
         Ok(written)
     }
 

@@ -130,9 +130,6 @@ impl Worker {
         start: i64,
     ) -> Result<PartitionState> {
         let name = self.sources[s].schema.name.clone();
-        // Where the raw store stands (its checkpoint; segments are listed only when some end
-        // at or after `start`, i.e. when this is a replay).
-        let raw_tail = self.raw.tail(&name, p, start)?;
         let mut claims = ClaimBook::default();
         for range in self.online.claims(&name, p)? {
             let batch = ClaimBatch::decode(&range.bytes).map_err(|detail| Error::Claim {
@@ -165,6 +162,9 @@ impl Worker {
             }
         }
         let resume = resume_from(start, &applied);
+        // Where the raw store stands (its checkpoint; segments are listed only when some end
+        // at or after `resume`, i.e. when this is a replay).
+        let raw_tail = self.raw.tail(&name, p, resume)?;
         let fence = Arc::clone(self.fences.entry((s, p)).or_default());
         self.ownership[s].own(p);
         let fresh = self.window(s);
