@@ -82,6 +82,28 @@ fn run(t: &TestEnv, args: &[&str], extra: &[(&str, &str)]) -> (bool, String) {
     common::run_quiver(cmd)
 }
 
+/// Runs `sql` over the named Parquet files or directories; its first row's two integers.
+fn two_counts(tables: &[(&str, std::path::PathBuf)], sql: &str) -> (i64, i64) {
+    let batches = common::runtime().block_on(async {
+        let ctx = quiver_batch::session();
+        for (name, path) in tables {
+            ctx.register_parquet(*name, path.to_str().unwrap(), Default::default())
+                .await
+                .unwrap();
+        }
+        ctx.sql(sql).await.unwrap().collect().await.unwrap()
+    });
+    let int = |i: usize| {
+        batches[0]
+            .column(i)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    (int(0), int(1))
+}
+
 #[test]
 fn backfill_reproduces_the_streaming_log_and_rebuilds_the_online_store() {
     let t = TestEnv::new(
@@ -245,50 +267,20 @@ fn backfill_reproduces_the_streaming_log_and_rebuilds_the_online_store() {
     );
     assert_eq!(manifest["label_column"], "is_fraud");
     assert!(manifest["test"]["time_min"].as_str() >= manifest["train"]["time_max"].as_str());
-    let joined = common::runtime().block_on(async {
-        let ctx = quiver_batch::session();
-        ctx.register_parquet(
-            "train",
-            out_dir.join("train.parquet").to_str().unwrap(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        ctx.register_parquet(
-            "log",
-            t.config.store.dir.join("offline/user_txn/").to_str().unwrap(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        ctx.sql(
-            "SELECT count(*) AS n, \
-               sum(CASE WHEN d.user_txn__txn_count_1h = l.txn_count_1h \
-                         AND d.user_txn__amount_max_24h = l.amount_max_24h \
-                         AND d.user_txn__txn_count_lifetime = l.txn_count_lifetime \
-                         AND d.user_txn__last_country = l.last_country \
-                         AND abs(d.user_txn__amount_sum_1h - l.amount_sum_1h) <= 1e-9 * abs(l.amount_sum_1h) \
-                    THEN 1 ELSE 0 END) AS same \
-             FROM train d JOIN log l ON d.txn_id = l.txn_id",
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap()
-    });
-    let n = joined[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap()
-        .value(0);
-    let same = joined[0]
-        .column(1)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap()
-        .value(0);
+    let (n, same) = two_counts(
+        &[
+            ("train", out_dir.join("train.parquet")),
+            ("log", t.config.store.dir.join("offline/user_txn/")),
+        ],
+        "SELECT count(*) AS n, \
+           sum(CASE WHEN d.user_txn__txn_count_1h = l.txn_count_1h \
+                     AND d.user_txn__amount_max_24h = l.amount_max_24h \
+                     AND d.user_txn__txn_count_lifetime = l.txn_count_lifetime \
+                     AND d.user_txn__last_country = l.last_country \
+                     AND abs(d.user_txn__amount_sum_1h - l.amount_sum_1h) <= 1e-9 * abs(l.amount_sum_1h) \
+                THEN 1 ELSE 0 END) AS same \
+         FROM train d JOIN log l ON d.txn_id = l.txn_id",
+    );
     assert_eq!(n, manifest["train"]["rows"].as_u64().unwrap() as i64);
     assert_eq!(
         same, n,
@@ -321,60 +313,24 @@ fn backfill_reproduces_the_streaming_log_and_rebuilds_the_online_store() {
     let rows =
         manifest["train"]["rows"].as_u64().unwrap() + manifest["test"]["rows"].as_u64().unwrap();
     assert_eq!(rows, 6_000);
-    let counts = common::runtime().block_on(async {
-        let ctx = quiver_batch::session();
-        for split in ["train", "test"] {
-            ctx.register_parquet(
-                split,
-                logged_dir
-                    .join(format!("{split}.parquet"))
-                    .to_str()
-                    .unwrap(),
-                Default::default(),
-            )
-            .await
-            .unwrap();
-        }
-        ctx.register_parquet(
-            "merchant_log",
-            t.config
-                .store
-                .dir
-                .join("offline/merchant_txn/")
-                .to_str()
-                .unwrap(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        ctx.sql(
-            "SELECT count(*) AS n, \
-               sum(CASE WHEN d.merchant_txn__txn_count_1h = l.txn_count_1h \
-                         AND d.merchant_txn__distinct_users_24h = l.distinct_users_24h \
-                         AND d.merchant_txn__amount_sum_24h = l.amount_sum_24h \
-                    THEN 1 ELSE 0 END) AS same \
-             FROM (SELECT * FROM train UNION ALL SELECT * FROM test) d \
-             JOIN merchant_log l ON d.txn_id = l.txn_id",
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap()
-    });
-    let column = |i: usize| {
-        counts[0]
-            .column(i)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .value(0)
-    };
-    assert_eq!(
-        (column(0), column(1)),
-        (6_000, 6_000),
-        "logged vectors differ from the log"
+    let counts = two_counts(
+        &[
+            ("train", logged_dir.join("train.parquet")),
+            ("test", logged_dir.join("test.parquet")),
+            (
+                "merchant_log",
+                t.config.store.dir.join("offline/merchant_txn/"),
+            ),
+        ],
+        "SELECT count(*) AS n, \
+           sum(CASE WHEN d.merchant_txn__txn_count_1h = l.txn_count_1h \
+                     AND d.merchant_txn__distinct_users_24h = l.distinct_users_24h \
+                     AND d.merchant_txn__amount_sum_24h = l.amount_sum_24h \
+                THEN 1 ELSE 0 END) AS same \
+         FROM (SELECT * FROM train UNION ALL SELECT * FROM test) d \
+         JOIN merchant_log l ON d.txn_id = l.txn_id",
     );
+    assert_eq!(counts, (6_000, 6_000), "logged vectors differ from the log");
 }
 
 #[test]

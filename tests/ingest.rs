@@ -335,23 +335,19 @@ fn two_members_split_the_partitions_and_hand_over_on_leave() {
     );
 }
 
-#[test]
-fn a_dead_letter_too_large_for_its_topic_goes_as_a_marker_and_nothing_stalls() {
-    // The worker's producer sends at most 200 000 bytes; the event is 300 000 (the source
-    // topic took it from a producer with the default 1 MB limit).
-    let t = TestEnv::new(
-        "dlq-marker",
-        &[("QUIVER__KAFKA__PROPERTIES__MESSAGE_MAX_BYTES", "200000")],
-    );
-    t.create_topics();
-    let txns = transactions(29, 1_000);
+/// Streams 1 000 events and, among them, one of 300 000 bytes (the source topic took it from a
+/// producer with the default 1 MB limit) through a worker; checks that its dead letter reached
+/// the DLQ as a marker — reason, source offset, the payload's size, no payload — and that
+/// nothing stalled: every event landed and the offsets are committed to the end.
+fn a_huge_dead_letter_arrives_as_a_marker(t: &TestEnv, seed: u64) {
+    let txns = transactions(seed, 1_000);
     let mut msgs = messages(&txns);
     let huge = format!(r#"{{"txn_id":"huge","pad":"{}"}}"#, "x".repeat(300_000));
     msgs.insert(500, ("u-huge".to_string(), huge.clone().into_bytes()));
     let topic = t.topic("transactions");
     let deliveries = produce_all(&services().kafka, &topic, &msgs);
 
-    let ingest = start_in_process(&t);
+    let ingest = start_in_process(t);
     let landed = eventually(Duration::from_secs(60), || {
         ingest.stats.events.load(Ordering::Relaxed) >= 1_000
             && ingest.stats.dead_letters.load(Ordering::Relaxed) >= 1
@@ -366,19 +362,31 @@ fn a_dead_letter_too_large_for_its_topic_goes_as_a_marker_and_nothing_stalls() {
         1,
         Duration::from_secs(30),
     );
-    assert_eq!(dlq.len(), 1);
+    let sizes: Vec<usize> = dlq.iter().map(|d| d.payload.len()).collect();
+    assert_eq!(dlq.len(), 1, "{sizes:?}");
     let marker = &dlq[0];
+    assert!(marker.payload.is_empty(), "the DLQ took {sizes:?} bytes");
     assert_eq!(marker.headers["quiver.reason"], "too_large");
     assert_eq!(marker.headers["quiver.truncated"], huge.len().to_string());
     assert_eq!(
         marker.headers["quiver.source.offset"],
         deliveries[500].1.to_string()
     );
-    assert!(marker.payload.is_empty());
     assert_eq!(
         committed(&services().kafka, &t.config.ingest.group_id, &topic, 4),
         end_offsets(&deliveries, 4)
     );
+}
+
+#[test]
+fn a_dead_letter_too_large_for_its_topic_goes_as_a_marker_and_nothing_stalls() {
+    // The worker's producer sends at most 200 000 bytes.
+    let t = TestEnv::new(
+        "dlq-marker",
+        &[("QUIVER__KAFKA__PROPERTIES__MESSAGE_MAX_BYTES", "200000")],
+    );
+    t.create_topics();
+    a_huge_dead_letter_arrives_as_a_marker(&t, 29);
 }
 
 /// Needs a broker that enforces a topic's `max.message.bytes`, which tansu does not (it took the
@@ -408,41 +416,5 @@ fn a_dead_letter_the_broker_refuses_as_too_large_goes_again_as_a_marker() {
         .unwrap();
     assert!(created.iter().all(Result::is_ok), "{created:?}");
     t.create_topics();
-    let txns = transactions(31, 1_000);
-    let mut msgs = messages(&txns);
-    let huge = format!(r#"{{"txn_id":"huge","pad":"{}"}}"#, "x".repeat(300_000));
-    msgs.insert(500, ("u-huge".to_string(), huge.clone().into_bytes()));
-    let topic = t.topic("transactions");
-    let deliveries = produce_all(&services().kafka, &topic, &msgs);
-
-    let ingest = start_in_process(&t);
-    let landed = eventually(Duration::from_secs(60), || {
-        ingest.stats.events.load(Ordering::Relaxed) >= 1_000
-            && ingest.stats.dead_letters.load(Ordering::Relaxed) >= 1
-    });
-    let report = ingest.stop();
-    assert!(landed, "the partition stalled: {report:?}");
-    let dlq = read_topic(&services().kafka, &dlq_topic, 1, Duration::from_secs(30));
-    assert_eq!(
-        dlq.len(),
-        1,
-        "{:?}",
-        dlq.iter().map(|d| d.payload.len()).collect::<Vec<_>>()
-    );
-    let marker = &dlq[0];
-    assert!(
-        marker.payload.is_empty(),
-        "the broker took {} bytes",
-        marker.payload.len()
-    );
-    assert_eq!(marker.headers["quiver.reason"], "too_large");
-    assert_eq!(marker.headers["quiver.truncated"], huge.len().to_string());
-    assert_eq!(
-        marker.headers["quiver.source.offset"],
-        deliveries[500].1.to_string()
-    );
-    assert_eq!(
-        committed(&services().kafka, &t.config.ingest.group_id, &topic, 4),
-        end_offsets(&deliveries, 4)
-    );
+    a_huge_dead_letter_arrives_as_a_marker(&t, 31);
 }

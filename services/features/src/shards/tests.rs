@@ -549,45 +549,35 @@ fn a_clock_naming_removed_history_reads_nothing_of_that_shard() {
     let plan = plan();
     let partitions = events(7, 20);
     let mut scratch = Vec::new();
+    let mut apply = |shards: &mut EntityShards, events: &[Ev]| {
+        for e in events {
+            shards.apply(
+                &plan,
+                e.partition,
+                e.offset,
+                e.time,
+                &e.inputs,
+                &mut scratch,
+            );
+        }
+    };
+    let first = std::slice::from_ref(&partitions[0][0]);
     let mut replay = EntityShards::new();
-    for e in &partitions[1][10..] {
-        replay.apply(
-            &plan,
-            e.partition,
-            e.offset,
-            e.time,
-            &e.inputs,
-            &mut scratch,
-        );
-    }
-    let e = &partitions[0][0];
-    replay.apply(
-        &plan,
-        e.partition,
-        e.offset,
-        e.time,
-        &e.inputs,
-        &mut scratch,
-    );
+    apply(&mut replay, &partitions[1][10..]);
+    apply(&mut replay, first);
+    let mut alone = EntityShards::new();
+    apply(&mut alone, first);
+    let time = first[0].time;
     let clock: Clock = [(1, partitions[1][4].offset)].into_iter().collect();
     assert!(replay.meets(0, &clock));
-    let mut alone = EntityShards::new();
-    alone.apply(
-        &plan,
-        e.partition,
-        e.offset,
-        e.time,
-        &e.inputs,
-        &mut scratch,
-    );
     assert_eq!(
-        replay.vector_as_of(&plan, 0, e.time, Some(&clock)),
-        alone.vector_as_of(&plan, 0, e.time, None)
+        replay.vector_as_of(&plan, 0, time, Some(&clock)),
+        alone.vector_as_of(&plan, 0, time, None)
     );
     // A clock naming an offset the replay holds still reads that version.
     let held: Clock = [(1, partitions[1][19].offset)].into_iter().collect();
     assert_ne!(
-        replay.vector_as_of(&plan, 0, e.time, Some(&held)),
-        alone.vector_as_of(&plan, 0, e.time, None)
+        replay.vector_as_of(&plan, 0, time, Some(&held)),
+        alone.vector_as_of(&plan, 0, time, None)
     );
 }
