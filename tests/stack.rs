@@ -181,3 +181,28 @@ fn quiver_up_ingests_trains_a_first_model_and_scores_every_transaction_after_it(
     let (ok, models) = run(&["models", "list"]);
     assert!(ok && models.contains("production"), "{models}");
 }
+
+#[test]
+fn topics_create_makes_the_declared_topics_on_the_configured_broker_once() {
+    // The harness's broker, not a local stack `quiver stack` would start: what a deployment's
+    // one-shot job runs against its Kafka cluster.
+    let t = TestEnv::new("topics", &[]);
+    let (ok, text) = common::run_quiver(t.quiver(&["topics", "create"]));
+    assert!(ok, "{text}");
+    for (topic, partitions) in [
+        ("transactions", 4),
+        ("transactions.dlq", 1),
+        ("labels", 2),
+        ("predictions", 4),
+    ] {
+        let name = t.topic(topic);
+        assert!(
+            text.contains(&format!("topic {name} ({partitions} partitions): created")),
+            "{topic}: {text}"
+        );
+    }
+    let listed = quiver_kafka::list_topics(&t.config.kafka).unwrap();
+    assert!(listed.contains(&t.topic("predictions")), "{listed:?}");
+    let (ok, again) = common::run_quiver(t.quiver(&["topics", "create"]));
+    assert!(ok && !again.contains("created"), "{again}");
+}

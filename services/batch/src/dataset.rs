@@ -63,6 +63,8 @@ pub struct DatasetOptions {
     pub latest: Option<usize>,
     /// Where the features come from.
     pub vectors: Vectors,
+    /// Only label rows with a time at or before this (µs): a training set of one period.
+    pub until: Option<i64>,
 }
 
 impl DatasetOptions {
@@ -77,6 +79,7 @@ impl DatasetOptions {
             test_fraction: 0.2,
             latest: None,
             vectors: Vectors::Recomputed,
+            until: None,
         }
     }
 }
@@ -152,6 +155,20 @@ struct Labels {
 }
 
 impl Labels {
+    /// Keeps the `n` latest rows by time.
+    fn keep_latest(&mut self, n: usize) -> Result<()> {
+        if self.times.len() <= n {
+            return Ok(());
+        }
+        let mut order: Vec<usize> = (0..self.times.len()).collect();
+        order.sort_by_key(|&i| self.times[i]);
+        let mut keep = vec![false; self.times.len()];
+        for &i in &order[order.len() - n..] {
+            keep[i] = true;
+        }
+        self.retain(&keep)
+    }
+
     /// Keeps the rows whose `keep` is true.
     fn retain(&mut self, keep: &[bool]) -> Result<()> {
         let pick = |v: &mut Vec<String>| {
@@ -207,8 +224,10 @@ pub fn build(
     let chosen: Vec<Arc<FeatureView>> = by_source.iter().flat_map(|(_, v)| v.clone()).collect();
     let stores = handle.block_on(crate::open(config, catalog, views))?;
     let mut labels = handle.block_on(load_labels(&stores.ctx, catalog, &chosen, options))?;
-    // Logged vectors: each view's, by event id; only label rows every view logged a vector for.
-    let mut logged: Vec<HashMap<String, Vec<Value>>> = Vec::new();
+    // Logged vectors: by event id, for the views of the source the labels name events of (a
+    // view of another source is recomputed); only label rows every such view logged a vector
+    // for are kept.
+    let mut logged: Vec<Option<HashMap<String, Vec<Value>>>> = Vec::new();
     let mut unlogged = 0;
     if options.vectors == Vectors::Logged {
         let Some((_, ids)) = &labels.id else {
@@ -216,18 +235,34 @@ pub fn build(
                 "logged vectors need labels that name their events by id".into(),
             ));
         };
+        let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let id_source = by_source.first().map(|(s, _)| s.name.clone());
         for (source, view) in by_source
             .iter()
             .flat_map(|(s, views)| views.iter().map(move |v| (s, v)))
         {
-            logged.push(handle.block_on(logged_vectors(&stores.ctx, view, source))?);
+            logged.push(if Some(&source.name) == id_source.as_ref() {
+                Some(handle.block_on(logged_vectors(&stores.ctx, view, source, &wanted))?)
+            } else {
+                None
+            });
         }
         let keep: Vec<bool> = ids
             .iter()
-            .map(|id| logged.iter().all(|m| m.contains_key(id)))
+            .map(|id| logged.iter().flatten().all(|m| m.contains_key(id)))
             .collect();
         unlogged = keep.iter().filter(|k| !**k).count();
+        let labelled = ids.len();
         labels.retain(&keep)?;
+        if labels.times.is_empty() && labelled > 0 {
+            return Err(Error::Invalid(format!(
+                "none of the {labelled} labelled events has a logged vector yet (is the worker \
+                 running, and were its feature logs removed by retention?)"
+            )));
+        }
+    }
+    if let Some(latest) = options.latest {
+        labels.keep_latest(latest)?;
     }
     let rows = labels.times.len();
     if rows == 0 {
@@ -250,7 +285,7 @@ pub fn build(
                 view.entity, view.name
             ))
         })?;
-        let values = match (logged.get(v), &labels.id) {
+        let values = match (logged.get(v).and_then(Option::as_ref), &labels.id) {
             (Some(by_id), Some((_, ids))) => ids
                 .iter()
                 .map(|id| {
@@ -588,11 +623,8 @@ async fn load_labels(
         }
     }
     let unmatched = total.saturating_sub(keep.len());
-    if let Some(latest) = options.latest
-        && keep.len() > latest
-    {
-        keep.sort_by_key(|&r| times.value(r as usize));
-        keep.drain(..keep.len() - latest);
+    if let Some(until) = options.until {
+        keep.retain(|&r| times.value(r as usize) <= until);
     }
     let indices = UInt32Array::from(keep.clone());
     let mut keys = BTreeMap::new();
@@ -909,6 +941,7 @@ async fn logged_vectors(
     ctx: &SessionContext,
     view: &FeatureView,
     source: &quiver_core::schema::SourceSchema,
+    wanted: &std::collections::HashSet<&str>,
 ) -> Result<HashMap<String, Vec<Value>>> {
     let id = source.id.as_ref().ok_or_else(|| {
         Error::Invalid(format!(
@@ -917,18 +950,22 @@ async fn logged_vectors(
         ))
     })?;
     let table = format!("features_{}", view.name);
-    let mut out = HashMap::new();
     if !ctx.table_exist(table.as_str())? {
-        return Ok(out);
+        return Ok(HashMap::new());
     }
-    let columns: Vec<String> = std::iter::once(id)
-        .chain(view.aggregations.iter().map(|a| &a.name))
-        .map(|c| format!("\"{c}\""))
-        .collect();
-    let sql = format!(
-        "SELECT {} FROM {table} ORDER BY _partition, _offset",
-        columns.join(", ")
-    );
+    let columns: Vec<String> = [
+        id,
+        &PARTITION_COLUMN.to_string(),
+        &OFFSET_COLUMN.to_string(),
+    ]
+    .into_iter()
+    .chain(view.aggregations.iter().map(|a| &a.name))
+    .map(|c| format!("\"{c}\""))
+    .collect();
+    let sql = format!("SELECT {} FROM {table}", columns.join(", "));
+    // Per id: the row at the highest (partition, offset) (an id logged twice: a duplicate
+    // event), with its values.
+    let mut out: HashMap<String, ((i64, i64), Vec<Value>)> = HashMap::new();
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -945,6 +982,8 @@ async fn logged_vectors(
                 })
         };
         let ids = column(id)?;
+        let partitions = column(PARTITION_COLUMN)?;
+        let offsets = column(OFFSET_COLUMN)?;
         let features = view
             .aggregations
             .iter()
@@ -952,11 +991,21 @@ async fn logged_vectors(
             .collect::<Result<Vec<_>>>()?;
         for row in 0..batch.num_rows() {
             let key = ids.key(row);
-            if key.is_empty() {
+            if key.is_empty() || !wanted.contains(key.as_str()) {
                 continue;
             }
-            out.insert(key, features.iter().map(|c| c.value(row)).collect());
+            let at = (
+                partitions.int(row).unwrap_or(i64::MIN),
+                offsets.int(row).unwrap_or(i64::MIN),
+            );
+            if out.get(&key).is_some_and(|(held, _)| *held >= at) {
+                continue;
+            }
+            out.insert(key, (at, features.iter().map(|c| c.value(row)).collect()));
         }
     }
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .map(|(id, (_, values))| (id, values))
+        .collect())
 }

@@ -535,9 +535,15 @@ impl<'a> Replay<'a> {
         };
         let row = loaded.row;
         let offset = loaded.offsets.value(row);
-        // Past the end of a segment merged into this one: a new seal, as between segments.
+        // Past the end of a segment merged into this one: a new seal, as between segments —
+        // one however many ends lie between two rows (the segments between them had no rows,
+        // and the replay skips those without a seal), none before the first row.
+        let mut crossed = false;
         while loaded.inner_ends.front().is_some_and(|&end| end < offset) {
             loaded.inner_ends.pop_front();
+            crossed = true;
+        }
+        if crossed && loaded.row > 0 {
             cursor.seal += 1;
         }
         let seal = cursor.seal;

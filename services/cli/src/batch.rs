@@ -177,6 +177,12 @@ pub(crate) async fn dataset(ctx: &Context, args: DatasetArgs) -> anyhow::Result<
             crate::VectorsArg::Recomputed => Vectors::Recomputed,
             crate::VectorsArg::Logged => Vectors::Logged,
         },
+        until: args
+            .until
+            .as_deref()
+            .map(parse_time)
+            .transpose()
+            .context("--until")?,
     };
     let ctx = ctx.clone();
     let handle = tokio::runtime::Handle::current();

@@ -202,6 +202,14 @@ pub(crate) fn topic_line(t: &quiver_stack::TopicStatus) -> String {
     )
 }
 
+/// `quiver topics create`: the declared topics on the configured brokers.
+pub(crate) async fn topics(ctx: &Context) -> anyhow::Result<()> {
+    for topic in quiver_stack::create_topics(&ctx.config, &ctx.catalog, &ctx.views).await? {
+        eprintln!("topics: {}", topic_line(&topic));
+    }
+    Ok(())
+}
+
 pub(crate) async fn stack(ctx: &Context, cmd: StackCommand) -> anyhow::Result<()> {
     match cmd {
         StackCommand::Up => {

@@ -79,6 +79,17 @@ pub enum Command {
     /// The file stores (raw store, feature log, score store, monitor history).
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The declared topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+/// `quiver topics ...`.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum TopicsCommand {
+    /// Create the declared topics (sources, their dead-letter topics, predictions) on
+    /// `kafka.brokers` — any Kafka-protocol cluster; topics that exist are left as they are.
+    Create,
 }
 
 /// `quiver store ...`.
@@ -208,6 +219,9 @@ pub struct DatasetArgs {
     /// vectors the worker logged and scored the labelled events with (labels by event id).
     #[arg(long, value_enum, default_value_t = VectorsArg::Recomputed)]
     pub vectors: VectorsArg,
+    /// Only labels at or before this time (RFC 3339 or a date).
+    #[arg(long)]
+    pub until: Option<String>,
 }
 
 /// `--vectors`.
@@ -448,6 +462,7 @@ pub fn run(cli: Cli, ctx: Context) -> anyhow::Result<()> {
                 monitor::report_command(&ctx, args).await
             }
             Command::Monitor(MonitorCommand::Run) => monitor::run_command(&ctx).await,
+            Command::Topics(TopicsCommand::Create) => commands::topics(&ctx).await,
             Command::Store(StoreCommand::Compact { dry_run }) => {
                 batch::compact(&ctx, dry_run).await
             }

@@ -38,7 +38,7 @@ fn score_line(s: &IngestStats, since: Instant, model: &str) -> String {
 fn first_model(
     ctx: &Context,
     handle: tokio::runtime::Handle,
-    latest: Option<usize>,
+    (latest, until): (Option<usize>, i64),
 ) -> anyhow::Result<(String, f64)> {
     let dir = ctx
         .config
@@ -53,6 +53,8 @@ fn first_model(
     let mut options = quiver_batch::dataset::DatasetOptions::new("labels", dir.clone());
     options.vectors = quiver_batch::dataset::Vectors::Logged;
     options.latest = latest;
+    // The warm-up's labels only: live traffic runs while the model trains.
+    options.until = Some(until);
     quiver_batch::dataset::build(handle, &ctx.config, &ctx.catalog, &ctx.views, &options)?;
     let card = quiver_models::Registry::open(&ctx.config.store.dir)?.train_and_promote(&dir)?;
     Ok((card.id, card.test.roc_auc))
@@ -76,7 +78,8 @@ fn filled(ctx: &Context, clock: &quiver_demo::EventClock, history: u64) -> Optio
             quiver_features::Window::Lifetime => None,
         })
         .max()?;
-    let young = u64::try_from(longest_us / 1_000 / (*step_ms).max(1)).ok()?;
+    let step = u64::try_from((*step_ms).max(1)).ok()?;
+    let young = u64::try_from(longest_us / 1_000).ok()?.div_ceil(step);
     let filled = history.checked_sub(young)?;
     (filled >= MIN_FILLED)
         .then(|| usize::try_from(filled).ok())
@@ -149,7 +152,7 @@ async fn ingested(stats: &IngestStats, total: u64, shutdown: &Shutdown) {
 async fn train_first_model(
     ctx: &Context,
     shutdown: &Shutdown,
-    latest: Option<usize>,
+    latest: (Option<usize>, i64),
 ) -> Option<String> {
     for _ in 0..FIRST_MODEL_ATTEMPTS {
         if shutdown.is_triggered() {
@@ -325,18 +328,36 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
             },
             ..live.clone()
         };
-        Some(tokio::spawn(demo(
-            ctx.clone(),
-            options,
+        let (stop, task) = (
             shutdown.clone(),
-            stats.clone(),
-            started,
-            model.clone(),
-        )))
+            demo(
+                ctx.clone(),
+                options,
+                shutdown.clone(),
+                stats.clone(),
+                started,
+                model.clone(),
+            ),
+        );
+        // A failing producer stops everything at once, not after the training.
+        Some(tokio::spawn(async move {
+            task.await.inspect_err(|_| stop.trigger())
+        }))
     } else {
         None
     };
-    if let Some(m) = train_first_model(ctx, &shutdown, filled(ctx, &live.clock, history)).await
+    let warmup_until = match live.clock {
+        quiver_demo::EventClock::Lapse {
+            anchor, step_ms, ..
+        } => {
+            let last = i64::try_from(history.saturating_sub(1)).unwrap_or(i64::MAX);
+            anchor + chrono::Duration::milliseconds(step_ms.saturating_mul(last))
+        }
+        _ => chrono::Utc::now(),
+    }
+    .timestamp_micros();
+    let first = (filled(ctx, &live.clock, history), warmup_until);
+    if let Some(m) = train_first_model(ctx, &shutdown, first).await
         && let Ok(mut current) = model.lock()
     {
         *current = m;
@@ -344,8 +365,8 @@ pub(crate) async fn run(ctx: &Context, args: UpArgs) -> anyhow::Result<()> {
     if let Some(task) = live_traffic {
         let report = task
             .await
-            .context("the live traffic task failed")?
-            .inspect_err(|_| shutdown.trigger())?
+            .inspect_err(|_| shutdown.trigger())
+            .context("the live traffic task failed")??
             .progress;
         produced.transactions += report.transactions;
         produced.labels += report.labels;

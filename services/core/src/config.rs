@@ -195,6 +195,12 @@ pub struct ApiConfig {
     pub listen: String,
     /// Bearer token required on `/v1` routes (empty: no auth).
     pub token: String,
+    /// `host:port` where the status page reads the worker's `/metrics` (empty:
+    /// `ingest.admin_listen`, the worker on this host).
+    pub status_worker: String,
+    /// `host:port` where the status page reads the monitor's `/metrics` (empty:
+    /// `monitor.admin_listen`).
+    pub status_monitor: String,
 }
 
 /// `[telemetry]`.

@@ -23,9 +23,10 @@ pub(crate) struct Sources {
 
 impl Sources {
     pub(crate) fn of(config: &Config) -> Self {
+        let or = |set: &str, default: &str| if set.is_empty() { default } else { set }.to_string();
         Self {
-            worker: config.ingest.admin_listen.clone(),
-            monitor: config.monitor.admin_listen.clone(),
+            worker: or(&config.api.status_worker, &config.ingest.admin_listen),
+            monitor: or(&config.api.status_monitor, &config.monitor.admin_listen),
             store: config.store.dir.clone(),
         }
     }

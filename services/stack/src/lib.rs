@@ -196,6 +196,17 @@ pub async fn up(
 ) -> Result<Vec<TopicStatus>> {
     let stack = LocalStack::from_config(config)?;
     stack.run("up")?;
+    create_topics(config, catalog, views).await
+}
+
+/// Creates the declared topics on the configured brokers (any Kafka-protocol cluster: what
+/// `quiver topics create` runs before a deployment's workers start), retiring the stores of a
+/// source whose topic was created just now (see [`up`]).
+pub async fn create_topics(
+    config: &Config,
+    catalog: &Catalog,
+    views: &ViewCatalog,
+) -> Result<Vec<TopicStatus>> {
     let topics = declared_topics(config, catalog);
     let outcomes = quiver_kafka::create_topics(&config.kafka, &topics).await?;
     let store = SegmentStore::open(&config.store.dir, Table::Raw)?;

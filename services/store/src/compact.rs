@@ -168,7 +168,7 @@ impl SegmentStore {
             return Ok(done);
         }
         let _maintenance = self.maintenance_lock(stream)?;
-        let plan = {
+        let (plan, listed) = {
             let _lock = self.lock(stream)?;
             // Pending lines resolved and saved: a merge must not remove a segment only a
             // pending line accounts for.
@@ -180,10 +180,14 @@ impl SegmentStore {
                 self.remove(&leftover)?;
                 done.leftovers += 1;
             }
-            let plan = plan(&listed, policy, now);
-            self.drop_expired(stream, &plan.drop, &listed, event_time, &mut done)?;
-            plan
+            (plan(&listed, policy, now), listed)
         };
+        // Read without the write lock: only a maintenance-lock holder touches old days.
+        let removed = self.removed_per_partition(&plan.drop, event_time)?;
+        {
+            let _lock = self.lock(stream)?;
+            self.drop_expired(stream, &plan.drop, &removed, &listed, &mut done)?;
+        }
         for run in &plan.merge {
             let _lock = self.lock(stream)?;
             done.merged_into += self.merge(stream, run)?;
@@ -207,16 +211,13 @@ impl SegmentStore {
         Ok((out, covered))
     }
 
-    fn drop_expired(
+    /// Per partition of the segments to remove: the last offset removed, and the newest event
+    /// time among the rows removed (`i64::MIN` when none had rows; `None` when unknown).
+    fn removed_per_partition(
         &self,
-        stream: &str,
         drop: &[SegmentFile],
-        listed: &[Listed],
         event_time: Option<&str>,
-        done: &mut Compacted,
-    ) -> Result<()> {
-        // Per partition: the last offset removed, and the newest event time among the rows
-        // removed (`i64::MIN` when none had rows; `None` when unknown).
+    ) -> Result<BTreeMap<i32, (i64, Option<i64>)>> {
         let mut by_partition: BTreeMap<i32, (i64, Option<i64>)> = BTreeMap::new();
         for segment in drop {
             let time = match event_time {
@@ -239,9 +240,21 @@ impl SegmentStore {
                 _ => None,
             };
         }
+        Ok(by_partition)
+    }
+
+    /// Removes the segments retention no longer keeps (the caller holds the write lock).
+    fn drop_expired(
+        &self,
+        stream: &str,
+        drop: &[SegmentFile],
+        by_partition: &BTreeMap<i32, (i64, Option<i64>)>,
+        listed: &[Listed],
+        done: &mut Compacted,
+    ) -> Result<()> {
         // The checkpoints first: once they say the offsets are gone, a replay of them writes
         // nothing, whether or not the files are removed yet.
-        for (&partition, &(through, time)) in &by_partition {
+        for (&partition, &(through, time)) in by_partition {
             let mut cp = self.checkpoint_locked(stream, partition)?;
             cp.drop_through(through, time);
             self.save_checkpoint(stream, partition, &cp, true)?;
