@@ -147,19 +147,20 @@ async fn ingested(stats: &IngestStats, total: u64, shutdown: &Shutdown) {
     }
 }
 
-/// Trains and promotes the first model from the labels gathered, retrying (10 s apart) while
-/// they are too few; the model's description, or `None`.
+/// Trains and promotes the first model from the labels gathered (`labels`: the latest how many,
+/// up to which time), retrying (10 s apart) while they are too few; the model's description, or
+/// `None`.
 async fn train_first_model(
     ctx: &Context,
     shutdown: &Shutdown,
-    latest: (Option<usize>, i64),
+    labels: (Option<usize>, i64),
 ) -> Option<String> {
     for _ in 0..FIRST_MODEL_ATTEMPTS {
         if shutdown.is_triggered() {
             return None;
         }
         let (c, handle) = (ctx.clone(), tokio::runtime::Handle::current());
-        match tokio::task::spawn_blocking(move || first_model(&c, handle, latest)).await {
+        match tokio::task::spawn_blocking(move || first_model(&c, handle, labels)).await {
             Ok(Ok((id, auc))) => {
                 println!(
                     "      model: trained and promoted {id} (test ROC AUC {auc:.4}); every event from now on is scored"
