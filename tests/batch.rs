@@ -620,6 +620,10 @@ fn compaction_merges_and_retention_removes_without_breaking_verify_or_the_worker
         )
         .unwrap();
     assert!(written.is_empty(), "{written:?}");
+    // A checkpoint lost after that is rebuilt with what retention removed (its copy).
+    std::fs::remove_file(raw.stream_dir("transactions").join(".checkpoint-00000")).unwrap();
+    assert_eq!(raw.tail("transactions", 0, 0).unwrap().durable, durable[0]);
+    assert!(raw.dropped("transactions").unwrap().contains_key(&0));
 
     // The worker goes on after it; two days later in event time, verify compares the values
     // whose windows lie after the removed history and says which it cannot.

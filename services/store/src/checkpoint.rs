@@ -131,14 +131,23 @@ impl Checkpoint {
     }
 }
 
+/// The name of the file that keeps a copy of a partition's `dropped` line: a checkpoint rebuilt
+/// from a listing (lost or damaged) recovers what retention removed from it.
+pub(crate) fn dropped_file_name(partition: i32) -> String {
+    format!(".dropped-{partition:05}")
+}
+
 /// The checkpoint file name of a partition.
 pub(crate) fn file_name(partition: i32) -> String {
     format!(".checkpoint-{partition:05}")
 }
 
-/// The partition of a checkpoint file name.
+/// The partition of a checkpoint file name (or of its `dropped` copy's).
 pub(crate) fn partition_of(name: &str) -> Option<i32> {
-    name.strip_prefix(".checkpoint-")?.parse().ok()
+    name.strip_prefix(".checkpoint-")
+        .or_else(|| name.strip_prefix(".dropped-"))?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -181,6 +190,7 @@ mod tests {
             assert_eq!(Checkpoint::decode(&cp.encode(), 4), Some(cp));
         }
         assert_eq!(partition_of(&file_name(4)), Some(4));
+        assert_eq!(partition_of(&dropped_file_name(4)), Some(4));
         assert_eq!(partition_of(".lock"), None);
     }
 

@@ -257,6 +257,7 @@ impl SegmentStore {
         for (&partition, &(through, time)) in by_partition {
             let mut cp = self.checkpoint_locked(stream, partition)?;
             cp.drop_through(through, time);
+            self.save_dropped_copy(stream, partition, &cp)?;
             self.save_checkpoint(stream, partition, &cp, true)?;
         }
         for segment in drop {

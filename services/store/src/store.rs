@@ -207,6 +207,15 @@ impl SegmentStore {
                     cp.covers(segment.id);
                 }
             }
+            // What retention removed is not in any listing: its copy says.
+            let copy = self
+                .stream_dir(stream)
+                .join(checkpoint::dropped_file_name(partition));
+            cp.dropped = match std::fs::read_to_string(&copy) {
+                Ok(text) => Checkpoint::decode(&text, partition).and_then(|c| c.dropped),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io("read", &copy)(e)),
+            };
             return Ok((cp, true));
         };
         let mut changed = false;
@@ -279,6 +288,7 @@ impl SegmentStore {
             }
         }
         out.sort_unstable();
+        out.dedup();
         Ok(out)
     }
 
@@ -291,10 +301,32 @@ impl SegmentStore {
         cp: &Checkpoint,
         durable: bool,
     ) -> Result<()> {
+        self.save_small(stream, &checkpoint::file_name(partition), cp, durable)
+    }
+
+    /// Saves the copy of a partition's `dropped` line (durably).
+    pub(crate) fn save_dropped_copy(
+        &self,
+        stream: &str,
+        partition: i32,
+        cp: &Checkpoint,
+    ) -> Result<()> {
+        let copy = Checkpoint {
+            dropped: cp.dropped,
+            ..Checkpoint::default()
+        };
+        self.save_small(
+            stream,
+            &checkpoint::dropped_file_name(partition),
+            &copy,
+            true,
+        )
+    }
+
+    fn save_small(&self, stream: &str, name: &str, cp: &Checkpoint, durable: bool) -> Result<()> {
         let dir = self.stream_dir(stream);
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        let name = checkpoint::file_name(partition);
-        let path = dir.join(&name);
+        let path = dir.join(name);
         let tmp = dir.join(format!("{name}.tmp-{}", std::process::id()));
         let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
         std::io::Write::write_all(&mut file, cp.encode().as_bytes()).map_err(io("write", &tmp))?;
