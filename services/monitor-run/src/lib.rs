@@ -252,9 +252,21 @@ impl State {
             };
             for segment in fresh {
                 let stream = &self.streams[s];
-                match stream.store.read_columns(&segment, &stream.kind.columns()) {
-                    Ok(batch) if batch.num_rows() == 0 => {}
-                    Ok(batch) => self.take(s, &batch, now_us),
+                // A feature-log segment gives only its newest event time, from its metadata.
+                let read = match stream.kind {
+                    Kind::Log => stream
+                        .store
+                        .newest_in(&segment, quiver_features::log::EVENT_TIME_COLUMN)
+                        .map(|(latest, rows)| Segment::Newest(latest, rows)),
+                    Kind::Scores { .. } | Kind::Labels { .. } => stream
+                        .store
+                        .read_columns(&segment, &stream.kind.columns())
+                        .map(Segment::Rows),
+                };
+                match read {
+                    Ok(Segment::Rows(batch)) if batch.num_rows() == 0 => {}
+                    Ok(Segment::Rows(batch)) => self.take(s, &batch, now_us),
+                    Ok(Segment::Newest(latest, rows)) => self.fresh_log(s, latest, rows),
                     Err(e) if e.retry() == Retry::Transient => {
                         self.streams[s].retry(&segment);
                         failed.get_or_insert(e.into());
@@ -276,7 +288,21 @@ impl State {
         failed.map_or(Ok(()), Err)
     }
 
-    /// Takes in one segment's rows of stream `s`.
+    /// Takes in a feature-log segment of stream `s`: its newest event time and row count.
+    fn fresh_log(&mut self, s: usize, latest: Option<i64>, rows: usize) {
+        let stream = &self.streams[s];
+        if let Some(latest) = latest {
+            let held = self.freshest.entry(stream.name.clone()).or_insert(latest);
+            *held = (*held).max(latest);
+        }
+        let counts = Counts {
+            ok: rows as u64,
+            ..Counts::default()
+        };
+        events::rows(&stream.describe(), &counts);
+    }
+
+    /// Takes in one segment's rows of stream `s` (predictions or labels).
     fn take(&mut self, s: usize, batch: &RecordBatch, now_us: i64) {
         let stream = &self.streams[s];
         let mut counts = Counts::default();
@@ -307,16 +333,8 @@ impl State {
                 }
                 Err(e) => counts.unreadable_all(batch.num_rows(), &e),
             },
-            Kind::Log => match read::latest_event_time(batch) {
-                Ok(latest) => {
-                    if let Some(latest) = latest {
-                        let held = self.freshest.entry(stream.name.clone()).or_insert(latest);
-                        *held = (*held).max(latest);
-                    }
-                    counts.ok += batch.num_rows() as u64;
-                }
-                Err(e) => counts.unreadable_all(batch.num_rows(), &e),
-            },
+            // Read from its metadata (`fresh_log`).
+            Kind::Log => {}
             Kind::Labels { id, label } => match read::labels(batch, id, label) {
                 Ok((labels, skipped)) => {
                     counts.skipped = skipped;
@@ -341,6 +359,14 @@ impl State {
             events::labels_joined(&model_id, n);
         }
     }
+}
+
+/// What reading one segment gave.
+enum Segment {
+    /// Its rows (the columns of its stream's kind).
+    Rows(RecordBatch),
+    /// A feature-log segment's newest event time and row count.
+    Newest(Option<i64>, usize),
 }
 
 /// What one segment's rows gave.

@@ -7,7 +7,6 @@ use arrow::array::{
 };
 use arrow::datatypes::TimestampMicrosecondType;
 use quiver_features::Value;
-use quiver_features::log::EVENT_TIME_COLUMN;
 use quiver_monitor::tracker::{Seen, Slot, Verdict};
 use serde_json::{Map, Value as Json};
 
@@ -170,12 +169,6 @@ pub fn labels(batch: &RecordBatch, id: &str, label: &str) -> Result<(Vec<(String
     Ok((out, skipped))
 }
 
-/// The latest event time of a feature-log batch (µs), if it has a row.
-pub fn latest_event_time(batch: &RecordBatch) -> Result<Option<i64>> {
-    let times = times(batch, EVENT_TIME_COLUMN)?;
-    Ok(times.iter().flatten().max())
-}
-
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array> {
     batch
         .column_by_name(name)
@@ -316,25 +309,6 @@ mod tests {
         assert!(Scores::new(&batch, "order_id").is_err());
         let no_features = batch.project(&[0, 1, 2, 3, 4, 5, 6]).unwrap();
         assert!(Scores::new(&no_features, "txn_id").is_err());
-    }
-
-    #[test]
-    fn a_feature_log_batch_gives_its_latest_event_time() {
-        let t = |v: Vec<Option<i64>>| -> ArrayRef {
-            Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
-        };
-        let batch =
-            RecordBatch::try_from_iter([("event_time", t(vec![Some(5), None, Some(9), Some(7)]))])
-                .unwrap();
-        assert_eq!(latest_event_time(&batch).unwrap(), Some(9));
-        let empty = RecordBatch::try_from_iter([("event_time", t(vec![]))]).unwrap();
-        assert_eq!(latest_event_time(&empty).unwrap(), None);
-        let wrong = RecordBatch::try_from_iter([(
-            "event_time",
-            Arc::new(StringArray::from(vec!["x"])) as ArrayRef,
-        )])
-        .unwrap();
-        assert!(latest_event_time(&wrong).is_err());
     }
 
     #[test]

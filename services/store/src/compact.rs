@@ -11,8 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{Array, Int64Array, RecordBatch};
-use arrow::datatypes::DataType;
+use arrow::array::RecordBatch;
 use chrono::{Days, NaiveDate, NaiveTime};
 
 use crate::segment::{SegmentFile, SegmentId};
@@ -226,7 +225,7 @@ impl SegmentStore {
                     if batch.num_rows() == 0 {
                         Some(i64::MIN)
                     } else {
-                        newest(&batch, column)
+                        crate::store::newest(&batch, column)
                     }
                 }
                 None => None,
@@ -394,20 +393,6 @@ impl SegmentStore {
         }
         Ok(())
     }
-}
-
-/// The newest value of an event-time column (int64 or a timestamp, as µs).
-fn newest(batch: &RecordBatch, column: &str) -> Option<i64> {
-    let col = batch.column_by_name(column)?;
-    let ints = match col.data_type() {
-        DataType::Int64 => col.as_any().downcast_ref::<Int64Array>().cloned(),
-        _ => arrow::compute::cast(col, &DataType::Int64)
-            .ok()?
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .cloned(),
-    }?;
-    arrow::compute::max(&ints)
 }
 
 #[cfg(test)]

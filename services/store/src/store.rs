@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
+use arrow::datatypes::DataType;
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use chrono::NaiveDate;
@@ -167,6 +168,38 @@ impl SegmentStore {
             }
         };
         project(batches, columns)
+    }
+
+    /// The newest value of an int64 or timestamp column of a segment (µs for timestamps;
+    /// `None` when it has no rows) and its row count: from a Parquet segment's metadata without
+    /// decoding a page when every row group has column statistics, else by reading the column.
+    pub fn newest_in(&self, segment: &SegmentFile, column: &str) -> Result<(Option<i64>, usize)> {
+        if self.table != Table::Raw {
+            let path = &segment.path;
+            let file = File::open(path).map_err(io("open", path))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+            let metadata = builder.metadata();
+            let schema = metadata.file_metadata().schema_descr();
+            let index = (0..schema.num_columns()).find(|&i| schema.column(i).name() == column);
+            if let Some(index) = index {
+                let mut newest: Option<i64> = None;
+                let mut complete = true;
+                for group in metadata.row_groups() {
+                    match group.column(index).statistics() {
+                        Some(parquet::file::statistics::Statistics::Int64(s)) => {
+                            newest = newest.max(s.max_opt().copied());
+                        }
+                        _ => complete = false,
+                    }
+                }
+                if complete {
+                    let rows = usize::try_from(metadata.file_metadata().num_rows()).unwrap_or(0);
+                    return Ok((newest, rows));
+                }
+            }
+        }
+        let batch = self.read_columns(segment, &[column])?;
+        Ok((newest(&batch, column), batch.num_rows()))
     }
 
     /// What the stream holds of partition `partition`: its checkpoint, a `pending` segment
@@ -537,7 +570,7 @@ impl SegmentStore {
         let file = match self.table {
             Table::Raw => encode_ipc(file, batch, metadata)?,
             Table::FeatureLog | Table::Scores | Table::Monitor => {
-                encode_parquet(file, batch, metadata)?
+                encode_parquet(file, batch, metadata, self.table)?
             }
         };
         file.sync_all().map_err(io("fsync", &tmp))?;
@@ -552,6 +585,20 @@ impl SegmentStore {
             bytes,
         })
     }
+}
+
+/// The newest value of an event-time column (int64 or a timestamp, as µs).
+pub(crate) fn newest(batch: &RecordBatch, column: &str) -> Option<i64> {
+    let col = batch.column_by_name(column)?;
+    let ints = match col.data_type() {
+        DataType::Int64 => col.as_any().downcast_ref::<Int64Array>().cloned(),
+        _ => arrow::compute::cast(col, &DataType::Int64)
+            .ok()?
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .cloned(),
+    }?;
+    arrow::compute::max(&ints)
 }
 
 /// Splits sorted segments into those no other one covers and those another one covers (a
@@ -617,9 +664,16 @@ fn encode_parquet(
     file: File,
     batch: &RecordBatch,
     metadata: Option<(&str, String)>,
+    table: Table,
 ) -> Result<File> {
+    // The monitor's history is a few rows per evaluation: compressing them costs more (a
+    // compression context per column) than it saves.
+    let compression = match table {
+        Table::Monitor => Compression::UNCOMPRESSED,
+        Table::Raw | Table::FeatureLog | Table::Scores => Compression::ZSTD(ZstdLevel::try_new(1)?),
+    };
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_compression(compression)
         .build();
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
     if let Some((key, value)) = metadata {
