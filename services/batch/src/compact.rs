@@ -109,8 +109,7 @@ pub fn compact(
             target_bytes: config.store.compact_target_bytes,
         };
         let done = if options.dry_run {
-            let (plan, listed) = store.planned(&stream, &policy, options.now)?;
-            plan.summary(&listed)
+            store.planned(&stream, &policy, options.now)?.summary()
         } else {
             store.compact(&stream, &policy, options.now, event_time.as_deref())?
         };

@@ -171,26 +171,23 @@ impl Labels {
 
     /// Keeps the rows whose `keep` is true.
     fn retain(&mut self, keep: &[bool]) -> Result<()> {
-        let pick = |v: &mut Vec<String>| {
-            let mut i = 0;
-            v.retain(|_| {
-                i += 1;
-                keep[i - 1]
-            });
-        };
-        let mut i = 0;
-        self.times.retain(|_| {
-            i += 1;
-            keep[i - 1]
-        });
-        self.keys.values_mut().for_each(pick);
+        retain_rows(&mut self.times, keep);
+        for keys in self.keys.values_mut() {
+            retain_rows(keys, keep);
+        }
         if let Some((_, ids)) = &mut self.id {
-            pick(ids);
+            retain_rows(ids, keep);
         }
         let mask = BooleanArray::from(keep.to_vec());
         self.label = datafusion::arrow::compute::filter(self.label.as_ref(), &mask)?;
         Ok(())
     }
+}
+
+/// Keeps the items of `rows` whose `keep` is true.
+fn retain_rows<T>(rows: &mut Vec<T>, keep: &[bool]) {
+    let mut keep = keep.iter();
+    rows.retain(|_| keep.next().copied().unwrap_or(false));
 }
 
 fn rfc3339(t: i64) -> Option<String> {
@@ -953,15 +950,11 @@ async fn logged_vectors(
     if !ctx.table_exist(table.as_str())? {
         return Ok(HashMap::new());
     }
-    let columns: Vec<String> = [
-        id,
-        &PARTITION_COLUMN.to_string(),
-        &OFFSET_COLUMN.to_string(),
-    ]
-    .into_iter()
-    .chain(view.aggregations.iter().map(|a| &a.name))
-    .map(|c| format!("\"{c}\""))
-    .collect();
+    let columns: Vec<String> = [id.as_str(), PARTITION_COLUMN, OFFSET_COLUMN]
+        .into_iter()
+        .chain(view.aggregations.iter().map(|a| a.name.as_str()))
+        .map(|c| format!("\"{c}\""))
+        .collect();
     let sql = format!("SELECT {} FROM {table}", columns.join(", "));
     // Per id: the row at the highest (partition, offset) (an id logged twice: a duplicate
     // event), with its values.

@@ -130,12 +130,20 @@ impl RetentionConfig {
         ]
     }
 
+    /// A setting read: `Some(None)` for `keep`, `Some(Some(µs))` for a duration, `None` for
+    /// anything else (which validation reports).
+    pub fn parse(setting: &str) -> Option<Option<i64>> {
+        if setting.trim() == KEEP {
+            Some(None)
+        } else {
+            crate::duration::parse(setting).map(Some)
+        }
+    }
+
     /// A setting as microseconds; `None` for `keep` (and for text that is not a duration,
     /// which validation reports).
     pub fn micros(setting: &str) -> Option<i64> {
-        (setting.trim() != KEEP)
-            .then(|| crate::duration::parse(setting))
-            .flatten()
+        Self::parse(setting).flatten()
     }
 }
 
@@ -461,7 +469,7 @@ impl Config {
             errors.push("monitor.retrain.for_windows: must be greater than 0".to_string());
         }
         for (table, setting) in self.store.retention.entries() {
-            if setting.trim() != KEEP && crate::duration::parse(setting).is_none() {
+            if RetentionConfig::parse(setting).is_none() {
                 errors.push(format!(
                     "store.retention.{table}: `{setting}` is neither `keep` nor a duration (a positive number and s, m, h or d)"
                 ));

@@ -41,6 +41,12 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The last offset the partition holds or held: its segments' or, past them, what
+    /// retention removed (`None`: nothing yet).
+    pub fn held_through(&self) -> Option<i64> {
+        self.durable.max(self.dropped.map(|d| d.through))
+    }
+
     /// Folds a segment that exists into `durable`.
     pub(crate) fn covers(&mut self, id: SegmentId) {
         self.durable = Some(

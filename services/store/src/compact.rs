@@ -47,8 +47,8 @@ pub struct Listed {
 /// What a compaction does to one stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Segments retention no longer keeps.
-    pub drop: Vec<SegmentFile>,
+    /// Segments retention no longer keeps (with their sizes).
+    pub drop: Vec<Listed>,
     /// Runs of contiguous segments (one partition, one date directory) to merge, each into one.
     pub merge: Vec<Vec<SegmentFile>>,
 }
@@ -88,7 +88,7 @@ pub fn plan(listed: &[Listed], policy: &Policy, now: chrono::DateTime<chrono::Ut
         if let (Some(keep_after), Some(day_end)) = (keep_after, day_end)
             && day_end <= keep_after
         {
-            out.drop.push(l.file.clone());
+            out.drop.push(l.clone());
         } else if l.date < merge_before {
             runs.entry((l.file.id.partition, l.date))
                 .or_default()
@@ -125,11 +125,10 @@ fn close(run: &mut Vec<&Listed>, merges: &mut Vec<Vec<SegmentFile>>) {
 impl Plan {
     /// What carrying the plan out would do (a merge counted as one segment, as it is unless a
     /// definition change splits it).
-    pub fn summary(&self, listed: &[Listed]) -> Compacted {
-        let bytes = |f: &SegmentFile| listed.iter().find(|l| l.file == *f).map_or(0, |l| l.bytes);
+    pub fn summary(&self) -> Compacted {
         Compacted {
             dropped: self.drop.len(),
-            dropped_bytes: self.drop.iter().map(bytes).sum(),
+            dropped_bytes: self.drop.iter().map(|l| l.bytes).sum(),
             merged_from: self.merge.iter().map(Vec::len).sum(),
             merged_into: self.merge.len(),
             leftovers: 0,
@@ -138,15 +137,15 @@ impl Plan {
 }
 
 impl SegmentStore {
-    /// The plan [`SegmentStore::compact`] would carry out now, and the listing it is made of.
+    /// The plan [`SegmentStore::compact`] would carry out now.
     pub fn planned(
         &self,
         stream: &str,
         policy: &Policy,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(Plan, Vec<Listed>)> {
+    ) -> Result<Plan> {
         let (listed, _) = self.listed(stream)?;
-        Ok((plan(&listed, policy, now), listed))
+        Ok(plan(&listed, policy, now))
     }
 
     /// Compacts one stream by `policy` at `now`: removes what retention no longer keeps
@@ -167,7 +166,7 @@ impl SegmentStore {
             return Ok(done);
         }
         let _maintenance = self.maintenance_lock(stream)?;
-        let (plan, listed) = {
+        let plan = {
             let _lock = self.lock(stream)?;
             // Pending lines resolved and saved: a merge must not remove a segment only a
             // pending line accounts for.
@@ -179,13 +178,13 @@ impl SegmentStore {
                 self.remove(&leftover)?;
                 done.leftovers += 1;
             }
-            (plan(&listed, policy, now), listed)
+            plan(&listed, policy, now)
         };
         // Read without the write lock: only a maintenance-lock holder touches old days.
         let removed = self.removed_per_partition(&plan.drop, event_time)?;
         {
             let _lock = self.lock(stream)?;
-            self.drop_expired(stream, &plan.drop, &removed, &listed, &mut done)?;
+            self.drop_expired(stream, &plan.drop, &removed, &mut done)?;
         }
         for run in &plan.merge {
             let _lock = self.lock(stream)?;
@@ -214,20 +213,16 @@ impl SegmentStore {
     /// time among the rows removed (`i64::MIN` when none had rows; `None` when unknown).
     fn removed_per_partition(
         &self,
-        drop: &[SegmentFile],
+        drop: &[Listed],
         event_time: Option<&str>,
     ) -> Result<BTreeMap<i32, (i64, Option<i64>)>> {
         let mut by_partition: BTreeMap<i32, (i64, Option<i64>)> = BTreeMap::new();
-        for segment in drop {
+        for Listed { file: segment, .. } in drop {
             let time = match event_time {
-                Some(column) => {
-                    let batch = self.read_columns(segment, &[column])?;
-                    if batch.num_rows() == 0 {
-                        Some(i64::MIN)
-                    } else {
-                        crate::store::newest(&batch, column)
-                    }
-                }
+                Some(column) => match self.newest_in(segment, column)? {
+                    (_, 0) => Some(i64::MIN),
+                    (newest, _) => newest,
+                },
                 None => None,
             };
             let entry = by_partition
@@ -246,9 +241,8 @@ impl SegmentStore {
     fn drop_expired(
         &self,
         stream: &str,
-        drop: &[SegmentFile],
+        drop: &[Listed],
         by_partition: &BTreeMap<i32, (i64, Option<i64>)>,
-        listed: &[Listed],
         done: &mut Compacted,
     ) -> Result<()> {
         // The checkpoints first: once they say the offsets are gone, a replay of them writes
@@ -260,11 +254,8 @@ impl SegmentStore {
             self.save_checkpoint(stream, partition, &cp, true)?;
         }
         for segment in drop {
-            done.dropped_bytes += listed
-                .iter()
-                .find(|l| l.file == *segment)
-                .map_or(0, |l| l.bytes);
-            self.remove(segment)?;
+            self.remove(&segment.file)?;
+            done.dropped_bytes += segment.bytes;
             done.dropped += 1;
         }
         Ok(())
@@ -273,23 +264,27 @@ impl SegmentStore {
     /// Merges one run into as few segments as its schemas allow (a definition change between
     /// two segments keeps them apart); returns how many it became.
     fn merge(&self, stream: &str, run: &[SegmentFile]) -> Result<usize> {
-        let mut groups: Vec<(Vec<&SegmentFile>, Vec<RecordBatch>)> = Vec::new();
+        // Per group: its files, their rows, and the ends of the segments they hold (each
+        // file's own and those merged into it before).
+        let mut groups: Vec<(Vec<&SegmentFile>, Vec<RecordBatch>, Vec<i64>)> = Vec::new();
         for segment in run {
-            let batch = self.read_whole(segment)?;
+            let (batch, inner) = self.read_whole(segment)?;
+            let ends = inner.into_iter().chain([segment.id.last_offset]);
             match groups.last_mut() {
-                Some((files, batches))
+                Some((files, batches, held))
                     if batches
                         .first()
                         .is_some_and(|b| b.schema().fields() == batch.schema().fields()) =>
                 {
                     files.push(segment);
                     batches.push(batch);
+                    held.extend(ends);
                 }
-                _ => groups.push((vec![segment], vec![batch])),
+                _ => groups.push((vec![segment], vec![batch], ends.collect())),
             }
         }
         let mut made = 0;
-        for (files, batches) in groups {
+        for (files, batches, mut ends) in groups {
             made += 1;
             let (Some(first), Some(last)) = (files.first(), files.last()) else {
                 continue;
@@ -307,13 +302,9 @@ impl SegmentStore {
                 first_offset: first.id.first_offset,
                 last_offset: last.id.last_offset,
             };
-            // The ends of the merged segments stay known: a replay seals the partition there
-            // as it did between them (the versions other partitions' logged clocks name).
-            let mut ends = Vec::new();
-            for f in &files {
-                ends.extend(self.inner_ends(f)?);
-                ends.push(f.id.last_offset);
-            }
+            // The ends of the merged segments stay known, but the merged one's own: a replay
+            // seals the partition there as it did between them (the versions other
+            // partitions' logged clocks name).
             ends.pop();
             let text = ends
                 .iter()
@@ -336,44 +327,39 @@ impl SegmentStore {
     pub fn inner_ends(&self, segment: &SegmentFile) -> Result<Vec<i64>> {
         let path = &segment.path;
         let file = std::fs::File::open(path).map_err(crate::io("open", path))?;
-        let text = match self.table() {
-            Table::Raw => arrow::ipc::reader::FileReader::try_new(file, None)?
-                .custom_metadata()
-                .get(SEGMENT_ENDS_KEY)
-                .cloned(),
-            Table::FeatureLog | Table::Scores | Table::Monitor => {
+        Ok(match self.table() {
+            Table::Raw => ipc_ends(&arrow::ipc::reader::FileReader::try_new(file, None)?),
+            Table::FeatureLog | Table::Scores | Table::Monitor => parquet_ends(
                 parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
-                    .metadata()
-                    .file_metadata()
-                    .key_value_metadata()
-                    .and_then(|kv| kv.iter().find(|kv| kv.key == SEGMENT_ENDS_KEY))
-                    .and_then(|kv| kv.value.clone())
-            }
-        };
-        Ok(text
-            .map(|text| text.split(',').filter_map(|e| e.parse().ok()).collect())
-            .unwrap_or_default())
+                    .metadata(),
+            ),
+        })
     }
 
-    /// Every row of a segment as one batch, with the segment's schema even when it has none.
-    fn read_whole(&self, segment: &SegmentFile) -> Result<RecordBatch> {
+    /// Every row of a segment as one batch (with the segment's schema even when it has none),
+    /// and the ends of the segments merged into it.
+    fn read_whole(&self, segment: &SegmentFile) -> Result<(RecordBatch, Vec<i64>)> {
         let path = &segment.path;
         let file = std::fs::File::open(path).map_err(crate::io("open", path))?;
-        let (schema, batches) = match self.table() {
+        let (schema, batches, ends) = match self.table() {
             Table::Raw => {
                 let reader = arrow::ipc::reader::FileReader::try_new(file, None)?;
-                let schema = reader.schema();
-                (schema, reader.collect::<std::result::Result<Vec<_>, _>>()?)
+                let (schema, ends) = (reader.schema(), ipc_ends(&reader));
+                let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+                (schema, batches, ends)
             }
             Table::FeatureLog | Table::Scores | Table::Monitor => {
                 let builder =
                     parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?;
                 let schema = std::sync::Arc::clone(builder.schema());
-                let reader = builder.build()?;
-                (schema, reader.collect::<std::result::Result<Vec<_>, _>>()?)
+                let ends = parquet_ends(builder.metadata());
+                let batches = builder
+                    .build()?
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                (schema, batches, ends)
             }
         };
-        Ok(arrow::compute::concat_batches(&schema, &batches)?)
+        Ok((arrow::compute::concat_batches(&schema, &batches)?, ends))
     }
 
     /// Removes the date directories compaction emptied.
@@ -393,6 +379,34 @@ impl SegmentStore {
         }
         Ok(())
     }
+}
+
+/// The merged segments' ends an Arrow IPC segment's footer holds.
+fn ipc_ends<R: std::io::Read + std::io::Seek>(
+    reader: &arrow::ipc::reader::FileReader<R>,
+) -> Vec<i64> {
+    parse_ends(
+        reader
+            .custom_metadata()
+            .get(SEGMENT_ENDS_KEY)
+            .map(String::as_str),
+    )
+}
+
+/// The merged segments' ends a Parquet segment's key-value metadata holds.
+fn parquet_ends(metadata: &parquet::file::metadata::ParquetMetaData) -> Vec<i64> {
+    parse_ends(
+        metadata
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|kv| kv.key == SEGMENT_ENDS_KEY))
+            .and_then(|kv| kv.value.as_deref()),
+    )
+}
+
+fn parse_ends(text: Option<&str>) -> Vec<i64> {
+    text.map(|text| text.split(',').filter_map(|e| e.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -437,7 +451,7 @@ mod tests {
         };
         // 2026-11-28T12:00 − 7 days = 2026-11-21T12:00: the 20th ended before it, the 21st not.
         let plan = plan(&listed, &policy, at("2026-11-28T12:00:00Z"));
-        assert_eq!(plan.drop, vec![listed[0].file.clone()]);
+        assert_eq!(plan.drop, vec![listed[0].clone()]);
         let keep_all = Policy {
             retention_us: None,
             ..policy

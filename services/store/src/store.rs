@@ -225,14 +225,8 @@ impl SegmentStore {
     /// The checkpoint with its pending segment resolved, and whether that differs from the
     /// file (rebuilt, or a pending line resolved).
     fn resolved_checkpoint(&self, stream: &str, partition: i32) -> Result<(Checkpoint, bool)> {
-        let path = self
-            .stream_dir(stream)
-            .join(checkpoint::file_name(partition));
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => Some(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io("read", &path)(e)),
-        };
+        let dir = self.stream_dir(stream);
+        let text = read_small(&dir.join(checkpoint::file_name(partition)))?;
         let Some(mut cp) = text.and_then(|t| Checkpoint::decode(&t, partition)) else {
             let mut cp = Checkpoint::default();
             for segment in self.segments(stream)? {
@@ -241,14 +235,9 @@ impl SegmentStore {
                 }
             }
             // What retention removed is not in any listing: its copy says.
-            let copy = self
-                .stream_dir(stream)
-                .join(checkpoint::dropped_file_name(partition));
-            cp.dropped = match std::fs::read_to_string(&copy) {
-                Ok(text) => Checkpoint::decode(&text, partition).and_then(|c| c.dropped),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io("read", &copy)(e)),
-            };
+            cp.dropped = read_small(&dir.join(checkpoint::dropped_file_name(partition)))?
+                .and_then(|text| Checkpoint::decode(&text, partition))
+                .and_then(|copy| copy.dropped);
             return Ok((cp, true));
         };
         let mut changed = false;
@@ -267,7 +256,7 @@ impl SegmentStore {
     /// end at or after `from`.
     pub fn tail(&self, stream: &str, partition: i32, from: i64) -> Result<Tail> {
         let cp = self.checkpoint(stream, partition)?;
-        let durable = cp.durable.max(cp.dropped.map(|d| d.through)).unwrap_or(-1);
+        let durable = cp.held_through().unwrap_or(-1);
         let mut ends = Vec::new();
         if durable >= from {
             for segment in self.segments(stream)? {
@@ -406,8 +395,7 @@ impl SegmentStore {
     ) -> Result<Vec<WrittenSegment>> {
         let _lock = self.lock(stream)?;
         let cp = self.checkpoint_locked(stream, id.partition)?;
-        let after = cp.durable.max(cp.dropped.map(|d| d.through));
-        if after.is_none_or(|after| id.first_offset > after) {
+        if cp.held_through().is_none_or(|held| id.first_offset > held) {
             // Past every offset the partition has: nothing to check against.
             return Ok(vec![self.write_past(stream, date, id, batch, cp)?]);
         }
@@ -599,6 +587,15 @@ pub(crate) fn newest(batch: &RecordBatch, column: &str) -> Option<i64> {
             .cloned(),
     }?;
     arrow::compute::max(&ints)
+}
+
+/// The text of a small file, `None` when there is none.
+fn read_small(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("read", path)(e)),
+    }
 }
 
 /// Splits sorted segments into those no other one covers and those another one covers (a
