@@ -10,7 +10,6 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use quiver_features::log::EVENT_TIME_COLUMN;
 use quiver_store::{SegmentFile, SegmentId, SegmentStore};
 
 use crate::Result;
@@ -34,7 +33,8 @@ impl Kind {
                 .chain(crate::read::SCORE_COLUMNS)
                 .collect(),
             Kind::Labels { id, label } => vec![id.as_str(), label.as_str()],
-            Kind::Log => vec![EVENT_TIME_COLUMN],
+            // Read from each segment's metadata instead (`SegmentStore::newest_in`).
+            Kind::Log => Vec::new(),
         }
     }
 }
