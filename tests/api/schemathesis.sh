@@ -11,12 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+say() { echo "api-check: $*" >&2; }
+die() { echo "api-check: error: $*" >&2; exit 1; }
+source deploy/local/installing.sh
 venv=target/schemathesis-venv
-if [[ ! -x $venv/bin/schemathesis ]]; then
-    echo "api-check: installing schemathesis into $venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'schemathesis>=4,<5'
-fi
+python_venv "$venv" 'schemathesis>=4,<5'
 cargo build -q --bin quiver
 quiver=target/debug/quiver
 

@@ -69,15 +69,29 @@ fn tansu_bin() -> PathBuf {
     bin
 }
 
-/// `deploy/local/stack.sh install`: what the tests need, installed by the project's script.
+/// `deploy/local/stack.sh install`: what the tests need, installed by the project's script, once
+/// per test process whichever test asks first (the others wait for it and share its outcome; the
+/// script's own locks keep test binaries and other runs from racing it).
 fn stack_install() {
-    let status = Command::new("bash")
-        .arg(Path::new(REPO).join("deploy/local/stack.sh"))
-        .arg("install")
-        .env("QUIVER_WORK_DIR", Path::new(REPO).join(".quiver"))
-        .status()
-        .expect("run deploy/local/stack.sh install");
-    assert!(status.success(), "deploy/local/stack.sh install failed");
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    let outcome = INSTALLED.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(Path::new(REPO).join("deploy/local/stack.sh"))
+            .arg("install")
+            .env("QUIVER_WORK_DIR", Path::new(REPO).join(".quiver"))
+            .status()
+            .map_err(|e| format!("cannot run deploy/local/stack.sh install: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "deploy/local/stack.sh install failed ({status}; its last lines above say which step)"
+            ))
+        }
+    });
+    if let Err(why) = outcome {
+        panic!("{why}");
+    }
 }
 
 /// A tool the tests need beyond the broker and Redis (`promtool`, `chromium`), installed by the

@@ -11,16 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-venv() { # DIR PACKAGES...
-    local dir=$1; shift
-    if [[ ! -x $dir/bin/python ]]; then
-        echo "deploy-check: installing $* into $dir"
-        python3 -m venv "$dir"
-        "$dir/bin/pip" install -q --disable-pip-version-check "$@"
-    fi
-}
-venv target/deploy-compose-venv 'PyYAML==5.3.1' 'docker-compose==1.29.2'
-venv target/deploy-k8s-venv 'kubernetes-validate>=1.30' 'PyYAML>=6'
+say() { echo "deploy-check: $*" >&2; }
+die() { echo "deploy-check: error: $*" >&2; exit 1; }
+source deploy/local/installing.sh
+python_venv target/deploy-compose-venv 'PyYAML==5.3.1' 'docker-compose==1.29.2'
+python_venv target/deploy-k8s-venv 'kubernetes-validate>=1.30' 'PyYAML>=6'
 
 echo "deploy-check: docker-compose config (deploy/compose/compose.yaml)"
 target/deploy-compose-venv/bin/docker-compose -f deploy/compose/compose.yaml config -q

@@ -17,6 +17,10 @@ use quiver_store::{SegmentStore, Table};
 /// The stack script, as shipped in `deploy/local/stack.sh`.
 pub const SCRIPT: &str = include_str!("../../../deploy/local/stack.sh");
 
+/// The install helpers the stack script sources from beside itself
+/// (`deploy/local/installing.sh`: installs under a lock, so two never race).
+pub const INSTALLING: &str = include_str!("../../../deploy/local/installing.sh");
+
 /// Result alias used across `quiver-stack`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -126,12 +130,10 @@ impl LocalStack {
         let dir = self.work_dir.join("bin");
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::Io(format!("create {}", dir.display()), e))?;
-        let path = dir.join("stack.sh");
-        if std::fs::read_to_string(&path).ok().as_deref() != Some(SCRIPT) {
-            std::fs::write(&path, SCRIPT)
-                .map_err(|e| Error::Io(format!("write {}", path.display()), e))?;
+        for (name, text) in [("installing.sh", INSTALLING), ("stack.sh", SCRIPT)] {
+            write_if_changed(&dir.join(name), text)?;
         }
-        Ok(path)
+        Ok(dir.join("stack.sh"))
     }
 
     /// Runs one script action (`up`, `down`, `status`, `install`), output to the terminal.
@@ -258,6 +260,18 @@ pub async fn create_topics(
         });
     }
     Ok(out)
+}
+
+/// Writes `text` to `path` unless it holds it already, by a rename (a `quiver` started meanwhile
+/// runs either the old script or the new one, never half of one).
+fn write_if_changed(path: &Path, text: &str) -> Result<()> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(());
+    }
+    let temporary = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| Error::Io(format!("write {}", path.display()), e))
 }
 
 #[cfg(test)]
