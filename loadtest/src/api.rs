@@ -163,7 +163,14 @@ pub(crate) fn run(
 
     eprintln!("populating: {events} demo transactions through ingest with features ...");
     let topic = config.kafka.topic("transactions");
-    crate::produce(&config, &topic, events, 100_000).context("produce")?;
+    crate::produce(
+        &config,
+        &topic,
+        events,
+        100_000,
+        crate::span_at_100_us(events),
+    )
+    .context("produce")?;
     crate::ingest(&config, &catalog, &views, events, Duration::from_secs(600)).context("ingest")?;
     // The users the producer wrote (same seed and population as `produce`).
     let mut generator = Generator::new(

@@ -36,6 +36,11 @@ pub(crate) struct DrainArgs {
     /// Distinct users of the demo generator.
     #[arg(long, default_value_t = 100_000)]
     users: u32,
+    /// Event time the events span, ending now, in seconds (default 7 days: the 24 h and 7 d
+    /// windows hold as many tiles as in production; 100 per million events is how the drains
+    /// before 2026-12-07 were run).
+    #[arg(long, default_value_t = 7 * 86_400)]
+    span_secs: u64,
 }
 
 pub(crate) fn run(config_path: Option<&std::path::Path>, args: DrainArgs) -> anyhow::Result<()> {
@@ -71,8 +76,13 @@ pub(crate) fn run(config_path: Option<&std::path::Path>, args: DrainArgs) -> any
     }
     let topic = config.kafka.topic("transactions");
     let timeout = Duration::from_secs(args.timeout);
-    eprintln!("producing {} events to {topic} ...", args.events);
-    let produced = crate::produce(&config, &topic, args.events, args.users).context("produce")?;
+    eprintln!(
+        "producing {} events to {topic} over {} s of event time ...",
+        args.events, args.span_secs
+    );
+    let span = Duration::from_secs(args.span_secs);
+    let produced =
+        crate::produce(&config, &topic, args.events, args.users, span).context("produce")?;
     eprintln!("  produced at {produced:.0} events/s");
     eprintln!("bare librdkafka consumer draining ...");
     let bare = crate::bare_drain(&config, &topic, args.events, timeout).context("bare consumer")?;
@@ -112,12 +122,13 @@ pub(crate) fn run(config_path: Option<&std::path::Path>, args: DrainArgs) -> any
     eprintln!("  {rate:.0} events/s");
 
     println!(
-        "| drain | events | produce (ev/s) | bare consumer (ev/s) | quiver ingest (ev/s) | ratio | worker peak RSS | CPU (% of one core) |"
+        "| drain | events | event time (s) | produce (ev/s) | bare consumer (ev/s) | quiver ingest (ev/s) | ratio | worker peak RSS | CPU (% of one core) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     println!(
-        "| {what} | {} | {produced:.0} | {bare:.0} | {rate:.0} | {:.1} % | {peak:.0} MiB | {cpu} |",
+        "| {what} | {} | {} | {produced:.0} | {bare:.0} | {rate:.0} | {:.1} % | {peak:.0} MiB | {cpu} |",
         args.events,
+        args.span_secs,
         100.0 * rate / bare
     );
     let _ = std::fs::remove_dir_all(&config.store.dir);

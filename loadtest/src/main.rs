@@ -110,12 +110,21 @@ pub(crate) fn fresh_config(
     Ok((config, run_id))
 }
 
+/// The event time of `events` events 100 µs apart (how the load tests have always spaced them).
+pub(crate) fn span_at_100_us(events: u64) -> Duration {
+    Duration::from_micros(events.saturating_mul(100))
+}
+
 /// Produces `events` demo transactions over `users` users, as fast as the broker takes them.
+/// Produces `events` demo transactions over `users` users, spaced evenly over `span` of event
+/// time ending now (100 µs apart: 100 s per million events; 7 days: every window holds as many
+/// tiles as in production). Returns the producer's rate.
 pub(crate) fn produce(
     config: &Config,
     topic: &str,
     events: u64,
     users: u32,
+    span: Duration,
 ) -> anyhow::Result<f64> {
     let producer: ThreadedProducer<_> = quiver_kafka::producer_config(&config.kafka)
         .set("linger.ms", "20")
@@ -130,9 +139,12 @@ pub(crate) fn produce(
         },
     );
     let started = Instant::now();
-    let base = chrono::Utc::now();
+    let span_micros = i64::try_from(span.as_micros()).unwrap_or(i64::MAX);
+    let step_micros = span_micros / i64::try_from(events.max(1)).unwrap_or(i64::MAX);
+    let base = chrono::Utc::now() - chrono::Duration::microseconds(span_micros);
     for i in 0..events {
-        let txn = generator.next_transaction(base + chrono::Duration::microseconds(i as i64 * 100));
+        let at = base + chrono::Duration::microseconds(i as i64 * step_micros);
+        let txn = generator.next_transaction(at);
         let payload = txn.to_json();
         let mut record = BaseRecord::<str, str>::to(topic)
             .key(&txn.user_id)

@@ -54,7 +54,14 @@ pub(crate) fn run(config_path: Option<&std::path::Path>, args: MemoryArgs) -> an
         "producing {} events over {} users to {topic} ...",
         args.events, args.users
     );
-    crate::produce(&config, &topic, args.events, args.users).context("produce")?;
+    crate::produce(
+        &config,
+        &topic,
+        args.events,
+        args.users,
+        crate::span_at_100_us(args.events),
+    )
+    .context("produce")?;
     let mut runs = Vec::new();
     for (i, bound) in args.cache.iter().copied().enumerate() {
         let mut c = config.clone();

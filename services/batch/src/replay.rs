@@ -548,9 +548,9 @@ impl<'a> Replay<'a> {
         }
         let seal = cursor.seal;
         let time = loaded.times.value(row);
-        let mut inputs = Vec::new();
         for (v, job) in self.views.iter_mut().enumerate() {
             let rows = job.view.rows(&loaded.batch)?;
+            let mut inputs = Vec::new();
             let key = rows.entity(row);
             rows.inputs(row, &mut inputs);
             let entity = match job.entities.get_mut(key.as_str()) {

@@ -14,7 +14,7 @@ use quiver_core::schema::{OFFSET_COLUMN, SourceSchema};
 use crate::definition::FeatureView;
 use crate::log::{Column, log_schema};
 use crate::state::ViewPlan;
-use crate::value::Value;
+use crate::value::{Input, Value};
 use crate::{Error, Result};
 
 /// A compiled view and the source columns it reads.
@@ -146,7 +146,7 @@ pub struct BoundRows<'a> {
     inputs: Vec<Option<Column<'a>>>,
 }
 
-impl BoundRows<'_> {
+impl<'a> BoundRows<'a> {
     /// Rows in the batch.
     pub fn len(&self) -> usize {
         self.offsets.len()
@@ -160,6 +160,15 @@ impl BoundRows<'_> {
     /// The entity key of `row`.
     pub fn entity(&self, row: usize) -> String {
         self.entity.key(row)
+    }
+
+    /// The entity key of `row`, borrowed when the column holds it as a string (else rendered,
+    /// as [`BoundRows::entity`]).
+    pub fn entity_str(&self, row: usize) -> std::borrow::Cow<'a, str> {
+        match self.entity.str(row) {
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => std::borrow::Cow::Owned(self.entity.key(row)),
+        }
     }
 
     /// The event time of `row` (µs).
@@ -177,13 +186,14 @@ impl BoundRows<'_> {
         self.id.map(|c| c.value(row))
     }
 
-    /// The aggregation inputs of `row`, one per feature (`Null` for `count`), into `out`.
-    pub fn inputs(&self, row: usize, out: &mut Vec<Value>) {
+    /// The aggregation inputs of `row`, one per feature (`Null` for `count`), into `out`
+    /// (borrowing the batch's strings).
+    pub fn inputs(&self, row: usize, out: &mut Vec<Input<'a>>) {
         out.clear();
         out.extend(
             self.inputs
                 .iter()
-                .map(|c| c.map_or(Value::Null, |c| c.value(row))),
+                .map(|c| c.map_or(Input::Null, |c| c.input(row))),
         );
     }
 }

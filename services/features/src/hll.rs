@@ -19,7 +19,45 @@ pub enum Hll {
     /// Sorted `register << 8 | rank` entries, one per non-zero register.
     Sparse(Vec<u32>),
     /// One rank per register.
-    Dense(Vec<u8>),
+    Dense(#[serde(with = "registers")] Vec<u8>),
+}
+
+/// Dense registers serialised as one byte string rather than a sequence of bytes one by one:
+/// the same bytes in compact formats (postcard writes both as a length and the bytes), written
+/// and read at memory speed.
+mod registers {
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(regs: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(regs)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        struct Registers;
+        impl<'de> Visitor<'de> for Registers {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("HyperLogLog registers")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(super::M));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_bytes(Registers)
+    }
 }
 
 impl Default for Hll {
@@ -188,31 +226,57 @@ impl Hll {
     /// (dense) sketch's rank histogram: equal to `merge` then `estimate`. `None` unless this
     /// sketch is dense.
     pub fn estimate_union(&self, ranks: &RankHistogram, other: &Hll) -> Option<i64> {
-        let Hll::Dense(regs) = self else {
-            return None;
-        };
-        let mut counts = *ranks;
-        let mut raise = |register: usize, rank: u8| {
-            let current = regs[register];
-            if rank > current {
-                counts[usize::from(current & 63)] -= 1;
-                counts[usize::from(rank & 63)] += 1;
-            }
-        };
-        match other {
-            Hll::Sparse(entries) => {
-                // Entries are one per register, so each raises its register at most once.
-                for e in entries {
-                    raise((e >> 8) as usize, (e & 0xff) as u8);
+        match self {
+            Hll::Dense(regs) => Some(dense_union_estimate(regs, ranks, other)),
+            Hll::Sparse(_) => None,
+        }
+    }
+
+    /// The estimate of the union of this sketch with `other`, without building it: equal to
+    /// `merge` then `estimate` (the same registers, summed the same way), allocation-free.
+    pub fn union_estimate(&self, other: &Hll) -> i64 {
+        match (self, other) {
+            (Hll::Dense(regs), _) => dense_union_estimate(regs, &rank_histogram(regs), other),
+            (Hll::Sparse(_), Hll::Dense(_)) => other.union_estimate(self),
+            (Hll::Sparse(mine), Hll::Sparse(theirs)) => {
+                // `merge` densifies first when the union may outgrow the sparse form: then the
+                // dense estimate (by rank histogram), else the sparse one (in register order).
+                let dense = mine.len() + theirs.len() > SPARSE_LIMIT;
+                let mut counts = [0u32; 64];
+                let (mut sum, mut nonzero) = (0.0f64, 0usize);
+                let mut take = |entry: u32| {
+                    let rank = (entry & 0xff) as u8;
+                    if dense {
+                        counts[usize::from(rank & 63)] += 1;
+                    } else {
+                        sum += inverse_pow2(rank);
+                    }
+                    nonzero += 1;
+                };
+                let (mut i, mut j) = (0, 0);
+                while i < mine.len() && j < theirs.len() {
+                    let (a, b) = (mine[i], theirs[j]);
+                    if a >> 8 == b >> 8 {
+                        take(a.max(b));
+                        i += 1;
+                        j += 1;
+                    } else if a >> 8 < b >> 8 {
+                        take(a);
+                        i += 1;
+                    } else {
+                        take(b);
+                        j += 1;
+                    }
                 }
-            }
-            Hll::Dense(theirs) => {
-                for (register, rank) in theirs.iter().enumerate() {
-                    raise(register, *rank);
+                mine[i..].iter().chain(&theirs[j..]).for_each(|e| take(*e));
+                if dense {
+                    counts[0] = (M - nonzero) as u32;
+                    estimate_from_ranks(&counts)
+                } else {
+                    finish_estimate(sum + (M - nonzero) as f64, M - nonzero)
                 }
             }
         }
-        Some(estimate_from_ranks(&counts))
     }
 
     /// The rank histogram of a dense sketch (for [`Hll::estimate_union`]).
@@ -257,6 +321,34 @@ fn finish_estimate(sum: f64, zeros: usize) -> i64 {
         raw
     };
     estimate.round() as i64
+}
+
+/// The estimate of the union of dense registers `regs` (whose rank histogram is `ranks`) with
+/// `other`: the histogram moved register by register as `other` raises it.
+fn dense_union_estimate(regs: &[u8], ranks: &RankHistogram, other: &Hll) -> i64 {
+    let mut counts = *ranks;
+    let mut raise = |register: usize, rank: u8| {
+        // A register beyond these (a malformed shard) is left out rather than panicking.
+        let current = regs.get(register).copied().unwrap_or(rank);
+        if rank > current {
+            counts[usize::from(current & 63)] -= 1;
+            counts[usize::from(rank & 63)] += 1;
+        }
+    };
+    match other {
+        Hll::Sparse(entries) => {
+            // Entries are one per register, so each raises its register at most once.
+            for e in entries {
+                raise((e >> 8) as usize, (e & 0xff) as u8);
+            }
+        }
+        Hll::Dense(theirs) => {
+            for (register, rank) in theirs.iter().enumerate() {
+                raise(register, *rank);
+            }
+        }
+    }
+    estimate_from_ranks(&counts)
 }
 
 #[cfg(test)]
@@ -339,5 +431,31 @@ mod tests {
             assert_eq!(base.estimate_union(&ranks, &other), Some(merged.estimate()));
         }
         assert_eq!(sketch(0..10).ranks(), None);
+    }
+
+    #[test]
+    fn the_allocation_free_union_estimate_equals_merging_then_estimating() {
+        let sketches = [
+            Hll::default(),
+            sketch(0..3),
+            sketch(0..200),
+            sketch(150..420),
+            sketch(300..700),
+            sketch(0..3_000),
+            sketch(2_000..9_000),
+        ];
+        for a in &sketches {
+            for b in &sketches {
+                let mut merged = a.clone();
+                merged.merge(b);
+                assert_eq!(
+                    a.union_estimate(b),
+                    merged.estimate(),
+                    "{} ∪ {}",
+                    a.estimate(),
+                    b.estimate()
+                );
+            }
+        }
     }
 }

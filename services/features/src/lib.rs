@@ -33,7 +33,7 @@ pub use definition::{Aggregation, FeatureView, Op, ViewCatalog, Window};
 pub use order::{Clock, Seq};
 pub use shards::{EntityShards, Shard};
 pub use state::{Applied, EntityState, ReadCache, ViewPlan};
-pub use value::Value;
+pub use value::{AsInput, Input, Value};
 
 /// Result alias used across `quiver-features`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quiver_core::schema::{FieldType, SourceSchema, timestamp_type};
 
 use crate::definition::{FeatureView, Op};
-use crate::value::Value;
+use crate::value::{Input, Value};
 use crate::{Error, Result};
 
 /// Read time of the row's vector.
@@ -147,6 +147,33 @@ impl<'a> Column<'a> {
         }
     }
 
+    /// The value at `row`, borrowing its string.
+    pub fn input(&self, row: usize) -> Input<'a> {
+        if self.is_null(row) {
+            return Input::Null;
+        }
+        match *self {
+            Self::Str(a) => Input::Str(a.value(row)),
+            Self::StrView(a) => Input::Str(a.value(row)),
+            Self::Float(a) => Input::Float(a.value(row)),
+            Self::Int(a) => Input::Int(a.value(row)),
+            Self::Int32(a) => Input::Int(i64::from(a.value(row))),
+            Self::Bool(a) => Input::Bool(a.value(row)),
+            Self::Time(a) => Input::Int(a.value(row)),
+            Self::Other => Input::Null,
+        }
+    }
+
+    /// The string at `row` as it is stored, when the column holds strings and the row is not
+    /// null (entity keys and ids are strings in every demo source: no allocation for them).
+    pub fn str(&self, row: usize) -> Option<&'a str> {
+        match *self {
+            Self::Str(a) if !a.is_null(row) => Some(a.value(row)),
+            Self::StrView(a) if !a.is_null(row) => Some(a.value(row)),
+            _ => None,
+        }
+    }
+
     /// The value at `row` as an entity key or id (strings as they are, other types printed).
     pub fn key(&self, row: usize) -> String {
         match self {
@@ -176,15 +203,24 @@ impl<'a> Column<'a> {
 
 /// Renders a clock (partition → applied offset of that partition's shard) as the log stores it.
 pub fn clock_json(clock: &BTreeMap<i32, i64>) -> String {
-    let mut out = String::from("{");
+    let mut out = String::new();
+    write_clock(clock, &mut out);
+    out
+}
+
+/// [`clock_json`] into `out` (cleared first), for a caller rendering one clock per row.
+pub fn write_clock(clock: &BTreeMap<i32, i64>, out: &mut String) {
+    use std::fmt::Write as _;
+    out.clear();
+    out.push('{');
     for (i, (p, o)) in clock.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&format!("\"{p}\":{o}"));
+        // Writing to a String cannot fail.
+        let _ = write!(out, "\"{p}\":{o}");
     }
     out.push('}');
-    out
 }
 
 /// Parses a logged clock.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::definition::Op;
 use crate::hll::{self, Hll};
 use crate::order::Seq;
-use crate::value::Value;
+use crate::value::{Input, Value};
 
 /// The latest value seen, with what orders it: event time, then arrival order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,26 +110,38 @@ impl Partial {
     }
 
     /// Absorbs one event's input (`Null` inputs are ignored except by `count`).
-    pub fn add(&mut self, input: &Value, time: i64, seq: Seq, scratch: &mut Vec<u8>) {
+    pub fn add<'a>(
+        &mut self,
+        input: impl Into<Input<'a>>,
+        time: i64,
+        seq: Seq,
+        scratch: &mut Vec<u8>,
+    ) {
+        let input = input.into();
         match self {
             Partial::Count(n) => *n += 1,
             Partial::Last(latest) => {
-                if matches!(input, Value::Null) {
+                if input == Input::Null {
                     return;
                 }
-                let newer = latest
-                    .as_ref()
-                    .is_none_or(|l| (time, seq) >= (l.time, l.seq));
-                if newer {
-                    *latest = Some(Latest {
-                        time,
-                        seq,
-                        value: input.clone(),
-                    });
+                match latest {
+                    Some(l) if (time, seq) < (l.time, l.seq) => {}
+                    // The same value again (a card holder's country): no new allocation.
+                    Some(l) if input.is(&l.value) => {
+                        l.time = time;
+                        l.seq = seq;
+                    }
+                    _ => {
+                        *latest = Some(Latest {
+                            time,
+                            seq,
+                            value: input.to_value(),
+                        });
+                    }
                 }
             }
             Partial::Distinct(sketch) => {
-                if matches!(input, Value::Null) {
+                if input == Input::Null {
                     return;
                 }
                 input.identity_bytes(scratch);
@@ -153,6 +165,30 @@ impl Partial {
                     }
                     Partial::Count(_) | Partial::Last(_) | Partial::Distinct(_) => {}
                 }
+            }
+        }
+    }
+
+    /// The feature value of this partial merged with `other` (of the same operation), without
+    /// building the merged partial: equal to `merge` then `finish`, and allocation-free for the
+    /// partials that own memory (`last`, `distinct_count`).
+    pub fn finish_merged(&self, other: &Partial) -> Value {
+        match (self, other) {
+            (Partial::Last(mine), Partial::Last(theirs)) => {
+                let newer = match (mine, theirs) {
+                    (Some(a), Some(b)) if (b.time, b.seq) >= (a.time, a.seq) => theirs,
+                    (None, _) => theirs,
+                    _ => mine,
+                };
+                newer.as_ref().map_or(Value::Null, |l| l.value.clone())
+            }
+            (Partial::Distinct(mine), Partial::Distinct(theirs)) => {
+                Value::Int(mine.union_estimate(theirs))
+            }
+            _ => {
+                let mut merged = self.clone();
+                merged.merge(other);
+                merged.finish()
             }
         }
     }

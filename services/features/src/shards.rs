@@ -23,10 +23,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::order::Clock;
 use crate::state::{Applied, EntityState, ReadCache, ViewPlan};
-use crate::value::Value;
+use crate::value::{AsInput, Value};
 
 /// One partition's share of an entity's state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +144,7 @@ struct Memo {
     /// What the memo was computed over: the reader's partition (offset -1) and each other
     /// partition with the applied offset of the version read. Reading anything else starts a
     /// new memo.
+    /// (A `Vec`: it lives with every cached entity, where inline room would cost memory.)
     key: Vec<(i32, i64)>,
     cache: ReadCache,
 }
@@ -269,13 +271,13 @@ impl EntityShards {
 
     /// Applies an event of `partition` at `offset` to that partition's shard (created empty if
     /// missing). `None` when the shard already holds the offset (a replay).
-    pub fn apply(
+    pub fn apply<I: AsInput>(
         &mut self,
         plan: &ViewPlan,
         partition: i32,
         offset: i64,
         time: i64,
-        inputs: &[Value],
+        inputs: &[I],
         scratch: &mut Vec<u8>,
     ) -> Option<Applied> {
         self.apply_sealed(plan, partition, (offset, time), inputs, scratch, 0)
@@ -284,12 +286,12 @@ impl EntityShards {
     /// [`EntityShards::apply`] that first keeps the shard's version as of `seal` when this is
     /// the first change since (the batch replay seals a partition at the end of each of its
     /// segments, so the versions other partitions' reads may name stay available).
-    pub fn apply_sealed(
+    pub fn apply_sealed<I: AsInput>(
         &mut self,
         plan: &ViewPlan,
         partition: i32,
         (offset, time): (i64, i64),
-        inputs: &[Value],
+        inputs: &[I],
         scratch: &mut Vec<u8>,
         seal: u64,
     ) -> Option<Applied> {
@@ -355,8 +357,8 @@ impl EntityShards {
         fallback: i64,
         clock: Option<&Clock>,
     ) -> (i64, Vec<Value>) {
-        let mut key = Vec::with_capacity(self.slots.len());
-        let mut states: Vec<&EntityState> = Vec::with_capacity(self.slots.len());
+        let mut key: SmallVec<[(i32, i64); 8]> = SmallVec::with_capacity(self.slots.len());
+        let mut states: SmallVec<[&EntityState; 8]> = SmallVec::with_capacity(self.slots.len());
         let mut own = None;
         for slot in &self.slots {
             let seen = if slot.partition == partition {
@@ -392,9 +394,9 @@ impl EntityShards {
                 &mut self.memos[last]
             }
         };
-        if memo.key != key {
+        if memo.key[..] != key[..] {
             memo.cache = ReadCache::default();
-            memo.key = key;
+            memo.key = key.to_vec();
         }
         let as_of = ViewPlan::event_time_max(&states).unwrap_or(fallback);
         (

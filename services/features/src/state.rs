@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::definition::{FeatureView, Op, Window};
 use crate::order::Seq;
 use crate::partial::Partial;
-use crate::value::Value;
+use crate::value::{AsInput, Value};
 
 /// Where an aggregation's partial lives.
 #[derive(Debug, Clone, Copy)]
@@ -95,19 +95,12 @@ impl Prefix {
     fn finish_with(&self, newest: Option<&Partial>) -> Value {
         match (newest, &self.partial, &self.ranks) {
             (None, partial, _) => partial.finish(),
-            (Some(Partial::Distinct(theirs)), Partial::Distinct(mine), Some(ranks)) => mine
-                .estimate_union(ranks, theirs)
-                .map_or_else(|| self.merged_finish(newest), Value::Int),
-            (Some(_), _, _) => self.merged_finish(newest),
+            (Some(Partial::Distinct(theirs)), Partial::Distinct(mine), Some(ranks)) => Value::Int(
+                mine.estimate_union(ranks, theirs)
+                    .unwrap_or_else(|| mine.union_estimate(theirs)),
+            ),
+            (Some(newest), partial, _) => partial.finish_merged(newest),
         }
-    }
-
-    fn merged_finish(&self, newest: Option<&Partial>) -> Value {
-        let mut merged = self.partial.clone();
-        if let Some(n) = newest {
-            merged.merge(n);
-        }
-        merged.finish()
     }
 }
 
@@ -122,12 +115,12 @@ impl ReadCache {
     /// Forgets the prefixes an event at `time` may have changed (it landed before their end).
     pub fn invalidate(&mut self, time: i64) {
         for memo in &mut self.prefixes {
-            if memo.as_ref().is_some_and(|p| {
-                p.hop > 0 && {
-                    let tile = floor_to(time, p.hop);
-                    p.lower <= tile && tile < p.boundary
-                }
-            }) {
+            // `lower` and `boundary` are multiples of the hop: the event's tile lies in
+            // [lower, boundary) exactly when its time does.
+            if memo
+                .as_ref()
+                .is_some_and(|p| p.hop > 0 && p.lower <= time && time < p.boundary)
+            {
                 *memo = None;
             }
         }
@@ -220,12 +213,12 @@ impl ViewPlan {
     }
 
     /// Applies one event: `inputs` holds one value per aggregation, in declaration order.
-    pub fn apply(
+    pub fn apply<I: AsInput>(
         &self,
         state: &mut EntityState,
         time: i64,
         seq: Seq,
-        inputs: &[Value],
+        inputs: &[I],
         scratch: &mut Vec<u8>,
     ) -> Applied {
         if let Some(max) = state.event_time_max
@@ -238,7 +231,7 @@ impl ViewPlan {
         state.events += 1;
         for (slot, input) in self.slots.iter().zip(inputs) {
             if let Slot::Lifetime(i) = slot {
-                state.lifetime[*i].add(input, time, seq, scratch);
+                state.lifetime[*i].add(input.as_input(), time, seq, scratch);
             }
         }
         for (g, group) in self.groups.iter().enumerate() {
@@ -264,7 +257,7 @@ impl ViewPlan {
                 } = slot
                     && *sg == g
                 {
-                    partials[*index].add(input, time, seq, scratch);
+                    partials[*index].add(input.as_input(), time, seq, scratch);
                 }
             }
         }

@@ -13,6 +13,8 @@
 //! 5. **produce** the predictions (and scoring dead letters), and add the batch to the
 //!    partition's durable window: raw rows, feature-log rows, score rows, touched entities.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -58,20 +60,47 @@ struct Draft {
     settled: bool,
 }
 
+/// A source's feature names (`<view>__<feature>`): per view, then per lookup, and where each
+/// is found, so a model reads a feature without searching for it.
+#[derive(Debug, Default)]
+pub(crate) struct FeatureNames {
+    by_view: Vec<Vec<String>>,
+    index: HashMap<String, (usize, usize)>,
+}
+
+impl FeatureNames {
+    /// From each view's names, then each lookup's (a name given twice reads the first).
+    pub(crate) fn new(by_view: Vec<Vec<String>>) -> Self {
+        let mut index = HashMap::new();
+        for (v, names) in by_view.iter().enumerate() {
+            for (i, name) in names.iter().enumerate() {
+                index.entry(name.clone()).or_insert((v, i));
+            }
+        }
+        Self { by_view, index }
+    }
+
+    /// Each view's names, then each lookup's.
+    pub(crate) fn by_view(&self) -> &[Vec<String>] {
+        &self.by_view
+    }
+}
+
 /// A draft's features as a model reads them.
 struct DraftFeatures<'a> {
-    names: &'a [Vec<String>],
+    names: &'a FeatureNames,
     draft: &'a Draft,
 }
 
 impl FeatureLookup for DraftFeatures<'_> {
     fn feature(&self, name: &str) -> Option<&Value> {
-        for (names, values) in self.names.iter().zip(self.values()) {
-            if let Some(i) = names.iter().position(|n| n == name) {
-                return values.get(i);
-            }
-        }
-        None
+        let &(v, i) = self.names.index.get(name)?;
+        let views = self.draft.vectors.len();
+        let values = match self.draft.vectors.get(v) {
+            Some(vector) => vector.as_ref()?.values.as_slice(),
+            None => self.draft.lookups.get(v - views)?.values.as_slice(),
+        };
+        values.get(i)
     }
 }
 
@@ -223,7 +252,7 @@ impl Worker {
         self.score(s, &mut drafts);
         let score_done = started.elapsed();
         self.claim(s, p, &mut drafts)?;
-        self.emit(s, p, &drafts, &buffer, &acks)?;
+        self.emit(s, p, &mut drafts, &buffer, &acks)?;
         self.log(s, p, &batch, &keys, &drafts)?;
         let produced = started.elapsed();
 
@@ -311,21 +340,21 @@ impl Worker {
 
     /// Applies the batch to every view's state and reads each event's vectors (a draft with a
     /// claim keeps the claimed ones). Returns each view's entity keys, by row.
-    fn apply_views(
+    fn apply_views<'b>(
         &mut self,
         s: usize,
         p: i32,
-        batch: &RecordBatch,
+        batch: &'b RecordBatch,
         drafts: &mut [Draft],
-    ) -> Result<Vec<Vec<String>>> {
-        let mut inputs = Vec::new();
+    ) -> Result<Vec<Vec<Cow<'b, str>>>> {
         let mut all_keys = Vec::with_capacity(self.sources[s].views.len());
         for v in 0..self.sources[s].views.len() {
             let view = &self.sources[s].views[v];
             let plan = Arc::clone(view.plan());
             let name = view.view().name.clone();
             let rows = view.rows(batch)?;
-            let keys: Vec<String> = (0..rows.len()).map(|r| rows.entity(r)).collect();
+            let mut inputs = Vec::new();
+            let keys: Vec<Cow<'b, str>> = (0..rows.len()).map(|r| rows.entity_str(r)).collect();
             self.load(s, p, v, &keys)?;
             let (mut applied, mut late, mut replayed) = (0u64, 0u64, 0u64);
             let cache = &mut self.caches[s][v];
@@ -335,7 +364,7 @@ impl Worker {
                 .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
             let touched = &mut state.window.touched[v];
             for (row, draft) in drafts.iter_mut().enumerate() {
-                let key = &keys[row];
+                let key: &str = &keys[row];
                 let entry = cache
                     .get_mut(key)
                     .ok_or_else(|| Error::Fatal("an entity was not loaded".into()))?;
@@ -353,7 +382,7 @@ impl Worker {
                     continue;
                 };
                 if !touched.contains(key) {
-                    touched.insert(key.clone());
+                    touched.insert(key.to_string());
                 }
                 match outcome {
                     Applied::Applied => applied += 1,
@@ -384,13 +413,14 @@ impl Worker {
         s: usize,
         p: i32,
         batch: &RecordBatch,
-        keys: &[Vec<String>],
+        keys: &[Vec<Cow<'_, str>>],
         drafts: &[Draft],
     ) -> Result<()> {
         let state = self
             .partitions
             .get_mut(&(s, p))
             .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
+        let mut clock = String::new();
         for (v, view) in self.sources[s].views.iter().enumerate() {
             let rows = view.rows(batch)?;
             let log = &mut state.window.logs[v];
@@ -398,6 +428,7 @@ impl Worker {
                 let Some(vector) = &draft.vectors[v] else {
                     continue;
                 };
+                quiver_features::log::write_clock(&vector.clock, &mut clock);
                 log.push(
                     LogRow {
                         entity: &keys[v][row],
@@ -407,7 +438,7 @@ impl Worker {
                         offset: draft.offset,
                         as_of: vector.as_of,
                         late: vector.late,
-                        clock: &quiver_features::log::clock_json(&vector.clock),
+                        clock: &clock,
                     },
                     &vector.values,
                 );

@@ -28,7 +28,6 @@ impl Worker {
         let view = &source.views[v];
         let plan = Arc::clone(view.plan());
         let mut shards = EntityShards::new();
-        let mut inputs = Vec::new();
         let mut events_read = 0usize;
         for segment in self.raw.segments(&source.schema.name)? {
             if segment.id.partition != partition {
@@ -36,6 +35,7 @@ impl Worker {
             }
             for batch in self.raw.read_raw(&segment)? {
                 let rows = view.rows(&batch)?;
+                let mut inputs = Vec::new();
                 events_read += rows.len();
                 for row in 0..rows.len() {
                     if rows.entity(row) != entity {

@@ -20,6 +20,7 @@ use crate::consumer::WorkerConsumer;
 use crate::delivery::Producer;
 use crate::deploy::Models;
 use crate::flusher::{FlushJob, Flushed, Flusher, Job, Outcome, ViewShards};
+use crate::hot::FeatureNames;
 use crate::partition::{Failure, PartitionState, Window};
 use crate::sources::BoundSource;
 use crate::{Error, Result, events, scores};
@@ -185,7 +186,7 @@ pub(crate) struct Worker {
     /// Per source.
     pub(crate) ownership: Vec<Ownership>,
     /// Per source: `<view>__<feature>` of each view, then of each lookup.
-    pub(crate) feature_names: Vec<Vec<Vec<String>>>,
+    pub(crate) feature_names: Vec<FeatureNames>,
     /// The hot path's connection (cache misses, claims).
     pub(crate) online: OnlineStore,
     pub(crate) producer: Producer,
@@ -246,13 +247,15 @@ impl Worker {
             .map(|s| {
                 let own = s.views.iter().map(|v| v.view());
                 let other = s.lookups.iter().map(|l| l.view());
-                own.chain(other)
-                    .map(|v| {
-                        v.feature_names()
-                            .map(|f| format!("{}__{f}", v.name))
-                            .collect()
-                    })
-                    .collect()
+                FeatureNames::new(
+                    own.chain(other)
+                        .map(|v| {
+                            v.feature_names()
+                                .map(|f| format!("{}__{f}", v.name))
+                                .collect()
+                        })
+                        .collect(),
+                )
             })
             .collect();
         Self {

@@ -192,4 +192,30 @@ mod tests {
             "the strict reader refuses it"
         );
     }
+
+    #[test]
+    fn dense_sketches_encode_as_they_always_did() {
+        // The registers are written as one byte string; postcard writes a byte sequence the same
+        // way (a length, then the bytes), so shards written before and after read alike.
+        #[derive(serde::Serialize)]
+        enum Before {
+            #[allow(dead_code)]
+            Sparse(Vec<u32>),
+            Dense(Vec<u8>),
+        }
+        let mut sketch = quiver_features::hll::Hll::default();
+        for i in 0..5_000u64 {
+            sketch.add_hash(quiver_features::hll::hash(&i.to_le_bytes()));
+        }
+        let quiver_features::hll::Hll::Dense(registers) = &sketch else {
+            panic!("5 000 values make a dense sketch");
+        };
+        let now = postcard::to_allocvec(&sketch).unwrap();
+        assert_eq!(
+            now,
+            postcard::to_allocvec(&Before::Dense(registers.clone())).unwrap()
+        );
+        let back: quiver_features::hll::Hll = postcard::from_bytes(&now).unwrap();
+        assert_eq!(back, sketch);
+    }
 }

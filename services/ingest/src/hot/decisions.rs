@@ -8,10 +8,10 @@ use quiver_features::Value;
 use quiver_online::Claim;
 
 use super::{Draft, DraftFeatures};
-use crate::claims::{ClaimBatch, ClaimRecord, runs};
+use crate::claims::{ClaimBatch, ClaimBatchRef, ClaimRecord, ClaimRecordRef, Present, runs};
 use crate::delivery::{Acked, Acks, Origin};
 use crate::partition::Buffer;
-use crate::prediction::{Features, Fields, Outcome, Prediction, rfc3339_millis};
+use crate::prediction::{Features, Fields, Millis, Outcome, Prediction, rfc3339_millis};
 use crate::scores::ScoreRow;
 use crate::worker::Worker;
 use crate::{Error, Result, events};
@@ -84,21 +84,24 @@ impl Worker {
             let mut adopted = 0;
             for run in runs(&offsets, &known) {
                 let members = &fresh[run];
-                let batch = ClaimBatch {
-                    first: drafts[members[0]].offset,
-                    last: drafts[members[members.len() - 1]].offset,
-                    records: members.iter().map(|&i| record(&drafts[i])).collect(),
-                };
-                let answer =
-                    self.online
-                        .claim(&name, p, (batch.first, batch.last), &batch.encode(), ttl)?;
+                let (first, last) = (
+                    drafts[members[0]].offset,
+                    drafts[members[members.len() - 1]].offset,
+                );
+                let bytes = ClaimBatchRef {
+                    first,
+                    last,
+                    records: members.iter().filter_map(|&i| record(&drafts[i])).collect(),
+                }
+                .encode();
+                let answer = self.online.claim(&name, p, (first, last), &bytes, ttl)?;
                 let state = self
                     .partitions
                     .get_mut(&(s, p))
                     .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
                 let theirs = match answer {
                     Claim::Recorded => {
-                        state.claims.recorded(batch.first, batch.last);
+                        state.claims.recorded(first, last);
                         for &i in members {
                             drafts[i].claimed = true;
                         }
@@ -110,7 +113,7 @@ impl Worker {
                         for &i in members {
                             drafts[i].outcome = None;
                         }
-                        events::claims_fenced(&name, p, batch.first, batch.last);
+                        events::claims_fenced(&name, p, first, last);
                         continue;
                     }
                     Claim::Clashed(theirs) => theirs,
@@ -141,7 +144,7 @@ impl Worker {
         &mut self,
         s: usize,
         p: i32,
-        drafts: &[Draft],
+        drafts: &mut [Draft],
         buffer: &Buffer,
         acks: &Arc<Acks>,
     ) -> Result<()> {
@@ -158,6 +161,8 @@ impl Worker {
             .ok_or_else(|| Error::Fatal("partition vanished".into()))?;
         let mut replays = 0;
         let mut payload = Vec::new();
+        // The deciding model of the previous prediction: one model decides nearly every event.
+        let mut model: Option<Arc<str>> = None;
         for draft in drafts {
             let Some(outcome) = &draft.outcome else {
                 continue;
@@ -186,6 +191,7 @@ impl Worker {
             };
             let features = DraftFeatures { names, draft };
             let pairs: Vec<(&str, &Value)> = names
+                .by_view()
                 .iter()
                 .zip(features.values())
                 .flat_map(|(n, vals)| n.iter().map(String::as_str).zip(vals))
@@ -193,7 +199,7 @@ impl Worker {
             let mut ids = Vec::with_capacity(1 + source.schema.keys.len());
             ids.push((
                 source.schema.id.as_deref().unwrap_or("event_id"),
-                draft.event_id.clone(),
+                draft.event_id.as_str(),
             ));
             ids.extend(
                 source
@@ -201,13 +207,15 @@ impl Worker {
                     .keys
                     .iter()
                     .map(String::as_str)
-                    .zip(draft.keys.iter().cloned()),
+                    .zip(draft.keys.iter().map(String::as_str)),
             );
-            let freshness: Vec<(&str, String)> = lookup_names
+            let times: Vec<(&str, String)> = lookup_names
                 .iter()
                 .zip(&draft.lookups)
                 .filter_map(|(n, l)| Some((*n, rfc3339_millis(l.event_time_max?))))
                 .collect();
+            let freshness: Vec<(&str, &str)> =
+                times.iter().map(|(n, t)| (*n, t.as_str())).collect();
             let prediction = Prediction {
                 ids: Fields(&ids),
                 model_id: &verdict.model_id,
@@ -216,29 +224,34 @@ impl Worker {
                 decision: verdict.decision,
                 features: Features(&pairs),
                 event_time_max: Fields(&freshness),
-                event_time: rfc3339_millis(draft.time),
-                prediction_time: rfc3339_millis(draft.prediction_time),
+                event_time: Millis(draft.time),
+                prediction_time: Millis(draft.prediction_time),
                 shadow: verdict.shadow.as_ref(),
             };
             payload.clear();
             let features = prediction.write_json(&mut payload);
             let span = &buffer.spans[draft.span];
+            let model_id = match &model {
+                Some(m) if **m == *verdict.model_id => Arc::clone(m),
+                _ => Arc::clone(model.insert(Arc::from(verdict.model_id.as_str()))),
+            };
             self.producer.prediction(
                 &self.settings.predictions_topic,
                 draft.keys.first().map_or("", String::as_str),
                 &payload,
                 acks,
                 Acked {
-                    model_id: Arc::from(verdict.model_id.as_str()),
+                    model_id,
                     variant: verdict.variant,
                     decision: verdict.decision,
                     event_timestamp_ms: span.timestamp_ms,
                 },
             )?;
             replays += u64::from(draft.repeated);
+            // The draft is done with its ids: the log that follows reads only its vectors.
             state.window.scores.push(ScoreRow {
-                event_id: draft.event_id.clone(),
-                keys: draft.keys.clone(),
+                event_id: std::mem::take(&mut draft.event_id),
+                keys: std::mem::take(&mut draft.keys),
                 verdict: verdict.clone(),
                 event_time: draft.time,
                 prediction_time: draft.prediction_time,
@@ -264,16 +277,13 @@ pub(super) fn adopt(draft: &mut Draft, claim: ClaimRecord) {
     draft.repeated = true;
 }
 
-/// The claim of a draft with an outcome.
-fn record(draft: &Draft) -> ClaimRecord {
-    ClaimRecord {
+/// The claim of a draft with an outcome (`None` without one: nothing to claim).
+fn record(draft: &Draft) -> Option<ClaimRecordRef<'_>> {
+    Some(ClaimRecordRef {
         offset: draft.offset,
         prediction_time: draft.prediction_time,
-        outcome: draft.outcome.clone().unwrap_or(Outcome::Rejected {
-            reason: String::new(),
-            detail: String::new(),
-        }),
-        views: draft.vectors.iter().flatten().cloned().collect(),
-        lookups: draft.lookups.clone(),
-    }
+        outcome: draft.outcome.as_ref()?,
+        views: Present(&draft.vectors),
+        lookups: &draft.lookups,
+    })
 }

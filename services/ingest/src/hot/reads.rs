@@ -16,14 +16,20 @@ use crate::{Error, Result, events};
 impl Worker {
     /// Reads what a view's cache misses for a batch of partition `p` from Redis, in one
     /// round trip.
-    pub(super) fn load(&mut self, s: usize, p: i32, v: usize, keys: &[String]) -> Result<()> {
+    pub(super) fn load<K: AsRef<str>>(
+        &mut self,
+        s: usize,
+        p: i32,
+        v: usize,
+        keys: &[K],
+    ) -> Result<()> {
         let now = Instant::now();
         let own = &self.ownership[s];
         let cache = &self.caches[s][v];
         let partitions = &self.partitions;
         let durable = |q: i32| partitions.get(&(s, q)).map_or(-1, |st| st.flushed_through);
         let missing: Vec<&str> =
-            cache.to_read(keys.iter().map(String::as_str), own, now, p, durable);
+            cache.to_read(keys.iter().map(AsRef::as_ref), own, now, p, durable);
         if missing.is_empty() {
             return Ok(());
         }
