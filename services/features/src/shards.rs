@@ -395,8 +395,9 @@ impl EntityShards {
             }
         };
         if memo.key[..] != key[..] {
-            memo.cache = ReadCache::default();
-            memo.key = key.to_vec();
+            memo.cache.clear();
+            memo.key.clear();
+            memo.key.extend_from_slice(&key);
         }
         let as_of = ViewPlan::event_time_max(&states).unwrap_or(fallback);
         (

@@ -72,14 +72,16 @@ struct Prefix {
     boundary: i64,
     hop: i64,
     partial: Partial,
-    /// The rank histogram of a dense distinct-count partial, for union estimates.
-    ranks: Option<crate::hll::RankHistogram>,
+    /// The rank histogram of a dense distinct-count partial, for union estimates (boxed: the
+    /// other aggregations' prefixes, which live with every cached entity, do not carry its
+    /// 256 bytes).
+    ranks: Option<Box<crate::hll::RankHistogram>>,
 }
 
 impl Prefix {
     fn new(lower: i64, boundary: i64, hop: i64, partial: Partial) -> Self {
         let ranks = match &partial {
-            Partial::Distinct(sketch) => sketch.ranks(),
+            Partial::Distinct(sketch) => sketch.ranks().map(Box::new),
             _ => None,
         };
         Self {
@@ -112,6 +114,12 @@ pub struct ReadCache {
 }
 
 impl ReadCache {
+    /// Forgets every prefix (what the memo was computed over changed), keeping the room for
+    /// them: a memo starts again without an allocation.
+    pub fn clear(&mut self) {
+        self.prefixes.iter_mut().for_each(|prefix| *prefix = None);
+    }
+
     /// Forgets the prefixes an event at `time` may have changed (it landed before their end).
     pub fn invalidate(&mut self, time: i64) {
         for memo in &mut self.prefixes {
@@ -291,7 +299,8 @@ impl ViewPlan {
         cache: &mut ReadCache,
     ) -> Vec<Value> {
         if cache.prefixes.len() != self.slots.len() {
-            cache.prefixes = vec![None; self.slots.len()];
+            cache.prefixes.clear();
+            cache.prefixes.resize_with(self.slots.len(), || None);
         }
         let others = || {
             shards
