@@ -130,21 +130,9 @@ impl<'a> Column<'a> {
         }
     }
 
-    /// The value at `row`.
+    /// The value at `row`, owned ([`Column::input`] copied).
     pub fn value(&self, row: usize) -> Value {
-        if self.is_null(row) {
-            return Value::Null;
-        }
-        match self {
-            Self::Str(a) => Value::Str(a.value(row).to_string()),
-            Self::StrView(a) => Value::Str(a.value(row).to_string()),
-            Self::Float(a) => Value::Float(a.value(row)),
-            Self::Int(a) => Value::Int(a.value(row)),
-            Self::Int32(a) => Value::Int(i64::from(a.value(row))),
-            Self::Bool(a) => Value::Bool(a.value(row)),
-            Self::Time(a) => Value::Int(a.value(row)),
-            Self::Other => Value::Null,
-        }
+        self.input(row).to_value()
     }
 
     /// The value at `row`, borrowing its string.
