@@ -191,16 +191,15 @@ status() { # NAME PATTERN ADDR
   if pid_alive "$1" "$2"; then echo "$1: running (pid $(cat "$RUN/$1.pid")) on $3"; else echo "$1: stopped"; fi
 }
 
-install_all() {
-  install_tansu
-  install_redis
-  install_promtool
-  install_chromium
-}
-
 install_stack() {
   install_tansu
   install_redis
+}
+
+install_all() {
+  install_stack
+  install_promtool
+  install_chromium
 }
 
 case "${1:-}" in

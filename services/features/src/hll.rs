@@ -164,33 +164,8 @@ impl Hll {
                 }
             }
             (Hll::Sparse(mine), Hll::Sparse(theirs)) => {
-                // Both sorted by register: one merge pass, keeping the higher rank.
                 let mut merged = Vec::with_capacity(mine.len() + theirs.len());
-                let (mut i, mut j) = (0, 0);
-                while i < mine.len() || j < theirs.len() {
-                    let a = mine.get(i).copied();
-                    let b = theirs.get(j).copied();
-                    match (a, b) {
-                        (Some(x), Some(y)) if x >> 8 == y >> 8 => {
-                            merged.push(x.max(y));
-                            i += 1;
-                            j += 1;
-                        }
-                        (Some(x), Some(y)) if x >> 8 < y >> 8 => {
-                            merged.push(x);
-                            i += 1;
-                        }
-                        (Some(_), Some(y)) | (None, Some(y)) => {
-                            merged.push(y);
-                            j += 1;
-                        }
-                        (Some(x), None) => {
-                            merged.push(x);
-                            i += 1;
-                        }
-                        (None, None) => break,
-                    }
-                }
+                merged.extend(sorted_union(mine, theirs));
                 *mine = merged;
                 if mine.len() > SPARSE_LIMIT {
                     self.densify();
@@ -244,7 +219,7 @@ impl Hll {
                 let dense = mine.len() + theirs.len() > SPARSE_LIMIT;
                 let mut counts = [0u32; 64];
                 let (mut sum, mut nonzero) = (0.0f64, 0usize);
-                let mut take = |entry: u32| {
+                let take = |entry: u32| {
                     let rank = (entry & 0xff) as u8;
                     if dense {
                         counts[usize::from(rank & 63)] += 1;
@@ -253,22 +228,7 @@ impl Hll {
                     }
                     nonzero += 1;
                 };
-                let (mut i, mut j) = (0, 0);
-                while i < mine.len() && j < theirs.len() {
-                    let (a, b) = (mine[i], theirs[j]);
-                    if a >> 8 == b >> 8 {
-                        take(a.max(b));
-                        i += 1;
-                        j += 1;
-                    } else if a >> 8 < b >> 8 {
-                        take(a);
-                        i += 1;
-                    } else {
-                        take(b);
-                        j += 1;
-                    }
-                }
-                mine[i..].iter().chain(&theirs[j..]).for_each(|e| take(*e));
+                sorted_union(mine, theirs).for_each(take);
                 if dense {
                     counts[0] = (M - nonzero) as u32;
                     estimate_from_ranks(&counts)
@@ -321,6 +281,36 @@ fn finish_estimate(sum: f64, zeros: usize) -> i64 {
         raw
     };
     estimate.round() as i64
+}
+
+/// The union of two sparse entry lists, each sorted by register with one entry per register: in
+/// register order, one entry per register, the higher rank where both hold it (what `merge`
+/// keeps and `union_estimate` sums, in the same order).
+fn sorted_union<'a>(mine: &'a [u32], theirs: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let (a, b) = (mine.get(i).copied(), theirs.get(j).copied());
+        match (a, b) {
+            (Some(x), Some(y)) if x >> 8 == y >> 8 => {
+                i += 1;
+                j += 1;
+                Some(x.max(y))
+            }
+            (Some(x), Some(y)) if x >> 8 < y >> 8 => {
+                i += 1;
+                Some(x)
+            }
+            (Some(_) | None, Some(y)) => {
+                j += 1;
+                Some(y)
+            }
+            (Some(x), None) => {
+                i += 1;
+                Some(x)
+            }
+            (None, None) => None,
+        }
+    })
 }
 
 /// The estimate of the union of dense registers `regs` (whose rank histogram is `ranks`) with

@@ -110,14 +110,7 @@ impl Partial {
     }
 
     /// Absorbs one event's input (`Null` inputs are ignored except by `count`).
-    pub fn add<'a>(
-        &mut self,
-        input: impl Into<Input<'a>>,
-        time: i64,
-        seq: Seq,
-        scratch: &mut Vec<u8>,
-    ) {
-        let input = input.into();
+    pub fn add(&mut self, input: Input<'_>, time: i64, seq: Seq, scratch: &mut Vec<u8>) {
         match self {
             Partial::Count(n) => *n += 1,
             Partial::Last(latest) => {
@@ -282,7 +275,12 @@ mod tests {
         let mut p = Partial::new(op);
         let mut scratch = Vec::new();
         for (i, v) in inputs.iter().enumerate() {
-            p.add(v, 1_000 * i as i64, (0, i as i64), &mut scratch);
+            p.add(
+                Input::from(v),
+                1_000 * i as i64,
+                (0, i as i64),
+                &mut scratch,
+            );
         }
         p.finish()
     }
@@ -323,10 +321,10 @@ mod tests {
     fn last_prefers_event_time_then_arrival() {
         let mut p = Partial::new(Op::Last);
         let mut s = Vec::new();
-        p.add(&Value::Str("FR".into()), 2_000, (0, 1), &mut s);
-        p.add(&Value::Str("DE".into()), 1_000, (0, 2), &mut s); // older event, later arrival
+        p.add(Input::Str("FR"), 2_000, (0, 1), &mut s);
+        p.add(Input::Str("DE"), 1_000, (0, 2), &mut s); // older event, later arrival
         assert_eq!(p.finish(), Value::Str("FR".into()));
-        p.add(&Value::Str("ES".into()), 2_000, (0, 3), &mut s); // tie on time: later arrival wins
+        p.add(Input::Str("ES"), 2_000, (0, 3), &mut s); // tie on time: later arrival wins
         assert_eq!(p.finish(), Value::Str("ES".into()));
     }
 
@@ -350,7 +348,7 @@ mod tests {
             for chunk in xs.chunks(97) {
                 let mut part = Partial::new(op);
                 for x in chunk {
-                    part.add(&Value::Float(*x), 0, (0, 0), &mut s);
+                    part.add(Input::Float(*x), 0, (0, 0), &mut s);
                 }
                 merged.merge(&part);
             }

@@ -22,11 +22,7 @@ pub enum Value {
 impl Value {
     /// The numeric value, if any.
     pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            Value::Int(i) => Some(*i as f64),
-            Value::Float(f) => Some(*f),
-            _ => None,
-        }
+        Input::from(self).as_f64()
     }
 
     /// Bytes identifying the value for distinct counting (type-tagged, stable across runs).
