@@ -12,7 +12,6 @@
 //! is dropped ([`Applied::Late`]). Tiles that no read at or after the latest event time can
 //! reach are evicted, so state is bounded by the longest window over the hop.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::definition::{FeatureView, Op, Window};
 use crate::order::Seq;
 use crate::partial::Partial;
+use crate::tiles::Tiles;
 use crate::value::{AsInput, Value};
 
 /// Where an aggregation's partial lives.
@@ -58,7 +58,7 @@ pub struct EntityState {
     /// Events applied (late ones excluded).
     pub events: u64,
     lifetime: Vec<Partial>,
-    tiles: Vec<BTreeMap<i64, Vec<Partial>>>,
+    tiles: Vec<Tiles>,
 }
 
 /// What a read memoises of one aggregation: everything but the reading shard's newest tile —
@@ -216,7 +216,7 @@ impl ViewPlan {
                 .iter()
                 .map(|op| Partial::new(*op))
                 .collect(),
-            tiles: vec![BTreeMap::new(); self.groups.len()],
+            tiles: vec![Tiles::default(); self.groups.len()],
         }
     }
 
@@ -246,19 +246,12 @@ impl ViewPlan {
             let floor = floor_to(max.saturating_sub(group.max_size), group.hop);
             let tiles = &mut state.tiles[g];
             // Evict what no read at or after `max` can reach.
-            while let Some((&start, _)) = tiles.first_key_value() {
-                if start >= floor {
-                    break;
-                }
-                tiles.pop_first();
-            }
+            tiles.evict_before(floor);
             let start = floor_to(time, group.hop);
             if start < floor {
                 continue;
             }
-            let partials = tiles
-                .entry(start)
-                .or_insert_with(|| group.ops.iter().map(|op| Partial::new(*op)).collect());
+            let partials = tiles.tile_mut(start, &group.ops);
             for (slot, input) in self.slots.iter().zip(inputs) {
                 if let Slot::Windowed {
                     group: sg, index, ..
@@ -368,17 +361,18 @@ impl ViewPlan {
     /// and well formed (so reads can index it without checks): the lifetime partials, the
     /// groups, and each tile's partials.
     pub fn fits(&self, state: &EntityState) -> bool {
-        let valid = |partials: &[Partial], ops: &[Op]| {
-            partials.len() == ops.len()
-                && partials.iter().zip(ops).all(|(p, op)| p.is_valid_for(*op))
-        };
-        valid(&state.lifetime, &self.lifetime_ops)
+        state.lifetime.len() == self.lifetime_ops.len()
+            && state
+                .lifetime
+                .iter()
+                .zip(&self.lifetime_ops)
+                .all(|(p, op)| p.is_valid_for(*op))
             && state.tiles.len() == self.groups.len()
             && state
                 .tiles
                 .iter()
                 .zip(&self.groups)
-                .all(|(tiles, group)| tiles.values().all(|p| valid(p, &group.ops)))
+                .all(|(tiles, group)| tiles.fit(&group.ops))
     }
 
     /// The view definition's fingerprint ([`FeatureView::fingerprint`]).
@@ -388,192 +382,9 @@ impl ViewPlan {
 
     /// Number of tiles held (for memory accounting).
     pub fn tile_count(&self, state: &EntityState) -> usize {
-        state.tiles.iter().map(BTreeMap::len).sum()
+        state.tiles.iter().map(Tiles::len).sum()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::definition::tests::catalog;
-    use crate::duration::{HOUR_US, MINUTE_US};
-
-    fn plan(features: &str) -> ViewPlan {
-        let text =
-            format!("name = \"v\"\nentity = \"user_id\"\nsource = \"transactions\"\n{features}");
-        ViewPlan::new(Arc::new(
-            FeatureView::parse("v", &text, &catalog()).unwrap(),
-        ))
-    }
-
-    const COUNT_1H: &str = "[[features]]\nname = \"n\"\nop = \"count\"\nwindow = \"1h\"\n";
-
-    #[test]
-    fn a_state_of_another_layout_does_not_fit() {
-        let old = plan(COUNT_1H);
-        let mut state = old.new_state();
-        old.apply(&mut state, HOUR_US, (0, 0), &[Value::Null], &mut Vec::new());
-        assert!(old.fits(&state));
-        // A feature added in the same window: same lifetime and group counts, but each tile
-        // holds one partial where the new plan reads two.
-        let min =
-            "[[features]]\nname = \"m\"\nop = \"min\"\ncolumn = \"amount\"\nwindow = \"1h\"\n";
-        assert!(!plan(&format!("{min}{COUNT_1H}")).fits(&state));
-        // Same count of partials, another kind.
-        let sum =
-            "[[features]]\nname = \"n\"\nop = \"sum\"\ncolumn = \"amount\"\nwindow = \"1h\"\n";
-        assert!(!plan(sum).fits(&state));
-    }
-
-    #[test]
-    fn sawtooth_keeps_the_whole_oldest_hop_and_slides_with_the_clock() {
-        let p = plan(COUNT_1H);
-        let mut s = p.new_state();
-        let mut scratch = Vec::new();
-        let base = 1_000 * HOUR_US;
-        for minutes in [0, 4, 30, 59] {
-            p.apply(
-                &mut s,
-                base + minutes * MINUTE_US,
-                (0, minutes),
-                &[Value::Null],
-                &mut scratch,
-            );
-        }
-        // At base + 1h + 2 min the window starts at floor(base + 2min, 5min) = base: all four.
-        assert_eq!(
-            p.read(&s, base + HOUR_US + 2 * MINUTE_US),
-            vec![Value::Int(4)]
-        );
-        // At base + 1h + 5 min the first 5-minute tile (events at 0 and 4) has aged out.
-        assert_eq!(
-            p.read(&s, base + HOUR_US + 5 * MINUTE_US),
-            vec![Value::Int(2)]
-        );
-        // Long after, with no new event, the window is empty.
-        assert_eq!(p.read(&s, base + 3 * HOUR_US), vec![Value::Int(0)]);
-    }
-
-    #[test]
-    fn merged_shards_read_like_one_stream() {
-        let p = plan(
-            "[[features]]\nname = \"n\"\nop = \"count\"\nwindow = \"1h\"\n\
-             [[features]]\nname = \"s\"\nop = \"sum\"\ncolumn = \"amount\"\nwindow = \"24h\"\n\
-             [[features]]\nname = \"l\"\nop = \"last\"\ncolumn = \"country\"\nwindow = \"lifetime\"\n",
-        );
-        let base = 1_000 * HOUR_US;
-        let events: Vec<(i64, i32, Vec<Value>)> = (0..40)
-            .map(|i| {
-                let input = vec![
-                    Value::Null,
-                    Value::Float(i as f64),
-                    Value::Str(format!("c{i}")),
-                ];
-                (base + i * 7 * MINUTE_US, (i % 3) as i32, input)
-            })
-            .collect();
-        let mut scratch = Vec::new();
-        let mut whole = p.new_state();
-        let mut shards = [p.new_state(), p.new_state(), p.new_state()];
-        for (i, (time, partition, input)) in events.iter().enumerate() {
-            p.apply(
-                &mut whole,
-                *time,
-                (*partition, i as i64),
-                input,
-                &mut scratch,
-            );
-            p.apply(
-                &mut shards[*partition as usize],
-                *time,
-                (*partition, i as i64),
-                input,
-                &mut scratch,
-            );
-        }
-        let t = base + 5 * HOUR_US;
-        let refs: Vec<&EntityState> = shards.iter().collect();
-        assert_eq!(p.read_shards(&refs, t), p.read(&whole, t));
-        assert_eq!(ViewPlan::event_time_max(&refs), whole.event_time_max);
-        assert!(p.fits(&shards[0]));
-    }
-
-    #[test]
-    fn cached_reads_equal_uncached_ones_through_out_of_order_events() {
-        let p = plan(
-            "[[features]]\nname = \"s\"\nop = \"sum\"\ncolumn = \"amount\"\nwindow = \"1h\"\n\
-             [[features]]\nname = \"d\"\nop = \"distinct_count\"\ncolumn = \"country\"\nwindow = \"24h\"\n\
-             [[features]]\nname = \"v\"\nop = \"stddev\"\ncolumn = \"amount\"\nwindow = \"7d\"\n",
-        );
-        let base = 1_000 * HOUR_US;
-        let mut state = p.new_state();
-        let mut cache = ReadCache::default();
-        let mut scratch = Vec::new();
-        for i in 0..400i64 {
-            // Mostly in order, every 7th event 40 minutes in the past.
-            let time = base + i * 3 * MINUTE_US - if i % 7 == 0 { 40 * MINUTE_US } else { 0 };
-            let inputs = [
-                Value::Float(0.1 * i as f64),
-                Value::Str(format!("c{}", i % 13)),
-                Value::Float(i as f64),
-            ];
-            p.apply(&mut state, time, (0, i), &inputs, &mut scratch);
-            cache.invalidate(time);
-            let t = state.event_time_max.unwrap_or(time);
-            assert_eq!(
-                p.read_shards_cached(&[&state], Some(0), t, &mut cache),
-                p.read(&state, t),
-                "after event {i}"
-            );
-        }
-    }
-
-    #[test]
-    fn late_events_are_dropped_and_old_tiles_evicted() {
-        let p = plan(COUNT_1H);
-        let mut s = p.new_state();
-        let mut scratch = Vec::new();
-        let base = 1_000 * HOUR_US;
-        assert_eq!(
-            p.apply(&mut s, base, (0, 0), &[Value::Null], &mut scratch),
-            Applied::Applied
-        );
-        assert_eq!(
-            p.apply(
-                &mut s,
-                base + 5 * HOUR_US,
-                (0, 1),
-                &[Value::Null],
-                &mut scratch
-            ),
-            Applied::Applied
-        );
-        assert_eq!(
-            p.tile_count(&s),
-            1,
-            "the tile 5 h back can never be read again"
-        );
-        assert_eq!(
-            p.apply(
-                &mut s,
-                base + 3 * HOUR_US,
-                (0, 2),
-                &[Value::Null],
-                &mut scratch
-            ),
-            Applied::Late
-        );
-        assert_eq!(
-            p.apply(
-                &mut s,
-                base + 4 * HOUR_US + MINUTE_US,
-                (0, 3),
-                &[Value::Null],
-                &mut scratch
-            ),
-            Applied::Applied
-        );
-        assert_eq!(p.read(&s, s.event_time_max.unwrap()), vec![Value::Int(2)]);
-        assert_eq!(s.events, 3);
-    }
-}
+mod tests;
