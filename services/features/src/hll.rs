@@ -6,18 +6,28 @@
 //! list of `register << 8 | rank`), which keeps per-tile state small for the common case of a
 //! few distinct values per entity per tile; past 512 entries they turn dense (4 KiB). Small
 //! cardinalities use linear counting and are close to exact.
+//!
+//! A sketch's form is a function of its registers alone: sparse exactly when at most 512
+//! registers are set, however it was built (added to, merged one by one in any order, or
+//! folded at once by [`Hll::union_all`]).
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 const P: u32 = 12;
 const M: usize = 1 << P;
 const SPARSE_LIMIT: usize = 512;
 
+/// Sparse entries: up to four inline (a tile's sketch of a few values lives in the tile's own
+/// memory, no allocation, no pointer to follow when a window is merged), more on the heap. The
+/// same size as a `Vec`.
+pub type Entries = SmallVec<[u32; 4]>;
+
 /// A HyperLogLog sketch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Hll {
     /// Sorted `register << 8 | rank` entries, one per non-zero register.
-    Sparse(Vec<u32>),
+    Sparse(#[serde(with = "entries")] Entries),
     /// One rank per register.
     Dense(#[serde(with = "registers")] Vec<u8>),
 }
@@ -60,9 +70,45 @@ mod registers {
     }
 }
 
+/// Sparse entries serialised as the sequence of `u32` they always were (a `Vec<u32>`'s bytes).
+mod entries {
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    use super::Entries;
+
+    pub(super) fn serialize<S: Serializer>(
+        entries: &Entries,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(entries.iter())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Entries, D::Error> {
+        struct EntriesVisitor;
+        impl<'de> Visitor<'de> for EntriesVisitor {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("sparse HyperLogLog entries")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Entries, A::Error> {
+                let mut entries =
+                    Entries::with_capacity(seq.size_hint().unwrap_or(0).min(super::SPARSE_LIMIT));
+                while let Some(entry) = seq.next_element::<u32>()? {
+                    entries.push(entry);
+                }
+                Ok(entries)
+            }
+        }
+        deserializer.deserialize_seq(EntriesVisitor)
+    }
+}
+
 impl Default for Hll {
     fn default() -> Self {
-        Hll::Sparse(Vec::new())
+        Hll::Sparse(Entries::new())
     }
 }
 
@@ -139,16 +185,11 @@ impl Hll {
         }
     }
 
-    /// Merges another sketch into this one (register-wise maximum), in linear time.
+    /// Merges another sketch into this one (register-wise maximum), in linear time. The
+    /// union stays sparse while it sets at most the sparse limit of registers. To fold many
+    /// sketches, [`Hll::union_all`] costs their entries once rather than a list rebuild each.
     pub fn merge(&mut self, other: &Hll) {
-        // Into a dense sketch when the other is dense or the union may outgrow the sparse
-        // form: merging many tiles then costs the entries merged, not repeated list rebuilds.
-        let grow = match (&*self, other) {
-            (Hll::Sparse(_), Hll::Dense(_)) => true,
-            (Hll::Sparse(mine), Hll::Sparse(theirs)) => mine.len() + theirs.len() > SPARSE_LIMIT,
-            _ => false,
-        };
-        if grow {
+        if let (Hll::Sparse(_), Hll::Dense(_)) = (&*self, other) {
             self.densify();
         }
         match (&mut *self, other) {
@@ -164,7 +205,7 @@ impl Hll {
                 }
             }
             (Hll::Sparse(mine), Hll::Sparse(theirs)) => {
-                let mut merged = Vec::with_capacity(mine.len() + theirs.len());
+                let mut merged = Entries::with_capacity(mine.len() + theirs.len());
                 merged.extend(sorted_union(mine, theirs));
                 *mine = merged;
                 if mine.len() > SPARSE_LIMIT {
@@ -207,6 +248,51 @@ impl Hll {
         }
     }
 
+    /// The union of `sketches`: equal to merging them one by one into an empty sketch, in any
+    /// order, in time linear in their entries (each register raised in one 4 KiB array, the
+    /// sparse result listed from the registers it touched).
+    pub fn union_all<'a>(sketches: impl IntoIterator<Item = &'a Hll>) -> Hll {
+        let mut registers = vec![0u8; M];
+        let mut touched: Vec<u16> = Vec::new();
+        let mut raise = |register: usize, rank: u8| {
+            // A register beyond these (a malformed shard) is left out rather than panicking.
+            if let Some(held) = registers.get_mut(register)
+                && *held < rank
+            {
+                if *held == 0 {
+                    touched.push(register as u16);
+                }
+                *held = rank;
+            }
+        };
+        for sketch in sketches {
+            match sketch {
+                Hll::Sparse(entries) => {
+                    for e in entries {
+                        raise((e >> 8) as usize, (e & 0xff) as u8);
+                    }
+                }
+                Hll::Dense(ranks) => {
+                    for (register, rank) in ranks.iter().enumerate() {
+                        raise(register, *rank);
+                    }
+                }
+            }
+        }
+        if touched.len() > SPARSE_LIMIT {
+            return Hll::Dense(registers);
+        }
+        touched.sort_unstable();
+        Hll::Sparse(
+            touched
+                .iter()
+                .map(|register| {
+                    u32::from(*register) << 8 | u32::from(registers[*register as usize])
+                })
+                .collect(),
+        )
+    }
+
     /// The estimate of the union of this sketch with `other`, without building it: equal to
     /// `merge` then `estimate` (the same registers, summed the same way), allocation-free.
     pub fn union_estimate(&self, other: &Hll) -> i64 {
@@ -214,22 +300,19 @@ impl Hll {
             (Hll::Dense(regs), _) => dense_union_estimate(regs, &rank_histogram(regs), other),
             (Hll::Sparse(_), Hll::Dense(_)) => other.union_estimate(self),
             (Hll::Sparse(mine), Hll::Sparse(theirs)) => {
-                // `merge` densifies first when the union may outgrow the sparse form: then the
-                // dense estimate (by rank histogram), else the sparse one (in register order).
-                let dense = mine.len() + theirs.len() > SPARSE_LIMIT;
+                // The union is dense when it sets more than the sparse limit of registers: then
+                // the dense estimate (by rank histogram), else the sparse one (in register
+                // order). Both are summed in the one pass.
                 let mut counts = [0u32; 64];
                 let (mut sum, mut nonzero) = (0.0f64, 0usize);
                 let take = |entry: u32| {
                     let rank = (entry & 0xff) as u8;
-                    if dense {
-                        counts[usize::from(rank & 63)] += 1;
-                    } else {
-                        sum += inverse_pow2(rank);
-                    }
+                    counts[usize::from(rank & 63)] += 1;
+                    sum += inverse_pow2(rank);
                     nonzero += 1;
                 };
                 sorted_union(mine, theirs).for_each(take);
-                if dense {
+                if nonzero > SPARSE_LIMIT {
                     counts[0] = (M - nonzero) as u32;
                     estimate_from_ranks(&counts)
                 } else {
@@ -352,14 +435,30 @@ mod tests {
         assert!(sketch(0..5_000).is_valid(), "dense");
         assert!(!Hll::Dense(vec![0; 100]).is_valid(), "short dense");
         assert!(
-            !Hll::Sparse(vec![(M as u32) << 8 | 1]).is_valid(),
+            !Hll::Sparse([(M as u32) << 8 | 1].into_iter().collect()).is_valid(),
             "register out of range"
         );
         assert!(
-            !Hll::Sparse(vec![2 << 8 | 1, 1 << 8 | 1]).is_valid(),
+            !Hll::Sparse([2 << 8 | 1, 1 << 8 | 1].into_iter().collect()).is_valid(),
             "unsorted"
         );
-        assert!(!Hll::Sparse(vec![1 << 8]).is_valid(), "rank 0");
+        assert!(
+            !Hll::Sparse([1 << 8].into_iter().collect()).is_valid(),
+            "rank 0"
+        );
+        // Sparse entries are stored as the `Vec<u32>` they were.
+        let entries: Vec<u32> = (0..9).map(|i| (i * 3) << 8 | 2).collect();
+        let sparse = Hll::Sparse(entries.iter().copied().collect());
+        #[derive(serde::Serialize)]
+        enum Before {
+            Sparse(Vec<u32>),
+        }
+        let bytes = postcard::to_allocvec(&sparse).unwrap();
+        assert_eq!(
+            bytes,
+            postcard::to_allocvec(&Before::Sparse(entries)).unwrap()
+        );
+        assert_eq!(postcard::from_bytes::<Hll>(&bytes).unwrap(), sparse);
     }
 
     fn sketch(range: std::ops::Range<u64>) -> Hll {
@@ -397,6 +496,43 @@ mod tests {
         let union = sketch(0..900);
         assert_eq!(a.estimate(), union.estimate());
         assert_eq!(b.estimate(), union.estimate());
+    }
+
+    #[test]
+    fn a_union_has_one_form_whatever_the_order_and_union_all_equals_it() {
+        let parts = [
+            sketch(0..3),
+            sketch(0..300),
+            sketch(200..450),
+            sketch(400..700),
+            sketch(650..660),
+            Hll::default(),
+            sketch(0..3_000),
+        ];
+        // Sequences whose sums of lengths pass the sparse limit while their union does not,
+        // and ones whose union does.
+        for range in [0..2, 1..3, 1..4, 0..5, 2..6, 0..7] {
+            let chosen = &parts[range.clone()];
+            let mut forwards = Hll::default();
+            chosen.iter().for_each(|part| forwards.merge(part));
+            let mut backwards = Hll::default();
+            chosen.iter().rev().for_each(|part| backwards.merge(part));
+            assert_eq!(forwards, backwards, "{range:?}");
+            assert_eq!(Hll::union_all(chosen), forwards, "{range:?}");
+            assert!(forwards.is_valid());
+            let set = match &forwards {
+                Hll::Sparse(entries) => entries.len(),
+                Hll::Dense(ranks) => ranks.iter().filter(|rank| **rank > 0).count(),
+            };
+            assert_eq!(matches!(forwards, Hll::Sparse(_)), set <= SPARSE_LIMIT);
+        }
+        assert_eq!(Hll::union_all([]), Hll::default());
+    }
+
+    #[test]
+    fn inline_entries_cost_no_room() {
+        assert_eq!(size_of::<Entries>(), size_of::<Vec<u32>>());
+        assert_eq!(size_of::<Hll>(), size_of::<Vec<u32>>() + 8);
     }
 
     #[test]

@@ -186,6 +186,24 @@ impl Partial {
         }
     }
 
+    /// The merge of `parts` (partials of `op`) in their order: equal to merging them one by
+    /// one into an empty partial, with distinct counts folded at once ([`Hll::union_all`]).
+    pub fn merged<'a>(op: Op, parts: impl IntoIterator<Item = &'a Partial>) -> Partial {
+        if op == Op::DistinctCount {
+            return Partial::Distinct(Hll::union_all(parts.into_iter().filter_map(
+                |part| match part {
+                    Partial::Distinct(sketch) => Some(sketch),
+                    _ => None,
+                },
+            )));
+        }
+        let mut merged = Partial::new(op);
+        for part in parts {
+            merged.merge(part);
+        }
+        merged
+    }
+
     /// Absorbs another partial of the same operation.
     pub fn merge(&mut self, other: &Partial) {
         match (self, other) {

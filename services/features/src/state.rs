@@ -310,10 +310,7 @@ impl ViewPlan {
             .map(|((slot, agg), memo)| match *slot {
                 Slot::Lifetime(i) => {
                     if memo.is_none() {
-                        let mut merged = Partial::new(agg.op);
-                        for state in others() {
-                            merged.merge(&state.lifetime[i]);
-                        }
+                        let merged = Partial::merged(agg.op, others().map(|s| &s.lifetime[i]));
                         *memo = Some(Prefix::new(i64::MIN, i64::MIN, 0, merged));
                     }
                     let newest = own_state.map(|s| &s.lifetime[i]);
@@ -327,19 +324,15 @@ impl ViewPlan {
                         .as_ref()
                         .is_some_and(|p| p.lower == lower && p.boundary == boundary);
                     if !fresh {
-                        let mut prefix = Partial::new(agg.op);
-                        for state in shards {
-                            for partials in
-                                state.tiles[group].range(lower..boundary).map(|(_, p)| p)
-                            {
-                                prefix.merge(&partials[index]);
-                            }
-                        }
-                        for state in others() {
-                            for partials in state.tiles[group].range(boundary..=t).map(|(_, p)| p) {
-                                prefix.merge(&partials[index]);
-                            }
-                        }
+                        let older = shards
+                            .iter()
+                            .flat_map(|state| state.tiles[group].range(lower..boundary));
+                        let others_newest =
+                            others().flat_map(|state| state.tiles[group].range(boundary..=t));
+                        let prefix = Partial::merged(
+                            agg.op,
+                            older.chain(others_newest).map(|(_, tile)| &tile[index]),
+                        );
                         *memo = Some(Prefix::new(lower, boundary, hop, prefix));
                     }
                     // The reading shard's tiles in [boundary, t]: at most the one at boundary.
