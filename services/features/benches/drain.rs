@@ -6,7 +6,7 @@
 //! snapshots the shards it touched and publishes them to the other partitions' reads.
 //!
 //! `cargo bench -p quiver-features --bench drain` gives the core's cost per event without
-//! Kafka, Redis or the durable path.
+//! Kafka, Redis or the durable path (with the worker's allocator, mimalloc).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -17,6 +17,10 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use quiver_core::Catalog;
 use quiver_features::{EntityShards, Value, ViewCatalog, ViewPlan};
+
+/// The worker's allocator, so allocation costs are the worker's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SECOND: i64 = 1_000_000;
 const EVENTS: usize = 100_000;

@@ -249,48 +249,20 @@ impl Hll {
     }
 
     /// The union of `sketches`: equal to merging them one by one into an empty sketch, in any
-    /// order, in time linear in their entries (each register raised in one 4 KiB array, the
-    /// sparse result listed from the registers it touched).
+    /// order. Sparse sketches of few entries in all are sorted together; otherwise each register
+    /// is raised in one 4 KiB array and the sparse result listed from the registers touched.
     pub fn union_all<'a>(sketches: impl IntoIterator<Item = &'a Hll>) -> Hll {
-        let mut registers = vec![0u8; M];
-        let mut touched: Vec<u16> = Vec::new();
-        let mut raise = |register: usize, rank: u8| {
-            // A register beyond these (a malformed shard) is left out rather than panicking.
-            if let Some(held) = registers.get_mut(register)
-                && *held < rank
-            {
-                if *held == 0 {
-                    touched.push(register as u16);
-                }
-                *held = rank;
-            }
-        };
-        for sketch in sketches {
-            match sketch {
-                Hll::Sparse(entries) => {
-                    for e in entries {
-                        raise((e >> 8) as usize, (e & 0xff) as u8);
-                    }
-                }
-                Hll::Dense(ranks) => {
-                    for (register, rank) in ranks.iter().enumerate() {
-                        raise(register, *rank);
-                    }
-                }
-            }
+        let sketches: SmallVec<[&Hll; 32]> = sketches.into_iter().collect();
+        let sparse_entries = sketches
+            .iter()
+            .try_fold(0usize, |total, sketch| match sketch {
+                Hll::Sparse(entries) => Some(total + entries.len()),
+                Hll::Dense(_) => None,
+            });
+        match sparse_entries {
+            Some(total) if total <= SMALL_UNION => Hll::Sparse(sparse_union(&sketches, total)),
+            _ => dense_union(&sketches),
         }
-        if touched.len() > SPARSE_LIMIT {
-            return Hll::Dense(registers);
-        }
-        touched.sort_unstable();
-        Hll::Sparse(
-            touched
-                .iter()
-                .map(|register| {
-                    u32::from(*register) << 8 | u32::from(registers[*register as usize])
-                })
-                .collect(),
-        )
     }
 
     /// The estimate of the union of this sketch with `other`, without building it: equal to
@@ -329,6 +301,72 @@ impl Hll {
             Hll::Sparse(_) => None,
         }
     }
+}
+
+/// At most this many sparse entries in all are unioned by sorting them together.
+const SMALL_UNION: usize = 128;
+
+/// The union of sparse sketches of `total` entries in all (at most the sparse limit): their
+/// entries sorted, the highest rank kept per register.
+fn sparse_union(sketches: &[&Hll], total: usize) -> Entries {
+    let mut all = Entries::with_capacity(total);
+    for sketch in sketches {
+        if let Hll::Sparse(entries) = sketch {
+            all.extend_from_slice(entries);
+        }
+    }
+    all.sort_unstable();
+    let mut union = Entries::with_capacity(total);
+    for entry in all {
+        match union.last_mut() {
+            // Sorted by register then rank: a later entry of the same register ranks higher.
+            Some(last) if *last >> 8 == entry >> 8 => *last = entry,
+            _ => union.push(entry),
+        }
+    }
+    union
+}
+
+/// The union of any sketches: each register raised in one array, the sparse result (when at
+/// most the sparse limit of registers are set) listed from the registers touched.
+fn dense_union(sketches: &[&Hll]) -> Hll {
+    let mut registers = vec![0u8; M];
+    let mut touched: Vec<u16> = Vec::new();
+    let mut raise = |register: usize, rank: u8| {
+        // A register beyond these (a malformed shard) is left out rather than panicking.
+        if let Some(held) = registers.get_mut(register)
+            && *held < rank
+        {
+            if *held == 0 {
+                touched.push(register as u16);
+            }
+            *held = rank;
+        }
+    };
+    for sketch in sketches {
+        match sketch {
+            Hll::Sparse(entries) => {
+                for e in entries {
+                    raise((e >> 8) as usize, (e & 0xff) as u8);
+                }
+            }
+            Hll::Dense(ranks) => {
+                for (register, rank) in ranks.iter().enumerate() {
+                    raise(register, *rank);
+                }
+            }
+        }
+    }
+    if touched.len() > SPARSE_LIMIT {
+        return Hll::Dense(registers);
+    }
+    touched.sort_unstable();
+    Hll::Sparse(
+        touched
+            .iter()
+            .map(|register| u32::from(*register) << 8 | u32::from(registers[*register as usize]))
+            .collect(),
+    )
 }
 
 /// How many registers hold each rank (ranks are at most 64 - P + 1).
@@ -511,7 +549,7 @@ mod tests {
         ];
         // Sequences whose sums of lengths pass the sparse limit while their union does not,
         // and ones whose union does.
-        for range in [0..2, 1..3, 1..4, 0..5, 2..6, 0..7] {
+        for range in [0..2, 1..3, 1..4, 0..5, 2..6, 0..7, 4..6, 5..6] {
             let chosen = &parts[range.clone()];
             let mut forwards = Hll::default();
             chosen.iter().for_each(|part| forwards.merge(part));
@@ -527,6 +565,17 @@ mod tests {
             assert_eq!(matches!(forwards, Hll::Sparse(_)), set <= SPARSE_LIMIT);
         }
         assert_eq!(Hll::union_all([]), Hll::default());
+        // Few entries are sorted together, more raised in registers: the same union.
+        let small = [sketch(0..3), sketch(2..40), sketch(30..60), sketch(0..3)];
+        let refs: Vec<&Hll> = small.iter().collect();
+        let total = small.iter().map(|s| match s {
+            Hll::Sparse(entries) => entries.len(),
+            Hll::Dense(_) => unreachable!("small sketches are sparse"),
+        });
+        assert_eq!(
+            Hll::Sparse(sparse_union(&refs, total.sum())),
+            dense_union(&refs)
+        );
     }
 
     #[test]
