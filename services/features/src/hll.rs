@@ -294,6 +294,23 @@ impl Hll {
         }
     }
 
+    /// Visits each register the sketch holds with its rank (a sparse sketch's set registers in
+    /// order, a dense sketch's every register), once each.
+    fn for_each_register(&self, mut visit: impl FnMut(usize, u8)) {
+        match self {
+            Hll::Sparse(entries) => {
+                for e in entries {
+                    visit((e >> 8) as usize, (e & 0xff) as u8);
+                }
+            }
+            Hll::Dense(ranks) => {
+                for (register, rank) in ranks.iter().enumerate() {
+                    visit(register, *rank);
+                }
+            }
+        }
+    }
+
     /// The rank histogram of a dense sketch (for [`Hll::estimate_union`]).
     pub fn ranks(&self) -> Option<RankHistogram> {
         match self {
@@ -344,18 +361,7 @@ fn dense_union(sketches: &[&Hll]) -> Hll {
         }
     };
     for sketch in sketches {
-        match sketch {
-            Hll::Sparse(entries) => {
-                for e in entries {
-                    raise((e >> 8) as usize, (e & 0xff) as u8);
-                }
-            }
-            Hll::Dense(ranks) => {
-                for (register, rank) in ranks.iter().enumerate() {
-                    raise(register, *rank);
-                }
-            }
-        }
+        sketch.for_each_register(&mut raise);
     }
     if touched.len() > SPARSE_LIMIT {
         return Hll::Dense(registers);
@@ -438,7 +444,7 @@ fn sorted_union<'a>(mine: &'a [u32], theirs: &'a [u32]) -> impl Iterator<Item = 
 /// `other`: the histogram moved register by register as `other` raises it.
 fn dense_union_estimate(regs: &[u8], ranks: &RankHistogram, other: &Hll) -> i64 {
     let mut counts = *ranks;
-    let mut raise = |register: usize, rank: u8| {
+    let raise = |register: usize, rank: u8| {
         // A register beyond these (a malformed shard) is left out rather than panicking.
         let current = regs.get(register).copied().unwrap_or(rank);
         if rank > current {
@@ -446,19 +452,8 @@ fn dense_union_estimate(regs: &[u8], ranks: &RankHistogram, other: &Hll) -> i64 
             counts[usize::from(rank & 63)] += 1;
         }
     };
-    match other {
-        Hll::Sparse(entries) => {
-            // Entries are one per register, so each raises its register at most once.
-            for e in entries {
-                raise((e >> 8) as usize, (e & 0xff) as u8);
-            }
-        }
-        Hll::Dense(theirs) => {
-            for (register, rank) in theirs.iter().enumerate() {
-                raise(register, *rank);
-            }
-        }
-    }
+    // One visit per register, so each raises its register at most once.
+    other.for_each_register(raise);
     estimate_from_ranks(&counts)
 }
 
