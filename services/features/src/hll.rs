@@ -175,11 +175,7 @@ impl Hll {
                     Err(i) => entries.insert(i, key | u32::from(rank)),
                 }
                 if entries.len() > SPARSE_LIMIT {
-                    let mut regs = vec![0u8; M];
-                    for e in entries.iter() {
-                        regs[(e >> 8) as usize] = (e & 0xff) as u8;
-                    }
-                    *self = Hll::Dense(regs);
+                    self.densify();
                 }
             }
         }

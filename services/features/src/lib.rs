@@ -10,7 +10,8 @@
 //!   against the source schemas;
 //! - [`partial`]: per-operation partial aggregates (`count`, `sum`, `mean`, `min`, `max`, `last`,
 //!   `distinct_count` via [`hll`], `stddev`);
-//! - [`state`]: one entity's tiles (each window group's flat, in `tiles`), [`state::ViewPlan::apply`] and [`state::ViewPlan::read`];
+//! - [`state`]: one entity's tiles (each window group's flat, in `tiles`),
+//!   [`state::ViewPlan::apply`] and [`state::ViewPlan::read`];
 //! - [`shards`]: an entity's state split per source partition, and the one vector-as-of-an-event
 //!   ([`shards::EntityShards::vector_as_of`]) the streaming worker, the batch replay and the API
 //!   all compute through;

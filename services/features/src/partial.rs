@@ -84,6 +84,12 @@ impl Partial {
             }
     }
 
+    /// Whether `partials` hold one partial per operation of `ops`, in order, each what its
+    /// operation keeps and well formed.
+    pub fn all_valid_for(partials: &[Partial], ops: &[Op]) -> bool {
+        partials.len() == ops.len() && partials.iter().zip(ops).all(|(p, op)| p.is_valid_for(*op))
+    }
+
     /// The empty partial of an operation.
     pub fn new(op: Op) -> Self {
         match op {

@@ -354,12 +354,7 @@ impl ViewPlan {
     /// and well formed (so reads can index it without checks): the lifetime partials, the
     /// groups, and each tile's partials.
     pub fn fits(&self, state: &EntityState) -> bool {
-        state.lifetime.len() == self.lifetime_ops.len()
-            && state
-                .lifetime
-                .iter()
-                .zip(&self.lifetime_ops)
-                .all(|(p, op)| p.is_valid_for(*op))
+        Partial::all_valid_for(&state.lifetime, &self.lifetime_ops)
             && state.tiles.len() == self.groups.len()
             && state
                 .tiles

@@ -118,7 +118,7 @@ impl Tiles {
             && self
                 .partials
                 .chunks(ops.len().max(1))
-                .all(|tile| tile.iter().zip(ops).all(|(p, op)| p.is_valid_for(*op)))
+                .all(|tile| Partial::all_valid_for(tile, ops))
     }
 }
 
