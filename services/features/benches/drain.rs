@@ -6,7 +6,9 @@
 //! snapshots the shards it touched and publishes them to the other partitions' reads.
 //!
 //! `cargo bench -p quiver-features --bench drain` gives the core's cost per event without
-//! Kafka, Redis or the durable path (with the worker's allocator, mimalloc).
+//! Kafka, Redis or the durable path (with the worker's allocator, mimalloc). Before timing, it
+//! prints the resident memory the state adds per entity in one pass, on this shape and on the
+//! sparse shape of `quiver-loadtest memory` (two events per user).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -22,10 +24,39 @@ use quiver_features::{EntityShards, Value, ViewCatalog, ViewPlan};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The process's resident memory (bytes), from `/proc/self/statm`.
+fn resident_bytes() -> i64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: i64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|field| field.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
 const SECOND: i64 = 1_000_000;
-const EVENTS: usize = 100_000;
-const USERS: u64 = 10_000;
-const MERCHANTS: u64 = 80;
+/// The events, users and merchants of a run.
+#[derive(Clone, Copy)]
+struct Shape {
+    events: usize,
+    users: u64,
+    merchants: u64,
+}
+
+/// The timed shape: the drain's density per entity.
+const DRAIN: Shape = Shape {
+    events: 100_000,
+    users: 10_000,
+    merchants: 80,
+};
+
+/// The shape of `quiver-loadtest memory`: about two events per user.
+const SPARSE: Shape = Shape {
+    events: 200_000,
+    users: 100_000,
+    merchants: 80,
+};
 const PARTITIONS: i32 = 4;
 const FLUSH_EVERY: usize = 1_000;
 
@@ -49,7 +80,7 @@ struct Event {
     inputs: [Vec<Value>; 2],
 }
 
-fn events(plans: &[ViewPlan]) -> Vec<Event> {
+fn events(plans: &[ViewPlan], shape: Shape) -> Vec<Event> {
     let start = 1_795_687_200 * SECOND;
     let span = 7 * 24 * 3_600 * SECOND;
     let mut random = 0x2545_f491_4f6c_dd1du64;
@@ -60,10 +91,10 @@ fn events(plans: &[ViewPlan]) -> Vec<Event> {
         random
     };
     let mut offsets = [0i64; PARTITIONS as usize];
-    (0..EVENTS)
+    (0..shape.events)
         .map(|i| {
-            let user = next() % USERS;
-            let merchant = next() % MERCHANTS;
+            let user = next() % shape.users;
+            let merchant = next() % shape.merchants;
             let partition = (user % PARTITIONS as u64) as i32;
             let offset = offsets[partition as usize];
             offsets[partition as usize] += 1;
@@ -84,7 +115,7 @@ fn events(plans: &[ViewPlan]) -> Vec<Event> {
                     .collect()
             };
             Event {
-                time: start + span / EVENTS as i64 * i as i64,
+                time: start + span / shape.events as i64 * i as i64,
                 partition,
                 offset,
                 keys: [format!("u-{user:06}"), format!("m-{merchant:05}")],
@@ -96,7 +127,15 @@ fn events(plans: &[ViewPlan]) -> Vec<Event> {
 
 /// One pass over the events from empty state; returns a checksum of the vectors.
 fn drain(plans: &[ViewPlan], events: &[Event]) -> usize {
-    let mut entities: [HashMap<&str, EntityShards>; 2] = [HashMap::new(), HashMap::new()];
+    drain_into(plans, events, &mut [HashMap::new(), HashMap::new()])
+}
+
+/// [`drain`] into `entities` (per view, by key), which keeps the state.
+fn drain_into<'e>(
+    plans: &[ViewPlan],
+    events: &'e [Event],
+    entities: &mut [HashMap<&'e str, EntityShards>; 2],
+) -> usize {
     let mut touched: Vec<[HashSet<&str>; 2]> = (0..PARTITIONS)
         .map(|_| [HashSet::new(), HashSet::new()])
         .collect();
@@ -139,12 +178,30 @@ fn drain(plans: &[ViewPlan], events: &[Event]) -> usize {
     checksum
 }
 
+/// Prints the resident memory the state adds per entity in a pass over `shape`'s events (the
+/// map's own table and the allocator's rounding included, the events' not; on Linux).
+fn report_state_bytes(plans: &[ViewPlan], shape: Shape, label: &str) {
+    let events = events(plans, shape);
+    let before = resident_bytes();
+    let mut entities = [HashMap::new(), HashMap::new()];
+    black_box(drain_into(plans, &events, &mut entities));
+    let held = resident_bytes() - before;
+    let count = entities.iter().map(HashMap::len).sum::<usize>();
+    println!(
+        "state after {} events ({label}): {count} entities, {} bytes per entity",
+        shape.events,
+        held / count.max(1) as i64
+    );
+}
+
 fn bench(c: &mut Criterion) {
     let plans = plans();
-    let events = events(&plans);
+    report_state_bytes(&plans, DRAIN, "the timed shape");
+    report_state_bytes(&plans, SPARSE, "two events per user");
+    let events = events(&plans, DRAIN);
     let mut group = c.benchmark_group("drain");
     group.sample_size(10);
-    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.throughput(Throughput::Elements(DRAIN.events as u64));
     group.bench_function("100k events over 7 days, both demo views", |b| {
         b.iter(|| black_box(drain(&plans, &events)))
     });

@@ -130,11 +130,26 @@ impl Slot {
 
 /// An entity's shards in partition order, their published versions, and the memos of its
 /// repeated reads.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EntityShards {
     slots: Vec<Slot>,
     /// One memo per reading partition.
     memos: Vec<Memo>,
+    /// The time of the last read that saw the reading shard alone (`i64::MIN`: none). Such an
+    /// entity (keyed as its source is, like a card holder) keeps a memo only while its reads
+    /// come within one hop of each other: most are read once a hop or less, and a memo would
+    /// double their memory for nothing.
+    lone_read_at: i64,
+}
+
+impl Default for EntityShards {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            memos: Vec::new(),
+            lone_read_at: i64::MIN,
+        }
+    }
 }
 
 /// The memo of the reads made for events of one partition.
@@ -165,7 +180,7 @@ impl EntityShards {
         slots.dedup_by_key(|s| s.partition);
         Self {
             slots,
-            memos: Vec::new(),
+            ..Self::default()
         }
     }
 
@@ -382,7 +397,22 @@ impl EntityShards {
                 states.push(&shard.state);
             }
         }
-        let memo = match self.memos.iter().position(|m| m.reader == partition) {
+        let as_of = ViewPlan::event_time_max(&states).unwrap_or(fallback);
+        let memo_index = self.memos.iter().position(|m| m.reader == partition);
+        if own.is_some() && states.len() == 1 {
+            let within_a_hop = plan.within_smallest_hop(self.lone_read_at, as_of);
+            self.lone_read_at = as_of;
+            if !within_a_hop {
+                if let Some(i) = memo_index {
+                    self.memos.swap_remove(i);
+                    if self.memos.is_empty() {
+                        self.memos = Vec::new();
+                    }
+                }
+                return (as_of, plan.read_shards_with(&states, own, as_of, None));
+            }
+        }
+        let memo = match memo_index {
             Some(i) => &mut self.memos[i],
             None => {
                 self.memos.push(Memo {
@@ -399,10 +429,9 @@ impl EntityShards {
             memo.key.clear();
             memo.key.extend_from_slice(&key);
         }
-        let as_of = ViewPlan::event_time_max(&states).unwrap_or(fallback);
         (
             as_of,
-            plan.read_shards_cached(&states, own, as_of, &mut memo.cache),
+            plan.read_shards_with(&states, own, as_of, Some(&mut memo.cache)),
         )
     }
 

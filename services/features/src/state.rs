@@ -107,7 +107,7 @@ impl Prefix {
 }
 
 /// Memo of window prefixes for repeated reads of one entity (see
-/// [`ViewPlan::read_shards_cached`]).
+/// [`ViewPlan::read_shards_with`]).
 #[derive(Debug, Clone, Default)]
 pub struct ReadCache {
     prefixes: Vec<Option<Prefix>>,
@@ -142,6 +142,25 @@ pub enum Applied {
     Applied,
     /// Older than the latest event time by more than the allowed lateness: dropped.
     Late,
+}
+
+/// What one read is over: the shards in partition order, the reading one (`own`) among them,
+/// and the read time.
+struct ShardsReader<'a> {
+    shards: &'a [&'a EntityState],
+    own: Option<usize>,
+    t: i64,
+}
+
+impl<'a> ShardsReader<'a> {
+    /// The shards but the reading one.
+    fn others(&self) -> impl Iterator<Item = &'a EntityState> + '_ {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != self.own)
+            .map(|(_, state)| *state)
+    }
 }
 
 fn floor_to(t: i64, hop: i64) -> i64 {
@@ -274,75 +293,100 @@ impl ViewPlan {
     /// partition, given in partition order). This is the one read the API and the feature log
     /// use, so they agree exactly.
     pub fn read_shards(&self, shards: &[&EntityState], t: i64) -> Vec<Value> {
-        self.read_shards_cached(shards, None, t, &mut ReadCache::default())
+        self.read_shards_with(shards, None, t, None)
     }
 
-    /// [`ViewPlan::read_shards`] with a memo, for repeated reads of one entity for events of
-    /// its shard `own` (the feature log reads after every event). Each aggregation merges the
-    /// memo (see `Prefix`: the window's older tiles of every shard, and the other shards'
+    /// [`ViewPlan::read_shards`] for an event of the shard `own`, with a memo for the repeated
+    /// reads of one entity (the feature log reads after every event). Each aggregation merges
+    /// a prefix (see `Prefix`: the window's older tiles of every shard, and the other shards'
     /// newest tile — what does not change from one event of `own` to the next) with `own`'s
-    /// newest tile. The memo is built by the very same merges an uncached read makes, so cached
-    /// and uncached reads give identical values. After applying an event to `own`, call
+    /// newest tile; `cache` keeps the prefixes for the next read, which without it are built
+    /// for this read only. Either way the prefix is built by the same merges, so memoised and
+    /// plain reads give identical values. After applying an event to `own`, call
     /// [`ReadCache::invalidate`] with its time; when another shard changes, start a new memo.
-    pub fn read_shards_cached(
+    pub fn read_shards_with(
         &self,
         shards: &[&EntityState],
         own: Option<usize>,
         t: i64,
-        cache: &mut ReadCache,
+        cache: Option<&mut ReadCache>,
     ) -> Vec<Value> {
-        if cache.prefixes.len() != self.slots.len() {
-            cache.prefixes.clear();
-            cache.prefixes.resize_with(self.slots.len(), || None);
+        let reader = ShardsReader { shards, own, t };
+        match cache {
+            Some(cache) => {
+                if cache.prefixes.len() != self.slots.len() {
+                    cache.prefixes.clear();
+                    cache.prefixes.resize_with(self.slots.len(), || None);
+                }
+                (0..self.slots.len())
+                    .zip(cache.prefixes.iter_mut())
+                    .map(|(aggregation, memo)| self.read_one(&reader, aggregation, memo))
+                    .collect()
+            }
+            None => (0..self.slots.len())
+                .map(|aggregation| self.read_one(&reader, aggregation, &mut None))
+                .collect(),
         }
-        let others = || {
-            shards
-                .iter()
-                .enumerate()
-                .filter(move |(i, _)| Some(*i) != own)
-                .map(|(_, s)| s)
-        };
-        let own_state = own.and_then(|i| shards.get(i));
-        self.slots
-            .iter()
-            .zip(&self.view.aggregations)
-            .zip(cache.prefixes.iter_mut())
-            .map(|((slot, agg), memo)| match *slot {
-                Slot::Lifetime(i) => {
-                    if memo.is_none() {
-                        let merged = Partial::merged(agg.op, others().map(|s| &s.lifetime[i]));
-                        *memo = Some(Prefix::new(i64::MIN, i64::MIN, 0, merged));
-                    }
-                    let newest = own_state.map(|s| &s.lifetime[i]);
-                    memo.as_ref().map_or(Value::Null, |p| p.finish_with(newest))
+    }
+
+    /// The value of aggregation `aggregation` for `reader`, through `memo` (its prefix, rebuilt
+    /// unless it covers the read's window).
+    fn read_one(
+        &self,
+        reader: &ShardsReader<'_>,
+        aggregation: usize,
+        memo: &mut Option<Prefix>,
+    ) -> Value {
+        let op = self.view.aggregations[aggregation].op;
+        let own_state = reader.own.and_then(|i| reader.shards.get(i));
+        match self.slots[aggregation] {
+            Slot::Lifetime(i) => {
+                if memo.is_none() {
+                    let merged = Partial::merged(op, reader.others().map(|s| &s.lifetime[i]));
+                    *memo = Some(Prefix::new(i64::MIN, i64::MIN, 0, merged));
                 }
-                Slot::Windowed { group, index, size } => {
-                    let hop = self.groups[group].hop;
-                    let lower = floor_to(t.saturating_sub(size), hop);
-                    let boundary = floor_to(t, hop).max(lower);
-                    let fresh = memo
-                        .as_ref()
-                        .is_some_and(|p| p.lower == lower && p.boundary == boundary);
-                    if !fresh {
-                        let older = shards
-                            .iter()
-                            .flat_map(|state| state.tiles[group].range(lower..boundary));
-                        let others_newest =
-                            others().flat_map(|state| state.tiles[group].range(boundary..=t));
-                        let prefix = Partial::merged(
-                            agg.op,
-                            older.chain(others_newest).map(|(_, tile)| &tile[index]),
-                        );
-                        *memo = Some(Prefix::new(lower, boundary, hop, prefix));
-                    }
-                    // The reading shard's tiles in [boundary, t]: at most the one at boundary.
-                    let newest = own_state
-                        .and_then(|s| s.tiles[group].range(boundary..=t).next())
-                        .map(|(_, p)| &p[index]);
-                    memo.as_ref().map_or(Value::Null, |p| p.finish_with(newest))
+                let newest = own_state.map(|s| &s.lifetime[i]);
+                memo.as_ref().map_or(Value::Null, |p| p.finish_with(newest))
+            }
+            Slot::Windowed { group, index, size } => {
+                let hop = self.groups[group].hop;
+                let t = reader.t;
+                let lower = floor_to(t.saturating_sub(size), hop);
+                let boundary = floor_to(t, hop).max(lower);
+                let fresh = memo
+                    .as_ref()
+                    .is_some_and(|p| p.lower == lower && p.boundary == boundary);
+                if !fresh {
+                    let older = reader
+                        .shards
+                        .iter()
+                        .flat_map(|state| state.tiles[group].range(lower..boundary));
+                    let others_newest = reader
+                        .others()
+                        .flat_map(|state| state.tiles[group].range(boundary..=t));
+                    let prefix = Partial::merged(
+                        op,
+                        older.chain(others_newest).map(|(_, tile)| &tile[index]),
+                    );
+                    *memo = Some(Prefix::new(lower, boundary, hop, prefix));
                 }
-            })
-            .collect()
+                // The reading shard's tiles in [boundary, t]: at most the one at boundary.
+                let newest = own_state
+                    .and_then(|s| s.tiles[group].range(boundary..=t).next())
+                    .map(|(_, p)| &p[index]);
+                memo.as_ref().map_or(Value::Null, |p| p.finish_with(newest))
+            }
+        }
+    }
+
+    /// Whether times `a` and `b` lie in one tile of the view's smallest hop (always, for a view
+    /// of lifetime aggregations only): reads at both then mostly see the same window bounds,
+    /// which makes a memo of the first worth keeping for the second.
+    pub fn within_smallest_hop(&self, a: i64, b: i64) -> bool {
+        match self.groups.iter().map(|group| group.hop).min() {
+            Some(hop) => a.div_euclid(hop) == b.div_euclid(hop),
+            None => true,
+        }
     }
 
     /// The greatest event time over shards.

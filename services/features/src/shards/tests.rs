@@ -581,3 +581,39 @@ fn a_clock_naming_removed_history_reads_nothing_of_that_shard() {
         alone.vector_as_of(&plan, 0, time, None)
     );
 }
+
+/// An entity of one shard (keyed as its source is) keeps a memo only while consecutive reads
+/// fall in one tile of the smallest hop, and reads the same either way.
+#[test]
+fn a_lone_shard_keeps_a_memo_only_while_read_within_a_hop() {
+    let plan = plan();
+    let mut partitions = events(5, 120);
+    partitions.truncate(1);
+    mark_late(&mut partitions, plan.view().allowed_lateness);
+    let mut entity = EntityShards::new();
+    let mut scratch = Vec::new();
+    let mut previous_read: Option<i64> = None;
+    let (mut with_memo, mut without) = (0, 0);
+    for e in partitions[0].clone() {
+        entity.apply(&plan, 0, e.offset, e.time, &e.inputs, &mut scratch);
+        let (as_of, values) = entity.vector_as_of(&plan, 0, e.time, None);
+        let expected = reference(&plan, &partitions, &e, &Clock::default());
+        for ((agg, got), want) in plan.view().aggregations.iter().zip(&values).zip(&expected) {
+            assert!(
+                agree(agg.op, got, want),
+                "{}: {got:?} vs {want:?}",
+                agg.name
+            );
+        }
+        let within = previous_read.is_some_and(|at| plan.within_smallest_hop(at, as_of));
+        assert_eq!(!entity.memos.is_empty(), within, "read at {as_of}");
+        if within {
+            with_memo += 1;
+        } else {
+            assert_eq!(entity.memos.capacity(), 0, "the memo's room is freed too");
+            without += 1;
+        }
+        previous_read = Some(as_of);
+    }
+    assert!(with_memo > 10 && without > 10, "{with_memo} / {without}");
+}

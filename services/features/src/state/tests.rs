@@ -122,7 +122,7 @@ fn cached_reads_equal_uncached_ones_through_out_of_order_events() {
         cache.invalidate(time);
         let t = state.event_time_max.unwrap_or(time);
         assert_eq!(
-            p.read_shards_cached(&[&state], Some(0), t, &mut cache),
+            p.read_shards_with(&[&state], Some(0), t, Some(&mut cache)),
             p.read(&state, t),
             "after event {i}"
         );
