@@ -79,10 +79,9 @@ struct Slot {
     shard: Arc<Shard>,
     /// What other partitions' reads see instead of `shard` (`Some(None)`: nothing).
     published: Option<Option<Arc<Shard>>>,
-    /// Earlier versions, oldest first (kept by [`EntityShards::apply_sealed`]).
-    history: VecDeque<Arc<Shard>>,
-    /// The seal `history` last saved a version for.
-    sealed: u64,
+    /// Earlier versions, kept by a versioned replay ([`EntityShards::apply_sealed`] with a
+    /// seal; boxed: the streaming worker, which keeps none, holds a slot per cached entity).
+    history: Option<Box<History>>,
     /// The first offset applied to a slot a replay started empty (`i64::MIN` for one made from
     /// a stored shard): a read that named an earlier offset saw none of this slot's events.
     born: i64,
@@ -94,8 +93,7 @@ impl Slot {
             partition,
             shard,
             published: None,
-            history: VecDeque::new(),
-            sealed: 0,
+            history: None,
             born: i64::MIN,
         }
     }
@@ -122,9 +120,37 @@ impl Slot {
     fn version_at(&self, offset: i64) -> Option<&Shard> {
         std::iter::once(&self.shard)
             .chain(self.published.iter().flatten())
-            .chain(self.history.iter().rev())
+            .chain(self.history.iter().flat_map(|h| h.versions.iter().rev()))
             .map(|s| &**s)
             .find(|s| s.applied_offset == offset)
+    }
+}
+
+/// The earlier versions of a slot a versioned replay keeps.
+#[derive(Debug, Clone)]
+struct History {
+    /// The seal a version was last kept for.
+    sealed: u64,
+    /// Oldest first, at most [`HISTORY`].
+    versions: VecDeque<Arc<Shard>>,
+}
+
+impl History {
+    /// No version kept, the slot's state being that of `seal`.
+    fn sealed_at(seal: u64) -> Self {
+        Self {
+            sealed: seal,
+            versions: VecDeque::new(),
+        }
+    }
+
+    /// Keeps `version`, the slot's state as of every seal before `seal`.
+    fn keep(&mut self, seal: u64, version: Arc<Shard>) {
+        self.sealed = seal;
+        self.versions.push_back(version);
+        if self.versions.len() > HISTORY {
+            self.versions.pop_front();
+        }
     }
 }
 
@@ -314,7 +340,9 @@ impl EntityShards {
             Ok(i) => i,
             Err(i) => {
                 let mut slot = Slot::new(partition, Arc::new(Shard::empty(plan)));
-                slot.sealed = seal;
+                if seal > 0 {
+                    slot.history = Some(Box::new(History::sealed_at(seal)));
+                }
                 slot.born = offset;
                 self.slots.insert(i, slot);
                 i
@@ -324,12 +352,11 @@ impl EntityShards {
         if offset <= slot.shard.applied_offset {
             return None;
         }
-        if slot.sealed < seal {
-            slot.sealed = seal;
-            slot.history.push_back(Arc::clone(&slot.shard));
-            if slot.history.len() > HISTORY {
-                slot.history.pop_front();
-            }
+        if slot.history.as_ref().map_or(0, |h| h.sealed) < seal {
+            let history = slot
+                .history
+                .get_or_insert_with(|| Box::new(History::sealed_at(seal)));
+            history.keep(seal, Arc::clone(&slot.shard));
         }
         let shard = Arc::make_mut(&mut slot.shard);
         let applied = plan.apply(&mut shard.state, time, (partition, offset), inputs, scratch);

@@ -105,7 +105,11 @@ impl Tiles {
         &mut self.partials[index * width..(index + 1) * width]
     }
 
+    /// Appends an empty tile. The arrays grow by exactly one tile: an entity's tile count is
+    /// mostly small and changes once a hop, so doubling would leave most of the room unused.
     fn push(&mut self, start: i64, ops: &[Op]) -> usize {
+        self.starts.reserve_exact(1);
+        self.partials.reserve_exact(ops.len());
         self.starts.push(start);
         self.partials.extend(ops.iter().map(|op| Partial::new(*op)));
         self.starts.len() - 1
