@@ -48,6 +48,8 @@ pub struct ViewPlan {
     groups: Vec<HopGroup>,
     lifetime_ops: Vec<Op>,
     fingerprint: u64,
+    /// [`FeatureView::smallest_hop`], taken once.
+    smallest_hop: Option<i64>,
 }
 
 /// An entity's state: everything needed to answer a read at any later time.
@@ -208,6 +210,7 @@ impl ViewPlan {
         }
         Self {
             fingerprint: view.fingerprint(),
+            smallest_hop: view.smallest_hop(),
             view,
             slots,
             groups,
@@ -383,7 +386,7 @@ impl ViewPlan {
     /// of lifetime aggregations only): reads at both then mostly see the same window bounds,
     /// which makes a memo of the first worth keeping for the second.
     pub fn within_smallest_hop(&self, a: i64, b: i64) -> bool {
-        match self.groups.iter().map(|group| group.hop).min() {
+        match self.smallest_hop {
             Some(hop) => a.div_euclid(hop) == b.div_euclid(hop),
             None => true,
         }
